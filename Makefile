@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine (see README):
+#   make demo   - create/reuse .venv, then run `semnb demo` on the embedded synthetic data
+#   make test   - create/reuse .venv, then run the whole test suite (notebooks included)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Torch comes from the wheels on this machine's disk; an unpinned torch would pull a CUDA build.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (semnb)" > /dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/semnb demo --out semnb-demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+clean:
+	rm -rf $(VENV) semnb-demo .pytest_cache
