@@ -70,10 +70,103 @@ def eval_() -> None:
     """Measure a method against its baselines on a data set (results contract in design.md)."""
 
 
+def eval_options(func):
+    """The options every `semnb eval TASK` shares (design.md contract)."""
+    options = [
+        click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+                     help="Data folder (or CSV manifest)."),
+        click.option("--layout", type=click.Choice(["auto", "mvtec", "folders", "csv", "carinthia"]),
+                     default="auto", show_default=True),
+        click.option("--normal-class", default="good", show_default=True,
+                     help="Name of the defect-free class."),
+        click.option("--backbone", default=None, help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED or clip:/path."),
+        click.option("--shots", type=click.IntRange(min=1), default=None, help="Labelled examples per class."),
+        click.option("--seeds", default="0,1,2", show_default=True, callback=_parse_seeds,
+                     help="Comma-separated seeds; figures are means over them."),
+        click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+                     help="Write the results object here."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _parse_seeds(ctx, param, value: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise SemnbInputError("--seeds", f"{value!r} is not a comma-separated list of integers",
+                              "write e.g. --seeds 0,1,2") from None
+    if not seeds:
+        raise SemnbInputError("--seeds", "no seed given", "write e.g. --seeds 0,1,2")
+    return seeds
+
+
+def finish_eval(result, json_path: Path | None) -> None:
+    """Print the results table and write the JSON object (atomically) when asked."""
+    click.echo(result.table())
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if json_path is not None:
+        click.echo(f"wrote {result.write(json_path)}")
+
+
+@eval_.command("retrieve")
+@eval_options
+@click.option("--k", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Results per query that precision@K and mAP@K score.")
+@click.option("--loco/--no-loco", default=False, show_default=True,
+              help="Also run leave-one-class-out (retrains the label-using methods once per class).")
+@click.option("--epochs", type=click.IntRange(min=1), default=9, show_default=True,
+              help="Training epochs of every trained method.")
+@click.option("--image-size", type=click.IntRange(min=32, max=1024), default=128, show_default=True,
+              help="Side in pixels the images are resized to.")
+def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
+                  seeds: list[int], json_path: Path | None, k: int, loco: bool, epochs: int, image_size: int) -> None:
+    """Semi-supervised retrieval (classifier, then triplet/autoencoder) vs autoencoder, siamese, classifier, frozen."""
+    from semnb.data import load_dataset
+    from semnb.retrieval import EFFICIENTNET, RetrievalConfig
+    from semnb.retrieval_eval import evaluate_retrieval, loco_text
+
+    images = load_dataset(data_dir, layout=layout, normal_class=normal_class)
+    config = RetrievalConfig(epochs=epochs, image_size=image_size)
+    result = evaluate_retrieval(images, backbone or EFFICIENTNET, k=k, seeds=seeds, config=config, loco=loco,
+                                shots=shots, progress=True)
+    if loco:
+        click.echo(loco_text(result))
+    finish_eval(result, json_path)
+
+
 # ---------------------------------------------------------------- bench
 @main.group(cls=SemnbGroup)
 def bench() -> None:
     """Speed benchmarks that print figures."""
+
+
+@bench.command("encoder")
+@click.option("--backbone", default="semnb-tiny", show_default=True,
+              help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED (MODEL:random for timing), clip:/path.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "both"]), default="both", show_default=True,
+              help="Precision(s) to time; bf16 runs also report their cosine drift from fp32.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results object here.")
+@click.option("--n-images", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=32, max=1024), default=None,
+              help="Input size in pixels (default: the model's own).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Timed passes of each kind; the best is kept.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def bench_encoder_command(backbone: str, precision: str, json_path: Path | None, n_images: int,
+                          image_size: int | None, batch_size: int, repeats: int, seed: int) -> None:
+    """Images/s of plain vs dual-path encoding, their ratio, and bf16 drift from fp32."""
+    from semnb.bench_encoder import bench_encoder, format_report
+    from semnb.io_utils import write_json_atomic
+
+    report = bench_encoder(backbone, precision, n_images, image_size, batch_size, repeats, seed)
+    click.echo(format_report(report))
+    if json_path is not None:
+        write_json_atomic(json_path, report)
+        click.echo(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

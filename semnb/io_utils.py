@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 @contextmanager
@@ -36,13 +38,20 @@ def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
 
 
 def write_json_atomic(target: str | os.PathLike, obj: Any) -> Path:
-    return write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Strict JSON: numpy values become plain numbers, undefined (NaN) metrics become null."""
+    text = json.dumps(_plain(obj), indent=2, allow_nan=False)
+    return write_text_atomic(target, text + "\n")
 
 
-def _json_default(value: Any) -> Any:
-    """numpy scalars and arrays in results become plain JSON numbers and lists."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _plain(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    return value

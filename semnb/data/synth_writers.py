@@ -12,6 +12,7 @@ from semnb.errors import SemnbInputError
 # kind -> "module:function"; each writer takes (out_dir, n_per_class, size, seed) and returns the folder.
 WRITERS = {
     "sem": "semnb.data.synth_writer:write_sem_dataset",
+    "tem": "semnb.data.synth_tem:write_tem_dataset",
 }
 
 

@@ -1,0 +1,157 @@
+"""`semnb bench encoder`: speed of plain vs dual-path encoding, and fp32 vs bf16 drift.
+
+What it measures, on synthetic SEM images already turned into network input (image
+generation and resizing are not timed):
+- images/s of the plain image embedding (open_clip `encode_image`) and of the dual-path,
+  multi-level features, in one run, alternating the two `repeats` times and keeping each
+  one's best time (the CPU is shared, so the best run is the least disturbed one);
+- their cost ratio (goal for SEM-CLIP: dual-path at most 1.3x plain);
+- when bf16 runs, the cosine similarity of its features with fp32 features of the same images.
+
+Taught in: 03_vv_attention (reading the figures); run it from the command line.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from semnb.data.synth_sem import CLASSES, generate_sem_image, sample_seed
+from semnb.errors import SemnbInputError
+from semnb.models import EncodedLevels, load_backbone
+
+GOAL_RATIO = 1.3
+BENCH_PRECISIONS = ("fp32", "bf16", "both")
+
+
+def bench_images(n_images: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """`n_images` synthetic SEM images, cycling through the classes (content does not change speed)."""
+    return [generate_sem_image(CLASSES[i % len(CLASSES)], size, sample_seed(seed, CLASSES[i % len(CLASSES)], i)).image
+            for i in range(n_images)]
+
+
+def _timed(fn, batches) -> tuple[float, list]:
+    start = time.perf_counter()
+    outputs = [fn(batch) for batch in batches]
+    return time.perf_counter() - start, outputs
+
+
+def _token_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[float]:
+    """Mean cosine similarity per level between two runs' tokens [B, N, D]."""
+    return [float(F.cosine_similarity(x, y, dim=-1).mean()) for x, y in zip(a, b)]
+
+
+def drift(reference: tuple[torch.Tensor, EncodedLevels], other: tuple[torch.Tensor, EncodedLevels]) -> dict:
+    """Cosine similarity of `other`'s features with `reference`'s (1.0 = no drift)."""
+    ref_embedding, ref_levels = reference
+    embedding, levels = other
+    cos = F.cosine_similarity(ref_embedding, embedding, dim=-1)
+    out = {
+        "embedding_cosine_mean": float(cos.mean()),
+        "embedding_cosine_min": float(cos.min()),
+        "cls_cosine_per_level": [float(F.cosine_similarity(x, y, dim=-1).mean())
+                                 for x, y in zip(ref_levels.cls, levels.cls)],
+        "patch_z_cosine_per_level": _token_cosine(ref_levels.patch_z, levels.patch_z),
+    }
+    if ref_levels.patch_v is not None:
+        out["patch_v_cosine_per_level"] = _token_cosine(ref_levels.patch_v, levels.patch_v)
+    return out
+
+
+def _run_precision(backbone, batches: list[torch.Tensor], repeats: int) -> tuple[dict, tuple]:
+    """Time plain and dual-path encoding at the backbone's current precision."""
+    backbone.encode_image(batches[0])  # warm-up: first calls pay for allocation and kernel choice
+    backbone.encode_levels(batches[0])
+    best_plain = best_dual = float("inf")
+    for _ in range(repeats):
+        t_plain, plain = _timed(backbone.encode_image, batches)
+        t_dual, dual = _timed(backbone.encode_levels, batches)
+        best_plain, best_dual = min(best_plain, t_plain), min(best_dual, t_dual)
+    n = sum(len(b) for b in batches)
+    figures = {
+        "plain_images_per_s": round(n / best_plain, 3),
+        "dual_path_images_per_s": round(n / best_dual, 3),
+        "dual_path_cost_ratio": round(best_dual / best_plain, 3),
+        "plain_seconds": round(best_plain, 4),
+        "dual_path_seconds": round(best_dual, 4),
+    }
+    return figures, (torch.cat(plain), EncodedLevels.concat(dual))
+
+
+def bench_encoder(backbone: str = "semnb-tiny", precision: str = "both", n_images: int = 16,
+                  image_size: int | None = None, batch_size: int = 8, repeats: int = 2,
+                  seed: int = 0) -> dict:
+    """Measure encoder speed and bf16 drift; return the results object (contract in design.md).
+
+    Taught in: 03_vv_attention.
+    """
+    if precision not in BENCH_PRECISIONS:
+        raise SemnbInputError("--precision", f"got {precision!r}", f"use one of {', '.join(BENCH_PRECISIONS)}")
+    for name, value in (("--n-images", n_images), ("--batch-size", batch_size), ("--repeats", repeats)):
+        if value < 1:
+            raise SemnbInputError(name, f"got {value}", "use 1 or more")
+    started = time.perf_counter()
+    model = load_backbone(backbone, precision="fp32", image_size=image_size, seed=seed)
+    pixels = model.pixels(bench_images(n_images, model.image_size, seed))
+    batches = list(torch.split(pixels, batch_size))
+
+    runs = ["fp32", "bf16"] if precision == "both" else [precision]
+    results, features = {}, {}
+    for run in runs:
+        model.precision = run
+        results[run], features[run] = _run_precision(model, batches, repeats)
+    if "bf16" in results and "fp32" in results:
+        results["bf16"]["speedup_vs_fp32"] = round(results["fp32"]["dual_path_seconds"]
+                                                   / results["bf16"]["dual_path_seconds"], 3)
+    drift_figures = None
+    if "bf16" in features:
+        if "fp32" not in features:  # reference features for the drift, not timed
+            model.precision = "fp32"
+            features["fp32"] = (torch.cat([model.encode_image(b) for b in batches]),
+                                EncodedLevels.concat([model.encode_levels(b) for b in batches]))
+        drift_figures = drift(features["fp32"], features["bf16"])
+
+    warnings = []
+    if "NOT CLIP" in model.weights:
+        warnings.append(f"weights are {model.weights}: speeds are real, the features mean nothing")
+    if features[runs[0]][1].patch_v is None:
+        warnings.append(f"{model.name} has no V-V path: 'dual_path' timings are its multi-level read-out")
+    warnings += [f"{run}: dual-path costs {r['dual_path_cost_ratio']}x plain, above the {GOAL_RATIO}x goal"
+                 for run, r in results.items() if r["dual_path_cost_ratio"] > GOAL_RATIO]
+    return {
+        "task": "bench_encoder",
+        "data": f"{n_images} synthetic SEM images (seed {seed})",
+        "backbone": model.name,
+        "weights": model.weights,
+        "precision": precision,
+        "shots": None,
+        "seeds": [seed],
+        "n_images": n_images,
+        "image_size": model.image_size,
+        "levels": len(features[runs[0]][1].cls),
+        "results": results,
+        "drift_bf16_vs_fp32": drift_figures,
+        "timing": {"total_s": round(time.perf_counter() - started, 2), "batch_size": batch_size,
+                   "repeats": repeats, "torch_threads": torch.get_num_threads()},
+        "warnings": warnings,
+    }
+
+
+def format_report(report: dict) -> str:
+    """The figures as a few readable lines for the terminal."""
+    lines = [f"{report['backbone']} ({report['weights']}), {report['n_images']} images at "
+             f"{report['image_size']} px, {report['timing']['torch_threads']} threads"]
+    for run, r in report["results"].items():
+        lines.append(f"  {run}: plain {r['plain_images_per_s']:.2f} img/s, dual-path {r['dual_path_images_per_s']:.2f} "
+                     f"img/s, cost ratio {r['dual_path_cost_ratio']:.2f}x")
+    d = report.get("drift_bf16_vs_fp32")
+    if d:
+        lines.append(f"  bf16 vs fp32 cosine: embedding mean {d['embedding_cosine_mean']:.5f} "
+                     f"(min {d['embedding_cosine_min']:.5f}), patch Z per level "
+                     + ", ".join(f"{c:.4f}" for c in d["patch_z_cosine_per_level"])
+                     + ("" if "patch_v_cosine_per_level" not in d else
+                        ", patch V per level " + ", ".join(f"{c:.4f}" for c in d["patch_v_cosine_per_level"])))
+    lines += [f"  warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)

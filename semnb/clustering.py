@@ -1,0 +1,288 @@
+"""Cluster images by morphology and score the clusters: the SSL embedding against its baselines.
+
+Every method turns the same preprocessed images into one feature vector per image; each
+feature dimension is standardised (zero mean, unit variance) so that no method wins or
+loses by the units of its features; k-means (k = number of classes, fixed n_init, seeded)
+groups them. Labels are used only afterwards, to score: NMI against the labels and the
+silhouette (Euclidean) of the clusters in the standardised feature space.
+
+`evaluate_methods` runs every method on arrays; `eval_cluster` is `semnb eval cluster`: it
+reads an `ImageSet`, preprocesses it and returns the results contract (`EvalResult`).
+
+Taught in: 06_ssl_clustering.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from sklearn.cluster import KMeans
+from tqdm.auto import tqdm
+
+from semnb import metrics
+from semnb.errors import SemnbInputError
+from semnb.results import EvalResult, mean_over_seeds
+from semnb.ssl import PAPER_IMAGE_SIZE, SSLConfig, SSLRun, embed, prepare_images, train_ssl
+from semnb.texture_features import (backbone_features, glcm_features, lbp_histograms, pca_features,
+                                    wavelet_energies)
+
+METHODS = ("ssl", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip")
+IMAGENET_BACKBONE = "efficientnet-lite0"
+IMAGENET_SIZE = 224
+KMEANS_N_INIT = 10
+RANDOM_DRAWS = 20
+
+
+# ---------------------------------------------------------------- k-means and scores
+
+
+def standardize(features: np.ndarray) -> np.ndarray:
+    """Zero mean and unit variance per dimension; constant dimensions become 0.
+
+    Taught in: 06_ssl_clustering.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    std = x.std(axis=0)
+    return (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+
+
+def kmeans_clusters(features: np.ndarray, k: int, seed: int = 0, n_init: int = KMEANS_N_INIT) -> np.ndarray:
+    """Cluster index per row: k-means (k-means++ starts, `n_init` restarts, seeded) on standardised features.
+
+    Taught in: 06_ssl_clustering.
+    """
+    x = standardize(features)
+    if not 2 <= k <= len(x):
+        raise SemnbInputError("--k", f"got {k} clusters for {len(x)} images", "use 2 <= k <= number of images")
+    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(x)
+
+
+def score_clusters(features: np.ndarray, clusters: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Silhouette of `clusters` in the standardised feature space, and NMI against `labels`.
+
+    Unlabelled images (label -1) count for the silhouette but not for NMI; NMI is NaN
+    (undefined) when no image is labelled.
+
+    Taught in: 06_ssl_clustering.
+    """
+    labels = np.asarray(labels)
+    known = labels >= 0
+    nmi = metrics.nmi(labels[known], clusters[known]) if known.any() else float("nan")
+    return {"silhouette": metrics.silhouette(standardize(features), clusters), "nmi": nmi}
+
+
+def random_assignment_nmi(labels: np.ndarray, k: int, seed: int = 0, draws: int = RANDOM_DRAWS) -> float:
+    """Mean NMI of assigning the labelled images to k clusters uniformly at random: NMI's floor here.
+
+    NMI is not zero for a random partition, and it grows with k / N (with one image per
+    cluster it reaches about H(labels) / mean entropy), so read every NMI against this.
+
+    Taught in: 06_ssl_clustering.
+    """
+    labels = np.asarray(labels)
+    labels = labels[labels >= 0]
+    if len(labels) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([metrics.nmi(labels, rng.integers(0, k, len(labels))) for _ in range(draws)]))
+
+
+# ---------------------------------------------------------------- features per method
+
+
+@dataclass
+class FeatureSpec:
+    """How one method makes features: `extract(images, seed)`, whether the seed matters, what it loaded."""
+
+    extract: Callable[[np.ndarray, int], np.ndarray]
+    seeded: bool
+    backbone: str = ""
+    weights: str = ""
+
+
+def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress: bool = False,
+                   warnings: list[str] | None = None) -> dict[str, FeatureSpec]:
+    """Feature extractors of the baselines in `methods` (everything but "ssl").
+
+    "imagenet" loads `efficientnet-lite0`; "clip" loads `backbone` when it names a CLIP
+    model, else the default CLIP when its weights are on this machine. When "clip" was not
+    asked for by name (`methods` is the default list) and no weights exist, it is left out
+    with a note in `warnings` instead of failing; a random model is never called CLIP.
+
+    Taught in: 06_ssl_clustering.
+    """
+    from semnb.models import DEFAULT_BACKBONE, available_weights, load_backbone
+    from semnb.models.tiny_clip import TINY_NAME
+
+    specs: dict[str, FeatureSpec] = {}
+    simple = {"glcm": glcm_features, "lbp": lbp_histograms, "wavelet": wavelet_energies}
+    for method in methods:
+        if method in simple:
+            specs[method] = FeatureSpec(lambda x, seed, f=simple[method]: f(x, progress=progress), seeded=False)
+        elif method == "pca":
+            specs[method] = FeatureSpec(lambda x, seed: pca_features(x, seed=seed), seeded=True)
+        elif method == "imagenet":
+            net = load_backbone(IMAGENET_BACKBONE, image_size=IMAGENET_SIZE)
+            specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
+                                        seeded=False, backbone=net.name, weights=net.weights)
+        elif method == "clip":
+            name = backbone if backbone not in (None, "", IMAGENET_BACKBONE) else DEFAULT_BACKBONE
+            if name == DEFAULT_BACKBONE and not available_weights()[DEFAULT_BACKBONE].startswith("found"):
+                note = f"clip: left out, no CLIP weights on this machine ({available_weights()[DEFAULT_BACKBONE]})"
+                if warnings is None:
+                    raise SemnbInputError("--methods clip", "no CLIP weights on this machine",
+                                          "give --backbone MODEL:/path/to/checkpoint or clip:/path/to/checkpoint")
+                warnings.append(note)
+                continue
+            net = load_backbone(name, image_size=224 if name == TINY_NAME else None)
+            if name == TINY_NAME and warnings is not None:
+                warnings.append("clip: semnb-tiny has random weights, NOT CLIP; its row is for tests only")
+            specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
+                                        seeded=False, backbone=net.name, weights=net.weights)
+        elif method != "ssl":
+            raise SemnbInputError("--methods", f"unknown method {method!r}", f"use some of {', '.join(METHODS)}")
+    return specs
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class ClusterEvaluation:
+    """Everything one evaluation made: the results contract plus what the notebook plots.
+
+    `features` and `clusters` hold, per method, the features and k-means clusters of the
+    first seed; `ssl_run` is that seed's trained model and history.
+    """
+
+    result: EvalResult
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    clusters: dict[str, np.ndarray] = field(default_factory=dict)
+    ssl_run: SSLRun | None = None
+
+
+def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                     methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,), k: int | None = None,
+                     ssl_config: SSLConfig | None = None, backbone: str | None = None, data: str = "arrays",
+                     progress: bool = True) -> ClusterEvaluation:
+    """Features, k-means and scores for every method on preprocessed images [N, S, S] (`prepare_images`).
+
+    For each seed: the SSL model is trained with that seed (`ssl_config.seed` is replaced)
+    and every method's k-means uses it; deterministic features (GLCM, LBP, wavelet, frozen
+    networks) are computed once. Results are means over seeds with `<metric>_std`.
+    `methods=None` runs all of `METHODS`, leaving out "clip" without weights.
+
+    Taught in: 06_ssl_clustering.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(images):
+        raise SemnbInputError("labels", f"{len(labels)} labels for {len(images)} images", "give one label per image")
+    requested = list(METHODS if methods is None else methods)
+    if not requested:
+        raise SemnbInputError("--methods", "is empty", f"use some of {', '.join(METHODS)}")
+    if not seeds:
+        raise SemnbInputError("--seeds", "no seed given", "write e.g. --seeds 0,1,2")
+    k = _number_of_clusters(labels, k)
+    warnings: list[str] = []
+    specs = baseline_specs(requested, backbone, progress, warnings if methods is None else None)
+    order = [m for m in requested if m == "ssl" or m in specs]
+    ssl_config = ssl_config or SSLConfig()
+    timing: dict[str, float] = {m: 0.0 for m in order}
+    per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in order}
+    first_features: dict[str, np.ndarray] = {}
+    first_clusters: dict[str, np.ndarray] = {}
+    first_run: SSLRun | None = None
+    fixed: dict[str, np.ndarray] = {}  # features that do not depend on the seed, computed once
+    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
+        for method in order:
+            start = time.perf_counter()
+            if method == "ssl":
+                run = train_ssl(images, replace(ssl_config, seed=int(seed)), progress=progress)
+                features = embed(run.model, images, channels_last=ssl_config.channels_last)
+                first_run = first_run or run
+            elif specs[method].seeded or method not in fixed:
+                features = fixed[method] = specs[method].extract(images, seed)
+            else:
+                features = fixed[method]
+            clusters = kmeans_clusters(features, k, seed)
+            per_seed[method].append(score_clusters(features, clusters, labels))
+            timing[method] += time.perf_counter() - start
+            first_features.setdefault(method, features)
+            first_clusters.setdefault(method, clusters)
+    frozen = [m for m in order if m in specs and specs[m].backbone]
+    result = EvalResult(
+        task="cluster", data=data,
+        backbone=", ".join(f"{m}: {specs[m].backbone}" for m in frozen) or "none",
+        weights=", ".join(f"{m}: {specs[m].weights}" for m in frozen) or "none",
+        precision=ssl_config.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(images),
+        results={m: mean_over_seeds(per_seed[m]) for m in order},
+        timing={f"{m}_s": round(t, 3) for m, t in timing.items()},
+        warnings=warnings,
+        extra={"k": k, "class_names": list(class_names), "image_size": int(images.shape[-1]),
+               "n_labelled": int((labels >= 0).sum()),
+               "nmi_random_assignment": random_assignment_nmi(labels, k)},
+    )
+    if first_run is not None:
+        result.timing["ssl_train_images_per_s"] = round(first_run.history.images_per_second, 2)
+        result.extra["ssl"] = _ssl_summary(first_run)
+    return ClusterEvaluation(result, images, labels, list(class_names), first_features, first_clusters, first_run)
+
+
+def eval_cluster(dataset, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+                 epochs: int = 15, image_size: int = PAPER_IMAGE_SIZE, k: int | None = None,
+                 backbone: str | None = None, border: int = 0, banner: int | str = "auto",
+                 threads: int | None = None, progress: bool = True) -> ClusterEvaluation:
+    """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
+
+    Taught in: 06_ssl_clustering (the CLI runs the same function).
+    """
+    start = time.perf_counter()
+    images = prepare_images(_LazyImages(dataset), size=image_size, border=border, banner=banner, progress=progress)
+    preprocess_s = time.perf_counter() - start
+    evaluation = evaluate_methods(images, dataset.labels, dataset.class_names, methods=methods, seeds=seeds, k=k,
+                                  ssl_config=SSLConfig(epochs=epochs, threads=threads), backbone=backbone,
+                                  data=str(dataset.root), progress=progress)
+    evaluation.result.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.result.timing}
+    return evaluation
+
+
+class _LazyImages(Sequence):
+    """The images of an ImageSet, read one at a time (a whole set of large images may not fit in memory)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self.dataset):
+            raise IndexError(i)
+        return self.dataset.image(i)
+
+
+def _number_of_clusters(labels: np.ndarray, k: int | None) -> int:
+    if k is not None:
+        if not 2 <= k <= len(labels):
+            raise SemnbInputError("--k", f"got {k} for {len(labels)} images", "use 2 <= k <= number of images")
+        return int(k)
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) < 2:
+        raise SemnbInputError("--k", f"the data have {len(classes)} labelled classes, so k cannot be taken from them",
+                              "pass --k (number of clusters) or use a labelled data set")
+    return len(classes)
+
+
+def _ssl_summary(run: SSLRun) -> dict:
+    """The first seed's training curve and settings, for the JSON record."""
+    h, c = run.history, run.config
+    return {"epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "channels_last": c.channels_last,
+            "threads": c.threads, "loss": [round(v, 5) for v in h.loss],
+            "std_projection": [round(v, 5) for v in h.std_projection],
+            "std_embedding": [round(v, 5) for v in h.std_embedding],
+            "healthy_std": round(1 / np.sqrt(c.embedding_dim), 5)}

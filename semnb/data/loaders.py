@@ -1,0 +1,499 @@
+"""`load_dataset`: read a folder of images in one of four layouts into an `ImageSet`.
+
+Layouts:
+- "mvtec": train/good/, test/<class>/, ground_truth/<class>/<stem>_mask.png (+ manifest.csv);
+- "folders": one folder per class, optional X_mask.png beside X.ext (images lying directly
+  in the folder are unlabelled);
+- "csv": a manifest with columns path, label[, mask][, split], paths relative to the CSV;
+- "carinthia": the Carinthia SEM defect CSV, `image_path;file_name;label`, labels 1-6.
+"auto" tells them apart by what the folder holds.
+
+Taught in: 01_sem_data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from semnb.data.dataset import UNLABELLED, ImageSet
+from semnb.data.image_io import (
+    IMAGE_EXTENSIONS,
+    MASK_SUFFIX,
+    UNSUPPORTED_IMAGE_EXTENSIONS,
+    check_mask_shape,
+    image_shape,
+    is_mask_file,
+)
+from semnb.errors import SemnbInputError
+
+LAYOUTS = ("mvtec", "folders", "csv", "carinthia")
+MANIFEST_NAME = "manifest.csv"  # optional per-image metadata beside an MVTec-layout set
+CARINTHIA_COLUMNS = ("image_path", "file_name", "label")
+CARINTHIA_CLASSES = ("1", "2", "3", "4", "5", "6")
+CORE_COLUMNS = ("path", "class", "label", "mask", "split")
+MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".npy")
+
+_LAYOUT_HELP = (
+    "mvtec = train/<class>/ and test/<class>/ (+ ground_truth/<class>/X_mask.png); "
+    "folders = one folder per class (+ X_mask.png beside X.ext); "
+    "csv = a CSV with columns path,label[,mask]; "
+    "carinthia = a ';' CSV with columns image_path;file_name;label"
+)
+
+
+@dataclass
+class _Entry:
+    """One image found by a layout reader, before labels are numbered."""
+
+    path: Path
+    class_name: str | None
+    mask_path: Path | None = None
+    split: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class _BadFiles:
+    """Raise a bad-file error, or with skip_bad record it in `skipped` and carry on."""
+
+    def __init__(self, skip_bad: bool):
+        self.skip_bad = skip_bad
+        self.skipped: list[tuple[Path, str]] = []
+
+    def report(self, error: SemnbInputError) -> None:
+        if not self.skip_bad:
+            raise error
+        self.skipped.append((Path(error.what), error.problem))
+
+
+def load_dataset(
+    root: str | os.PathLike,
+    layout: str = "auto",
+    normal_class: str | None = "good",
+    skip_bad: bool = False,
+    check: bool = True,
+    label_names: dict | None = None,
+) -> ImageSet:
+    """Load an image data set from `root` (a folder, or a CSV file for "csv"/"carinthia").
+
+    Why one entry point: every method and the command line read data the same way, and every
+    bad file fails here, naming the file, instead of deep inside a model. `check=True` reads
+    each image and mask header now (cheap) so corrupt files and masks of the wrong size are
+    found at load time; `skip_bad=True` leaves such files out and lists them in `.skipped`.
+    `normal_class` names the defect-free class; when no class has that name the set simply
+    has none (real review sets are often all defective). `label_names` renames raw labels,
+    e.g. {"1": "particle"} for the Carinthia codes.
+
+    Taught in: 01_sem_data.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise SemnbInputError(root, "does not exist", "check the data path")
+    if layout == "auto":
+        layout = detect_layout(root)
+    if layout not in LAYOUTS:
+        raise SemnbInputError(
+            "--layout", f"unknown layout {layout!r}", f"use auto or one of: {_LAYOUT_HELP}"
+        )
+    if layout in ("mvtec", "folders") and not root.is_dir():
+        raise SemnbInputError(
+            root, f"is a file, but layout {layout!r} reads a folder", "pass the data folder"
+        )
+    bad = _BadFiles(skip_bad)
+    entries, fixed_classes = _READERS[layout](root, bad)
+    if check:
+        entries = [entry for entry in entries if _headers_ok(entry, bad)]
+    if not entries:
+        raise SemnbInputError(
+            root,
+            f"holds no readable images for layout {layout!r}",
+            f"put images in the layout: {_LAYOUT_HELP}",
+        )
+    return _image_set(
+        root, layout, entries, fixed_classes, normal_class, label_names or {}, bad.skipped
+    )
+
+
+def detect_layout(root: str | os.PathLike) -> str:
+    """Which of `LAYOUTS` the folder (or CSV file) `root` is in.
+
+    mvtec when train/ and test/ exist; carinthia or csv when a CSV in the folder has their
+    header; folders when the folder or its subfolders hold images.
+
+    Taught in: 01_sem_data.
+    """
+    root = Path(root)
+    if root.is_file():
+        kind = _csv_kind(root) if root.suffix.lower() == ".csv" else None
+        if kind is None:
+            raise SemnbInputError(
+                root,
+                "is neither a folder nor a CSV with a known header",
+                f"pass a data folder, or --layout with one of: {_LAYOUT_HELP}",
+            )
+        return kind
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "mvtec"
+    kinds = {_csv_kind(path) for path in _csv_files(root)}
+    for kind in ("carinthia", "csv"):
+        if kind in kinds:
+            return kind
+    if _has_images(root) or any(_has_images(folder) for folder in _subfolders(root)):
+        return "folders"
+    raise SemnbInputError(
+        root,
+        "matches no known data layout (no train/ and test/, no CSV manifest, no images)",
+        f"arrange it as one of these, or pass --layout: {_LAYOUT_HELP}",
+    )
+
+
+# ---------------------------------------------------------------- layout readers
+
+
+def _read_mvtec(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
+    entries = []
+    for split in ("train", "test"):
+        class_folders = _subfolders(root / split)
+        if not class_folders:
+            raise SemnbInputError(
+                root / split,
+                "holds no class folders",
+                "put images in train/good/ and test/<class>/ (MVTec-AD layout)",
+            )
+        for folder in class_folders:
+            mask_folder = root / "ground_truth" / folder.name
+            mask_names = _names_in(mask_folder)
+            for path in _images_in(folder, bad):
+                mask = _find_mask(mask_folder, mask_names, path.stem)
+                entries.append(_Entry(path, folder.name, mask, split))
+    _merge_manifest(root, entries)
+    return entries, ()
+
+
+def _read_folders(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
+    root_names = _names_in(root)
+    entries = [
+        _Entry(path, None, _mask_beside(path, root_names))
+        for path in _images_in(root, bad, allow_empty=True)
+    ]
+    for folder in _subfolders(root):
+        names = _names_in(folder)
+        entries += [
+            _Entry(path, folder.name, _mask_beside(path, names)) for path in _images_in(folder, bad)
+        ]
+    return entries, ()
+
+
+def _read_csv(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
+    csv_path = root if root.is_file() else _single_csv(root, "csv")
+    table = _read_table(csv_path, sep=",")
+    label_column = "label" if "label" in table.columns else "class"
+    if "path" not in table.columns or label_column not in table.columns:
+        raise SemnbInputError(
+            csv_path,
+            f"has columns {list(table.columns)}, not path and label",
+            "name the columns path,label[,mask] (paths relative to the CSV's folder)",
+        )
+    extra_columns = [c for c in table.columns if c not in CORE_COLUMNS]
+    entries = []
+    for row_number, row in enumerate(table.to_dict("records"), start=2):
+        path = _listed_file(csv_path, row_number, row["path"], bad)
+        mask_text = row.get("mask", "").strip()
+        mask = _listed_file(csv_path, row_number, mask_text, bad) if mask_text else None
+        if path is None or (mask_text and mask is None):
+            continue
+        label = row[label_column].strip() or None
+        extra = {c: row[c] for c in extra_columns}
+        entries.append(_Entry(path, label, mask, row.get("split", "").strip(), extra))
+    return entries, ()
+
+
+def _read_carinthia(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
+    csv_path = root if root.is_file() else _single_csv(root, "carinthia")
+    table = _read_table(csv_path, sep=";")
+    missing = [c for c in CARINTHIA_COLUMNS if c not in table.columns]
+    if missing:
+        raise SemnbInputError(
+            csv_path,
+            f"lacks the Carinthia columns {missing}",
+            "use the header image_path;file_name;label",
+        )
+    base = csv_path.parent
+    entries = []
+    for row_number, row in enumerate(table.to_dict("records"), start=2):
+        folder, name = _portable(row["image_path"]), _portable(row["file_name"])
+        candidates = [base / folder / name, base / name, base / folder]
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            bad.report(
+                SemnbInputError(
+                    candidates[0],
+                    f"listed in {csv_path} (row {row_number}) but not found",
+                    "fix image_path/file_name, relative to the CSV's folder",
+                )
+            )
+            continue
+        try:
+            label = _carinthia_label(row["label"], csv_path, row_number)
+        except SemnbInputError as error:
+            bad.report(error)
+            continue
+        entries.append(_Entry(path, label))
+    return entries, CARINTHIA_CLASSES
+
+
+_READERS = {
+    "mvtec": _read_mvtec,
+    "folders": _read_folders,
+    "csv": _read_csv,
+    "carinthia": _read_carinthia,
+}
+
+
+# ---------------------------------------------------------------- building the ImageSet
+
+
+def _image_set(
+    root, layout, entries, fixed_classes, normal_class, label_names, skipped
+) -> ImageSet:
+    rename = {str(raw): str(name) for raw, name in label_names.items()}
+    names = [
+        None if e.class_name is None else rename.get(e.class_name, e.class_name) for e in entries
+    ]
+    class_names = sorted(
+        {rename.get(c, c) for c in fixed_classes} | {n for n in names if n is not None},
+        key=_natural_key,
+    )
+    number = {name: k for k, name in enumerate(class_names)}
+    labels = [UNLABELLED if name is None else number[name] for name in names]
+    meta = pd.DataFrame(
+        {
+            "path": [str(e.path) for e in entries],
+            "class": names,
+            "label": labels,
+            "mask": [None if e.mask_path is None else str(e.mask_path) for e in entries],
+            "split": [e.split for e in entries],
+        }
+    )
+    extras = pd.DataFrame([e.extra for e in entries])  # readers leave the core columns out
+    if not extras.empty:
+        meta = pd.concat([meta, extras], axis=1)
+    return ImageSet(
+        root=root,
+        layout=layout,
+        paths=[e.path for e in entries],
+        labels=labels,
+        class_names=class_names,
+        mask_paths=[e.mask_path for e in entries],
+        splits=[e.split for e in entries],
+        meta=meta,
+        normal_class=normal_class if normal_class in number else None,
+        skipped=skipped,
+    )
+
+
+def _headers_ok(entry: _Entry, bad: _BadFiles) -> bool:
+    """Read the image (and mask) header now; report a bad file or a mask of the wrong size."""
+    try:
+        shape = image_shape(entry.path)
+        if entry.mask_path is not None:
+            check_mask_shape(entry.mask_path, image_shape(entry.mask_path), entry.path, shape)
+    except SemnbInputError as error:
+        bad.report(error)
+        return False
+    return True
+
+
+def _merge_manifest(root: Path, entries: list[_Entry]) -> None:
+    """Copy the extra columns of root/manifest.csv (magnification, background, ...) into each entry."""
+    manifest = root / MANIFEST_NAME
+    if not manifest.is_file():
+        return
+    table = _read_table(manifest, sep=",")
+    if "path" not in table.columns:
+        return
+    extra_columns = [c for c in table.columns if c not in CORE_COLUMNS]
+    rows = {
+        os.path.normpath(root / p): row
+        for p, row in zip(table["path"], table[extra_columns].to_dict("records"))
+    }
+    for entry in entries:
+        entry.extra.update(rows.get(os.path.normpath(entry.path), {}))
+
+
+# ---------------------------------------------------------------- files and folders
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def _names_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+
+def _images_in(folder: Path, bad: _BadFiles, allow_empty: bool = False) -> list[Path]:
+    """Image files in `folder`, sorted; masks, hidden and non-image files left out.
+
+    Image formats semnb cannot read are reported (not silently dropped); an empty class folder
+    is reported too.
+    """
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        suffix = path.suffix.lower()
+        if suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+            bad.report(
+                SemnbInputError(
+                    path,
+                    f"unsupported image type {suffix}",
+                    f"convert it to one of {', '.join(IMAGE_EXTENSIONS)}",
+                )
+            )
+        elif suffix in IMAGE_EXTENSIONS and not is_mask_file(path):
+            images.append(path)
+    if not images and not allow_empty:
+        bad.report(
+            SemnbInputError(
+                folder,
+                "holds no images",
+                f"add images ({', '.join(IMAGE_EXTENSIONS)}) or remove the empty folder",
+            )
+        )
+    return images
+
+
+def _has_images(folder: Path) -> bool:
+    return any(
+        p.suffix.lower() in IMAGE_EXTENSIONS and not is_mask_file(p)
+        for p in folder.iterdir()
+        if p.is_file()
+    )
+
+
+def _find_mask(folder: Path, names: set[str], stem: str) -> Path | None:
+    for suffix in MASK_EXTENSIONS:
+        name = f"{stem}{MASK_SUFFIX}{suffix}"
+        if name in names:
+            return folder / name
+    return None
+
+
+def _mask_beside(path: Path, names: set[str]) -> Path | None:
+    return _find_mask(path.parent, names, path.stem)
+
+
+def _csv_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() == ".csv" and not p.name.startswith(".")
+    )
+
+
+def _csv_kind(path: Path) -> str | None:
+    """Which layout a CSV's header line announces: "carinthia", "csv", or None."""
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline().strip().lower()
+    if set(CARINTHIA_COLUMNS) <= {c.strip() for c in header.split(";")}:
+        return "carinthia"
+    columns = {c.strip() for c in header.split(",")}
+    if "path" in columns and ("label" in columns or "class" in columns):
+        return "csv"
+    return None
+
+
+def _single_csv(folder: Path, kind: str) -> Path:
+    found = [p for p in _csv_files(folder) if _csv_kind(p) == kind]
+    if len(found) != 1:
+        problem = (
+            f"holds no {kind} CSV"
+            if not found
+            else f"holds {len(found)} {kind} CSVs ({', '.join(p.name for p in found)})"
+        )
+        raise SemnbInputError(folder, problem, "pass the CSV file itself as the data path")
+    return found[0]
+
+
+def _read_table(csv_path: Path, sep: str) -> pd.DataFrame:
+    """A CSV with lower-case column names, read as text ("" where empty) so that labels such
+    as "01" stay as written; extra columns become numbers where they all are."""
+    try:
+        table = pd.read_csv(
+            csv_path, sep=sep, encoding="utf-8-sig", dtype=str, keep_default_na=False
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise SemnbInputError(
+            csv_path,
+            f"cannot be read as a CSV ({error})",
+            f"save it as UTF-8 text with '{sep}' between columns",
+        ) from error
+    table.columns = [str(c).strip().lower() for c in table.columns]
+    for column in table.columns:
+        if column not in CORE_COLUMNS + CARINTHIA_COLUMNS:
+            table[column] = _numbers_if_possible(table[column])
+    return table
+
+
+def _numbers_if_possible(column: pd.Series) -> pd.Series:
+    filled = column != ""
+    converted = pd.to_numeric(column.where(filled), errors="coerce")
+    return converted if converted.notna().sum() == filled.sum() else column
+
+
+def _listed_file(csv_path: Path, row_number: int, relative: str, bad: _BadFiles) -> Path | None:
+    if not relative.strip():
+        bad.report(
+            SemnbInputError(
+                csv_path,
+                f"row {row_number} has an empty path",
+                "fill in the path or delete the row",
+            )
+        )
+        return None
+    path = csv_path.parent / _portable(relative)
+    if not path.is_file():
+        bad.report(
+            SemnbInputError(
+                path,
+                f"listed in {csv_path} (row {row_number}) but not found",
+                "fix the path, relative to the CSV's folder",
+            )
+        )
+        return None
+    return path
+
+
+def _carinthia_label(raw: str, csv_path: Path, row_number: int) -> str | None:
+    """The class name for a Carinthia label ("3" or "3.0" -> "3"), None when empty."""
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():
+        raise SemnbInputError(
+            csv_path,
+            f"row {row_number} has label {raw!r}, not an integer class code",
+            "use the codes 1-6 (or leave it empty for unlabelled)",
+        )
+    return str(int(value))
+
+
+def _portable(text: str) -> str:
+    """A path written on Windows (backslashes) read the same on Linux."""
+    return text.strip().replace("\\", "/")
+
+
+def _natural_key(name: str) -> tuple:
+    """Sort "2" before "10" and numbers before words."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)

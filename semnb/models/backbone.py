@@ -1,0 +1,101 @@
+"""What every backbone shares: its name, the weights really loaded, image size and precision.
+
+A backbone turns gray images into `EncodedLevels` (`encode_levels`) and into one vector per
+image (`encode_image`). CLIP backbones also embed text (`encode_texts`); the CNN does not
+(`has_text` is False). Precision is fp32 or bf16: bf16 runs under `torch.autocast` on the
+CPU (AMX where present) while the weights stay fp32, so one loaded model serves both.
+
+Taught in: 03_vv_attention.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from semnb.errors import SemnbInputError
+from semnb.models.levels import EncodedLevels
+from semnb.models.pixels import normalize, resize_gray
+
+PRECISIONS = ("fp32", "bf16")
+
+Images = Sequence[np.ndarray] | np.ndarray | torch.Tensor
+
+
+class Backbone:
+    """Base class: subclasses set `mean`, `std`, `has_text` and implement the `_encode_*` methods."""
+
+    has_text: bool = False
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __init__(self, name: str, weights: str, image_size: int, precision: str = "fp32"):
+        self.name = name
+        self.weights = weights
+        self.image_size = int(image_size)
+        self.precision = precision
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS:
+            raise SemnbInputError("--precision", f"got {value!r}", f"use one of {', '.join(PRECISIONS)}")
+        self._precision = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, weights={self.weights!r}, {self.image_size}px, {self.precision})"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The numeric context for a forward pass: bf16 autocast, or nothing for fp32."""
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def gray(self, images: Images) -> torch.Tensor:
+        """Images resized for this backbone, still gray in [0, 1]: [B, 1, S, S] (what the cache hashes)."""
+        return resize_gray(images, self.image_size)
+
+    def pixels(self, images: Images) -> torch.Tensor:
+        """Network input [B, 3, S, S]; a tensor that already has this shape passes through."""
+        if isinstance(images, torch.Tensor):
+            expected = (3, self.image_size, self.image_size)
+            if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+                raise SemnbInputError("images", f"tensor of shape {tuple(images.shape)}",
+                                      f"pass numpy images or a pixel tensor [B, {expected[0]}, {expected[1]}, {expected[2]}]")
+            return images
+        return normalize(self.gray(images), self.mean, self.std)
+
+    @torch.inference_mode()
+    def encode_image(self, images: Images) -> torch.Tensor:
+        """One plain embedding per image, [B, E] float32 (not normalised).
+
+        Taught in: 03_vv_attention.
+        """
+        pixels = self.pixels(images)
+        with self.autocast():
+            return self._encode_image(pixels).float()
+
+    @torch.inference_mode()
+    def encode_levels(self, images: Images) -> EncodedLevels:
+        """Multi-level class and patch tokens of one batch (use `encode_images` for many, cached).
+
+        Taught in: 03_vv_attention.
+        """
+        pixels = self.pixels(images)
+        with self.autocast():
+            return self._encode_levels(pixels)
+
+    def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        raise SemnbInputError(f"backbone {self.name}", "has no text tower, so prompts cannot be embedded",
+                              "use a CLIP backbone (e.g. ViT-B-16-plus-240:laion400m_e32) for text prompts")
+
+    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _encode_levels(self, pixels: torch.Tensor) -> EncodedLevels:
+        raise NotImplementedError

@@ -1,0 +1,149 @@
+"""Load an open_clip model with real weights, or say in one sentence how to get them.
+
+Weights come, in this order, from: an explicit checkpoint file; open_clip's own download
+caches (nothing is fetched to look there); the file named by `SEMNB_CLIP_CHECKPOINT` (for
+the default model); the model hub when the machine is online. If none has them, one
+`SemnbInputError` says how to copy them from a connected machine. There is no silent
+fallback to random weights: random weights only come from the explicit tag `random`,
+and the returned label says so.
+
+Taught in: 02_prompts (loading real weights is the `backbone` parameter).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import open_clip
+import torch
+
+from semnb.errors import SemnbInputError
+
+DEFAULT_MODEL = "ViT-B-16-plus-240"
+DEFAULT_TAG = "laion400m_e32"
+CHECKPOINT_ENV = "SEMNB_CLIP_CHECKPOINT"
+OFFLINE_ENVS = ("SEMNB_OFFLINE", "HF_HUB_OFFLINE")
+RANDOM_TAG = "random"
+_HF_FILENAMES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+
+
+def download_hint(model: str, tag: str) -> str:
+    """The fix for missing weights: fetch on a connected machine, copy, point semnb at the file."""
+    return (f"on a machine with internet run `python -c \"import open_clip; "
+            f"open_clip.create_model_and_transforms('{model}', pretrained='{tag}')\"`, copy the "
+            f"checkpoint it saved (under ~/.cache/huggingface/hub or ~/.cache/clip) to this machine, "
+            f"then use --backbone {model}:/path/to/checkpoint (or clip:/path/to/checkpoint for "
+            f"{DEFAULT_MODEL}) or set {CHECKPOINT_ENV}=/path/to/checkpoint")
+
+
+def offline() -> bool:
+    """True when the user asked semnb (or the Hugging Face hub client) never to go online."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes") for name in OFFLINE_ENVS)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the hub, so an offline machine fails in seconds, not after retries."""
+    if offline():
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def cached_checkpoint(model: str, tag: str) -> Path | None:
+    """Where open_clip already saved the weights for `model`/`tag` on this machine, if anywhere.
+
+    Looks only at local files (open_clip's URL cache and the Hugging Face cache); never downloads.
+    """
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg:
+        return None
+    url = cfg.get("url", "")
+    if url:
+        path = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if path.is_file():
+            return path
+    repo = cfg.get("hf_hub", "").rstrip("/")
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        parts = repo.split("/")
+        repo_id = "/".join(parts[:2])
+        names = [parts[2]] if len(parts) > 2 else list(_HF_FILENAMES)
+        for filename in names:
+            found = try_to_load_from_cache(repo_id, filename)
+            if isinstance(found, str) and Path(found).is_file():
+                return Path(found)
+    return None
+
+
+def env_checkpoint() -> Path | None:
+    """The checkpoint named by SEMNB_CLIP_CHECKPOINT, checked to exist (None when unset)."""
+    value = os.environ.get(CHECKPOINT_ENV, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SemnbInputError(CHECKPOINT_ENV, f"{path} is not a file",
+                              f"set {CHECKPOINT_ENV} to a CLIP checkpoint file, or unset it")
+    return path
+
+
+def _create(model: str, pretrained: str | None, image_size: int | None) -> torch.nn.Module:
+    try:
+        clip = open_clip.create_model(model, pretrained=pretrained, force_image_size=image_size)
+    except RuntimeError as err:  # a checkpoint that does not fit the architecture
+        raise SemnbInputError(f"checkpoint {pretrained}", f"does not load into {model} ({err})",
+                              f"name the architecture it was trained with, as MODEL:{pretrained}") from err
+    return clip.eval()
+
+
+def load_open_clip(model: str, pretrained: str, image_size: int | None = None,
+                   seed: int = 0) -> tuple[torch.nn.Module, str]:
+    """Return (model, weights label) for an open_clip name and a tag, a file path or `random`.
+
+    The label is what every result records: e.g. "laion400m_e32 from /root/.cache/...",
+    or "random-init (ViT-B-16-plus-240, seed 0): NOT CLIP, for timing only".
+
+    Taught in: 02_prompts.
+    """
+    if model not in open_clip.list_models():
+        raise SemnbInputError(f"backbone {model}:{pretrained}", f"{model} is not an open_clip model name",
+                              f"use one of open_clip.list_models(), e.g. {DEFAULT_MODEL}")
+    if pretrained == RANDOM_TAG:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            clip = _create(model, None, image_size)
+        return clip, f"random-init ({model}, seed {seed}): NOT CLIP, for timing only"
+
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        return _create(model, str(path), image_size), f"checkpoint {path}"
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    if pretrained not in tags:
+        raise SemnbInputError(f"backbone {model}:{pretrained}",
+                              "is neither an existing checkpoint file nor a pretrained tag of this model",
+                              f"give a checkpoint path or one of the tags {tags}")
+
+    cached = cached_checkpoint(model, pretrained)
+    if cached is not None:
+        return _create(model, str(cached), image_size), f"{pretrained} from {cached}"
+    from_env = env_checkpoint() if (model, pretrained) == (DEFAULT_MODEL, DEFAULT_TAG) else None
+    if from_env is not None:
+        return _create(model, str(from_env), image_size), f"{pretrained} from {CHECKPOINT_ENV}={from_env}"
+    if hub_reachable():
+        return _create(model, pretrained, image_size), f"{pretrained} from the model hub"
+    raise SemnbInputError(f"backbone {model}:{pretrained}",
+                          "the CLIP weights are not on this machine and the model hub cannot be reached",
+                          download_hint(model, pretrained))
+
+
+def weights_status(model: str = DEFAULT_MODEL, tag: str = DEFAULT_TAG) -> str:
+    """One line on whether `model`/`tag` would load offline, without loading or downloading."""
+    cached = cached_checkpoint(model, tag)
+    if cached is not None:
+        return f"found at {cached}"
+    return f"missing: not in the local caches. Fix: {download_hint(model, tag)}"

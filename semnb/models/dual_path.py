@@ -1,0 +1,240 @@
+"""The dual-path CLIP image encoder: vanilla Q-K-V attention plus a V-V branch (SEM-CLIP eq. 1-7).
+
+Why V-V: in CLIP's last layers the query-key attention of a patch is spread over a few
+"global" tokens, so patch tokens describe the whole image and text-similarity maps light up
+the background (CLIP Surgery, arXiv 2304.05653). Attention of values to values,
+softmax(V V^T / sqrt(d)) V, makes each token attend to tokens like itself, so a defect patch
+stays a defect patch and its map stays on the defect.
+
+How, without new parameters: the vanilla path is open_clip's own forward pass, untouched.
+A forward hook on each of the L blocks takes the block's input x, computes the V-V branch
+from ln_1(x) with the block's own in_proj (V rows) and out_proj weights, and drops the MLP.
+The L blocks form m encoding blocks of n (ViT-B/16+: 4 x 3). Level j keeps Z_j, the vanilla
+tokens after its last block, and V_j, the sum of its n V-V outputs.
+
+Taught in: 03_vv_attention.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semnb.errors import SemnbInputError
+from semnb.models.backbone import Backbone
+from semnb.models.levels import EncodedLevels
+
+_TEXT_CHUNK = 256
+
+
+def default_groups(layers: int) -> tuple[int, int]:
+    """(m, n) for L blocks: the most levels out of 4, 3, 2 that divide L (12 -> 4 x 3, 6 -> 3 x 2)."""
+    for m in (4, 3, 2):
+        if layers % m == 0:
+            return m, layers // m
+    return 1, layers
+
+
+def check_dual_path_support(visual: nn.Module) -> None:
+    """Refuse, with a clear message, the open_clip image towers this encoder does not handle."""
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    supported = (
+        blocks is not None
+        and getattr(visual, "attn_pool", None) is None
+        and getattr(visual, "pool_type", "tok") == "tok"
+        and not getattr(visual, "final_ln_after_pool", False)
+        and all(isinstance(getattr(b, "attn", None), nn.MultiheadAttention) and b.attn._qkv_same_embed_dim
+                for b in blocks)
+    )
+    if not supported:
+        raise SemnbInputError("backbone", "this open_clip image tower is not a plain CLIP ViT "
+                              "(class-token pooling, nn.MultiheadAttention blocks)",
+                              "use a ViT model such as ViT-B-16-plus-240 or ViT-B-16")
+
+
+def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, D] -> [B, heads, T, D / heads]."""
+    b, n, d = t.shape
+    return t.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge(t: torch.Tensor) -> torch.Tensor:
+    """[B, heads, T, d] -> [B, T, heads * d]."""
+    b, h, n, d = t.shape
+    return t.transpose(1, 2).reshape(b, n, h * d)
+
+
+def qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-head queries, keys and values [B, heads, T, d] of a block for its input x [B, T, D]."""
+    attn = block.attn
+    q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    return _heads(q, attn.num_heads), _heads(k, attn.num_heads), _heads(v, attn.num_heads)
+
+
+def vv_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The V-V branch of one block for its input x [B, T, D]: out_proj(softmax(V V^T / sqrt(d)) V).
+
+    Uses only the value rows of the block's in_proj, then its out_proj and layer scale; no MLP.
+
+    Taught in: 03_vv_attention.
+    """
+    attn = block.attn
+    width = attn.embed_dim
+    bias = attn.in_proj_bias[2 * width:] if attn.in_proj_bias is not None else None
+    v = _heads(F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:], bias), attn.num_heads)
+    mixed = F.scaled_dot_product_attention(v, v, v)  # scale 1/sqrt(d) per head
+    return block.ls_1(attn.out_proj(_merge(mixed)))
+
+
+def attention_maps(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head-averaged attention matrices [B, T, T] of one block: softmax(QK^T/sqrt d) and softmax(VV^T/sqrt d).
+
+    Row t says where token t looks. Taught in: 03_vv_attention.
+    """
+    q, k, v = qkv(block, x)
+    scale = q.shape[-1] ** -0.5
+    qk = (q @ k.transpose(-2, -1) * scale).softmax(dim=-1).mean(dim=1)
+    vv = (v @ v.transpose(-2, -1) * scale).softmax(dim=-1).mean(dim=1)
+    return qk, vv
+
+
+class _BlockTaps:
+    """Forward hooks that record each block's output and its V-V branch during one forward pass.
+
+    Hooks see tensors in the transformer's own layout; `batch_first` is read at run time so
+    both [B, T, D] and [T, B, D] layouts give [B, T, D] records.
+    """
+
+    def __init__(self, transformer: nn.Module, vv: bool):
+        self.batch_first = getattr(transformer, "batch_first", True)
+        self.outputs: list[torch.Tensor] = []
+        self.vv: list[torch.Tensor] = []
+        self._want_vv = vv
+        self._handles = [b.register_forward_hook(self._record) for b in transformer.resblocks]
+
+    def _nld(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.batch_first else t.transpose(0, 1)
+
+    def _record(self, block: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        self.outputs.append(self._nld(output))
+        if self._want_vv:
+            self.vv.append(vv_branch(block, self._nld(args[0])))
+
+    def __enter__(self) -> _BlockTaps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def dual_path_forward(visual: nn.Module, pixels: torch.Tensor, groups: tuple[int, int],
+                      vv: bool = True) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor] | None]:
+    """Run the image tower once: (pooled embedding [B, E], Z_j [B, T, D] per level, V_j or None).
+
+    The embedding is exactly open_clip's `encode_image` output; with `vv=False` no V-V work is done.
+
+    Taught in: 03_vv_attention.
+    """
+    m, n = groups
+    with _BlockTaps(visual.transformer, vv) as taps:
+        embedding = visual(pixels)
+    if isinstance(embedding, tuple):  # towers built with output_tokens=True
+        embedding = embedding[0]
+    z = [taps.outputs[(j + 1) * n - 1] for j in range(m)]
+    v = [torch.stack(taps.vv[j * n:(j + 1) * n]).sum(dim=0) for j in range(m)] if vv else None
+    return embedding, z, v
+
+
+class ClipBackbone(Backbone):
+    """An open_clip CLIP model read out as a dual-path, multi-level encoder, with its text tower.
+
+    Taught in: 03_vv_attention (levels, V-V) and 02_prompts (text).
+    """
+
+    has_text = True
+
+    def __init__(self, model: nn.Module, name: str, weights: str, model_name: str,
+                 precision: str = "fp32", groups: tuple[int, int] | None = None):
+        visual = model.visual
+        check_dual_path_support(visual)
+        super().__init__(name, weights, visual.image_size[0], precision)
+        self.model = model.eval()
+        self.visual = visual
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        layers = len(visual.transformer.resblocks)
+        self.groups = groups or default_groups(layers)
+        if self.groups[0] * self.groups[1] != layers:
+            raise SemnbInputError("groups", f"{self.groups[0]} x {self.groups[1]} does not cover {layers} blocks",
+                                  f"choose m x n = {layers}")
+        preprocess = getattr(visual, "preprocess_cfg", {})
+        self.mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+        self.std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.visual.grid_size)
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [..., D] of any level or path -> joint space [..., E]: ln_post then proj (section 3.3).
+
+        Taught in: 03_vv_attention.
+        """
+        with torch.inference_mode(), self.autocast():
+            out = self.visual.ln_post(tokens.to(self.visual.proj.dtype))
+            return (out @ self.visual.proj).float()
+
+    def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+    def _encode_levels(self, pixels: torch.Tensor, vv: bool = True) -> EncodedLevels:
+        embedding, z, v = dual_path_forward(self.visual, pixels, self.groups, vv=vv)
+        return EncodedLevels(
+            cls=[t[:, 0].float() for t in z],
+            patch_z=[t[:, 1:].float() for t in z],
+            patch_v=None if v is None else [t[:, 1:].float() for t in v],
+            embedding=embedding.float(),
+            grid=self.grid,
+            projector=self.project,
+        )
+
+    @torch.inference_mode()
+    def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised text embeddings [P, E] of the prompts, in order.
+
+        Taught in: 02_prompts.
+        """
+        if isinstance(prompts, str) or len(prompts) == 0:
+            raise SemnbInputError("prompts", f"got {prompts!r}", "pass a non-empty list of strings")
+        out = []
+        with self.autocast():
+            for start in range(0, len(prompts), _TEXT_CHUNK):
+                tokens = self.tokenizer(list(prompts[start:start + _TEXT_CHUNK]))
+                out.append(self.model.encode_text(tokens).float())
+        return F.normalize(torch.cat(out), dim=-1)
+
+    @torch.inference_mode()
+    def attention_maps(self, images, block: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Q-K and V-V attention [B, T, T] (head mean) of one block (default: the last), token 0 = CLS.
+
+        Taught in: 03_vv_attention.
+        """
+        pixels = self.pixels(images)
+        target = self.visual.transformer.resblocks[block]
+        captured: list[torch.Tensor] = []
+        batch_first = getattr(self.visual.transformer, "batch_first", True)
+
+        def grab(module, args):
+            captured.append(args[0] if batch_first else args[0].transpose(0, 1))
+
+        handle = target.register_forward_pre_hook(grab)
+        try:
+            with self.autocast():
+                self.visual(pixels)
+        finally:
+            handle.remove()
+        qk, vv = attention_maps(target, captured[0].float())
+        return qk.float(), vv.float()

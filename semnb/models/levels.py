@@ -1,0 +1,83 @@
+"""`EncodedLevels`: the multi-level image features every few-shot method starts from.
+
+SEM-CLIP (arXiv 2502.14884, section 3.2) reads features out of m encoding blocks, not just
+the last layer: level j holds the class token and the patch tokens after block j, on the
+vanilla path (Z_j) and on the V-V path (V_j). The CNN backbone fills the same container
+from its stages, without a V path and without text.
+
+Taught in: 03_vv_attention.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass
+class EncodedLevels:
+    """Features of B images at m levels (float32, on the CPU).
+
+    cls: m tensors [B, D_j], the class token (CNN: the level's global average).
+    patch_z: m tensors [B, N, D_j], the vanilla path's patch tokens, N = h * w in row-major order.
+    patch_v: m tensors [B, N, D_j], the V-V path's patch tokens, or None for backbones without one.
+    embedding: [B, E], the backbone's plain image embedding (CLIP: `encode_image`; CNN: pooled head).
+    grid: (h, w) of the patch tokens; the same for every level.
+    projector: maps [..., D] tokens of any level to the joint text-image space (None without text).
+    """
+
+    cls: list[torch.Tensor]
+    patch_z: list[torch.Tensor]
+    patch_v: list[torch.Tensor] | None
+    embedding: torch.Tensor
+    grid: tuple[int, int]
+    projector: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.cls)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.embedding.shape[0])
+
+    @property
+    def dims(self) -> list[int]:
+        """Token width of each level (all equal for CLIP)."""
+        return [int(c.shape[-1]) for c in self.cls]
+
+    @property
+    def has_text(self) -> bool:
+        return self.projector is not None
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens of any level -> the joint space where text embeddings live (CLIP: ln_post, proj).
+
+        Taught in: 03_vv_attention.
+        """
+        if self.projector is None:
+            raise ValueError("this backbone has no text tower, so there is no joint space to project to")
+        return self.projector(tokens)
+
+    def subset(self, indices: Sequence[int] | torch.Tensor) -> EncodedLevels:
+        """The features of some images only (e.g. the support set of an episode)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return replace(self, cls=[t[idx] for t in self.cls], patch_z=[t[idx] for t in self.patch_z],
+                       patch_v=None if self.patch_v is None else [t[idx] for t in self.patch_v],
+                       embedding=self.embedding[idx])
+
+    @staticmethod
+    def concat(parts: Sequence[EncodedLevels]) -> EncodedLevels:
+        """Join batches encoded by the same backbone, in order."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        first = parts[0]
+        return replace(first, cls=_join(parts, "cls"), patch_z=_join(parts, "patch_z"),
+                       patch_v=None if first.patch_v is None else _join(parts, "patch_v"),
+                       embedding=torch.cat([p.embedding for p in parts]))
+
+
+def _join(parts: Sequence[EncodedLevels], name: str) -> list[torch.Tensor]:
+    """Concatenate one per-level field over batches, level by level."""
+    return [torch.cat([getattr(p, name)[j] for p in parts]) for j in range(parts[0].num_levels)]

@@ -1,0 +1,214 @@
+"""Expert prompts (SEM-CLIP section 3.1): state-level x template-level phrases, ensembled per class.
+
+Why: CLIP knows "scratch" from photos, not from SEM review images. Describing each class by
+several appearances an engineer would name ("fish scale-shaped scratches", "accidental
+connectivity") and several ways the image was taken ("a blurry SEM image of ...") gives
+each class many prompts; averaging their embeddings gives a text vector that is robust to
+any single wording. The phrases live in `prompt_kb.yaml`, which an engineer can edit.
+
+Taught in: 02_prompts.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from semnb.errors import SemnbInputError
+from semnb.models.backbone import Backbone
+from semnb.models.feature_cache import FeatureCache, cached_text_embeddings
+
+STYLES = ("expert", "generic")
+NORMAL_KEY = "good"
+
+
+@dataclass(frozen=True)
+class PromptKB:
+    """The knowledge base: object word, templates, per-class states, aliases, fallback, generic set."""
+
+    object: str
+    templates: tuple[str, ...]
+    states: dict[str, tuple[str, ...]]
+    aliases: dict[str, str]  # normalised alias -> class key
+    fallback_defect: tuple[str, ...]
+    generic_templates: tuple[str, ...]
+    generic_normal: tuple[str, ...]
+    generic_defect: tuple[str, ...]
+    source: str
+
+
+@dataclass
+class ClassTextEmbeddings:
+    """One text embedding per class ([C, E], unit length) and the prompts behind each.
+
+    Taught in: 02_prompts.
+    """
+
+    class_names: list[str]
+    embeddings: torch.Tensor
+    prompts: dict[str, list[str]]
+    style: str
+
+
+def _key(name: str) -> str:
+    """Class-name spelling that aliases are matched on: lower case, underscores."""
+    return re.sub(r"[\s\-]+", "_", str(name).strip().lower())
+
+
+def _words(name: str) -> str:
+    """A class name as words for a prompt: 'copper_residue' -> 'copper residue'."""
+    return re.sub(r"[_\-]+", " ", str(name)).strip()
+
+
+def _phrases(data: dict, field: str, source: str, placeholder: str) -> tuple[str, ...]:
+    value = data
+    for part in field.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v.strip() for v in value):
+        raise SemnbInputError(source, f"`{field}` must be a non-empty list of phrases", "fix the prompt file")
+    bad = [v for v in value if placeholder not in v]
+    if bad:
+        raise SemnbInputError(source, f"`{field}` phrase {bad[0]!r} lacks the placeholder {placeholder}",
+                              f"put {placeholder} where it belongs")
+    return tuple(value)
+
+
+def load_prompt_kb(path: str | os.PathLike | None = None) -> PromptKB:
+    """Read and check a prompt knowledge base (default: the packaged `prompt_kb.yaml`).
+
+    Taught in: 02_prompts.
+    """
+    if path is None:
+        source = "semnb/prompt_kb.yaml"
+        text = resources.files("semnb").joinpath("prompt_kb.yaml").read_text(encoding="utf-8")
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as err:
+            raise SemnbInputError(source, f"cannot be read ({err.strerror})", "give the path of a prompt YAML file") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SemnbInputError(source, f"is not valid YAML ({err})", "fix the syntax") from err
+    if not isinstance(data, dict) or not isinstance(data.get("states"), dict):
+        raise SemnbInputError(source, "has no `states` mapping", "start from semnb/prompt_kb.yaml")
+    if NORMAL_KEY not in data["states"]:
+        raise SemnbInputError(source, f"`states` has no `{NORMAL_KEY}` (defect-free) class", "add it")
+    states = {_key(name): _phrases(data["states"], name, source, "{obj}") for name in data["states"]}
+    aliases = {key: key for key in states}
+    for target, names in (data.get("aliases") or {}).items():
+        if _key(target) not in states or not isinstance(names, list):
+            raise SemnbInputError(source, f"alias entry `{target}` is not a class with a list of names", "fix it")
+        aliases.update({_key(alias): _key(target) for alias in names})
+    return PromptKB(
+        object=str(data.get("object") or "object"),
+        templates=_phrases(data, "templates", source, "{}"),
+        states=states,
+        aliases=aliases,
+        fallback_defect=_phrases(data, "fallback.defect", source, "{defect}"),
+        generic_templates=_phrases(data, "generic.templates", source, "{}"),
+        generic_normal=_phrases(data, "generic.normal", source, "{obj}"),
+        generic_defect=_phrases(data, "generic.defect", source, "{obj}"),
+        source=source,
+    )
+
+
+def state_phrases(class_name: str, is_normal: bool, kb: PromptKB, style: str = "expert") -> tuple[str, ...]:
+    """The state-level phrases of one class (placeholders unfilled).
+
+    Expert: the class's phrases from the knowledge base (matched through its aliases); a
+    defect class the base does not know gets the fallback phrases about its name.
+    Generic: "{obj}" for the normal class, "damaged {obj}" (and its name) for defects.
+
+    Taught in: 02_prompts.
+    """
+    if style not in STYLES:
+        raise SemnbInputError("style", f"got {style!r}", f"use one of {STYLES}")
+    if style == "generic":
+        return kb.generic_normal if is_normal else kb.generic_defect
+    if is_normal:
+        return kb.states[NORMAL_KEY]
+    known = kb.aliases.get(_key(class_name))
+    if known is not None and known != NORMAL_KEY:
+        return kb.states[known]
+    return kb.fallback_defect
+
+
+def compose(states: Sequence[str], templates: Sequence[str], obj: str, defect: str = "") -> list[str]:
+    """Every template filled with every state: the composite prompts, in a stable order.
+
+    Taught in: 02_prompts.
+    """
+    filled = [s.replace("{obj}", obj).replace("{defect}", defect) for s in states]
+    return [t.replace("{}", state) for state in filled for t in templates]
+
+
+def class_prompts(class_names: Sequence[str], normal_class: str = "good", style: str = "expert",
+                  obj: str | None = None, kb: PromptKB | None = None) -> dict[str, list[str]]:
+    """Composite prompts per class: state phrases x template phrases.
+
+    `normal_class` names the defect-free class (e.g. `free` for magnetic_tile); `obj` is the
+    imaged object (default: the knowledge base's, "wafer").
+
+    Taught in: 02_prompts.
+    """
+    kb = kb or load_prompt_kb()
+    if not class_names:
+        raise SemnbInputError("class_names", "is empty", "pass the data set's class names")
+    obj = obj or kb.object
+    templates = kb.generic_templates if style == "generic" else kb.templates
+    return {
+        name: compose(state_phrases(name, name == normal_class, kb, style), templates, obj, _words(name))
+        for name in class_names
+    }
+
+
+def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
+    """Mean of unit-length prompt embeddings [P, E], renormalised to unit length [E]."""
+    return F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=-1)
+
+
+def class_text_embeddings(backbone: Backbone, class_names: Sequence[str], normal_class: str = "good",
+                          style: str = "expert", obj: str | None = None, kb: PromptKB | None = None,
+                          cache: FeatureCache | None = None) -> ClassTextEmbeddings:
+    """Encode every class's composite prompts and ensemble them: one unit vector per class.
+
+    All prompts are encoded in one pass (and cached when `cache` is a FeatureCache).
+
+    Taught in: 02_prompts.
+    """
+    prompts = class_prompts(class_names, normal_class, style, obj, kb)
+    flat = [p for name in class_names for p in prompts[name]]
+    encoded = cached_text_embeddings(backbone, flat, cache)
+    out, start = [], 0
+    for name in class_names:
+        out.append(ensemble(encoded[start:start + len(prompts[name])]))
+        start += len(prompts[name])
+    return ClassTextEmbeddings(list(class_names), torch.stack(out), prompts, style)
+
+
+def normal_defect_embeddings(backbone: Backbone, class_names: Sequence[str], normal_class: str = "good",
+                             style: str = "expert", obj: str | None = None, kb: PromptKB | None = None,
+                             cache: FeatureCache | None = None) -> torch.Tensor:
+    """Two text vectors [2, E], (normal, defect): the defect vector ensembles every defect class's prompts.
+
+    This is the text side of a two-class defect map (section 3.3).
+
+    Taught in: 02_prompts.
+    """
+    per_class = class_prompts(class_names, normal_class, style, obj, kb)
+    defects = [p for name in class_names if name != normal_class for p in per_class[name]]
+    if normal_class not in per_class or not defects:
+        raise SemnbInputError("class_names", f"needs the normal class {normal_class!r} and at least one defect class",
+                              "pass all class names and set normal_class")
+    normal = per_class[normal_class]
+    encoded = cached_text_embeddings(backbone, normal + defects, cache)
+    return torch.stack([ensemble(encoded[:len(normal)]), ensemble(encoded[len(normal):])])

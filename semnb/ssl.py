@@ -1,0 +1,357 @@
+"""Self-supervised multi-resolution learning of SEM defect morphology (SimSiam across scales).
+
+The method of "Self-supervised multi-resolution learning for label-agnostic morphology
+representation and clustering of semiconductor thin-film SEM defects" (Sci. Rep. 2026):
+
+1. each image is cropped (border, info banner), resized to 512x512 (bicubic) and normalised
+   (`prepare_images`, which calls `semnb.data.preprocess`);
+2. a pyramid L0/L1/L2 = 512/256/128 is made by area interpolation (`build_pyramid`);
+3. one small CNN (`ConvEncoder`, weights shared by all levels) embeds every level into 128-d;
+   a projection head and a predictor sit on top during training only;
+4. the loss asks every pair of levels to agree (`cross_scale_loss`): the predictor output of
+   one level should have a high cosine with the stop-gradient projection of the other;
+5. after training, the L0 embedding without the projection head describes the image
+   (`embed`); `semnb.clustering` runs k-means on it.
+
+Which pairs and which side is stopped (the paper says "pairs of levels", SimSiam-style):
+all three pairs (L0,L1), (L0,L2), (L1,L2), each symmetrised as in SimSiam,
+    pair loss(i, j) = 1/2 * D(p_i, stopgrad(z_j)) + 1/2 * D(p_j, stopgrad(z_i)),
+    D(p, z) = -cos(p, z),
+and the loss is the mean over the three pairs, so it lies in [-1, 1] (-1 = perfect agreement).
+Here z = projector(encoder(level)) and p = predictor(z); the target side z is detached,
+so gradients flow only through the predicting side.
+
+Collapse watch: SimSiam can collapse to a constant output. The per-dimension standard
+deviation of the L2-normalised outputs is about 1/sqrt(d) when they spread over the sphere
+and tends to 0 when they collapse (`embedding_std`); training records it every epoch.
+
+Taught in: 06_ssl_clustering.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from semnb.data.preprocess import preprocess
+from semnb.errors import SemnbInputError
+
+PAPER_IMAGE_SIZE = 512
+NUM_LEVELS = 3
+LEVEL_PAIRS = ((0, 1), (0, 2), (1, 2))
+PRECISIONS = ("fp32", "bf16")
+
+
+# ---------------------------------------------------------------- preprocessing and pyramid
+
+
+def prepare_images(images: Sequence[np.ndarray], size: int = PAPER_IMAGE_SIZE, border: int = 0,
+                   banner: int | str = "auto", progress: bool = False) -> np.ndarray:
+    """The paper's preprocessing for every image: crop border and banner, bicubic resize, normalise.
+
+    Returns float32 [N, size, size] in [0, 1] (percentile normalisation). `size` must be a
+    multiple of 4 so that the pyramid levels size/2 and size/4 are whole.
+
+    Taught in: 06_ssl_clustering.
+    """
+    check_image_size(size)
+    if len(images) == 0:
+        raise SemnbInputError("images", "is empty", "pass at least one image")
+    out = np.empty((len(images), size, size), dtype=np.float32)
+    for i, image in enumerate(tqdm(images, desc="preprocess", disable=not progress)):
+        out[i] = preprocess(image, size=size, border=border, banner=banner, normalize="percentile")
+    return out
+
+
+def check_image_size(size: int, levels: int = NUM_LEVELS) -> None:
+    """Raise a clear error unless `size` halves cleanly `levels - 1` times and stays usable."""
+    factor = 2 ** (levels - 1)
+    if int(size) != size or size < 8 * factor or size % factor:
+        raise SemnbInputError("--image-size", f"got {size}",
+                              f"use a multiple of {factor} of at least {8 * factor} (the paper uses {PAPER_IMAGE_SIZE})")
+
+
+def build_pyramid(images: torch.Tensor, levels: int = NUM_LEVELS) -> list[torch.Tensor]:
+    """[B, 1, S, S] -> [L0, L1, L2] of sizes S, S/2, S/4 by area interpolation (box average).
+
+    Area interpolation by a whole factor f makes each output pixel the mean of an f x f block,
+    which keeps the total intensity and does not alias fine texture.
+
+    Taught in: 06_ssl_clustering.
+    """
+    if images.ndim != 4 or images.shape[1] != 1:
+        raise SemnbInputError("images", f"has shape {tuple(images.shape)}", "pass a batch [B, 1, S, S]")
+    size = images.shape[-1]
+    check_image_size(size, levels)
+    return [images] + [F.interpolate(images, size=(size // 2**level,) * 2, mode="area") for level in range(1, levels)]
+
+
+# ---------------------------------------------------------------- networks
+
+
+class ConvEncoder(nn.Module):
+    """The shared encoder: 3 x [conv 3x3 stride 2 padding 1, batch norm, ReLU], 1 -> 32 -> 64 -> 128
+    channels, adaptive average pooling and a linear layer to a 128-d embedding.
+
+    Being fully convolutional up to the pooling, one set of weights reads every pyramid level.
+
+    Taught in: 06_ssl_clustering.
+    """
+
+    def __init__(self, channels: Sequence[int] = (32, 64, 128), embedding_dim: int = 128):
+        super().__init__()
+        blocks, in_channels = [], 1
+        for out_channels in channels:
+            blocks += [nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1, bias=False),
+                       nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            in_channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(in_channels, embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.pool(self.features(x)).flatten(1))
+
+
+def _mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
+    """linear -> batch norm -> ReLU -> linear."""
+    return nn.Sequential(nn.Linear(dim_in, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, dim_out))
+
+
+class MultiResSimSiam(nn.Module):
+    """Encoder + projection head (linear, BN, ReLU, linear; 128-d) + predictor.
+
+    The predictor is SimSiam's bottleneck MLP (linear, BN, ReLU, linear) with a hidden
+    width of a quarter of the embedding (SimSiam: 2048 -> 512 -> 2048). The paper does not
+    give its width; `predictor_hidden` changes it.
+
+    Taught in: 06_ssl_clustering.
+    """
+
+    def __init__(self, embedding_dim: int = 128, predictor_hidden: int | None = None):
+        super().__init__()
+        self.encoder = ConvEncoder(embedding_dim=embedding_dim)
+        self.projector = _mlp(embedding_dim, embedding_dim, embedding_dim)
+        self.predictor = _mlp(embedding_dim, predictor_hidden or embedding_dim // 4, embedding_dim)
+
+    def forward(self, levels: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Per level: projections z and predictions p; also the L0 encoder output h (for the collapse watch)."""
+        h = [self.encoder(level) for level in levels]
+        z = [self.projector(e) for e in h]
+        p = [self.predictor(e) for e in z]
+        return z, p, h[0]
+
+
+# ---------------------------------------------------------------- loss and collapse watch
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """D(p, z) = -cos(p, stopgrad(z)), averaged over the batch: SimSiam's loss term.
+
+    Taught in: 06_ssl_clustering.
+    """
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def cross_scale_loss(z: Sequence[torch.Tensor], p: Sequence[torch.Tensor],
+                     pairs: Sequence[tuple[int, int]] = LEVEL_PAIRS) -> torch.Tensor:
+    """Mean over level pairs (i, j) of 1/2 D(p_i, sg(z_j)) + 1/2 D(p_j, sg(z_i)); see the module docstring.
+
+    Taught in: 06_ssl_clustering.
+    """
+    terms = [0.5 * (negative_cosine(p[i], z[j]) + negative_cosine(p[j], z[i])) for i, j in pairs]
+    return torch.stack(terms).mean()
+
+
+def embedding_std(embeddings: torch.Tensor | np.ndarray) -> float:
+    """Mean over dimensions of the std (over the batch) of L2-normalised embeddings.
+
+    About 1/sqrt(d) for embeddings spread over the unit sphere, 0 for a collapsed (constant) output.
+
+    Taught in: 06_ssl_clustering.
+    """
+    x = torch.as_tensor(embeddings).detach().float()
+    return float(F.normalize(x, dim=1).std(dim=0).mean())
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class SSLConfig:
+    """Training settings; the defaults are the paper's (Adam, lr 1e-3, batch 32, 15 epochs).
+
+    `channels_last` (a memory layout the CPU convolutions like: measured faster here),
+    `precision` ("bf16" autocast only pays on CPUs with AMX; measured slower on AVX2-only ones)
+    and `threads` (None keeps torch's setting) change speed, not the method.
+    """
+
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    embedding_dim: int = 128
+    predictor_hidden: int | None = None
+    seed: int = 0
+    channels_last: bool = True
+    precision: str = "fp32"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise SemnbInputError("--epochs", f"got {self.epochs}", "use 1 or more epochs")
+        if self.batch_size < 2:
+            raise SemnbInputError("batch_size", f"got {self.batch_size}", "use 2 or more (batch norm needs it)")
+        if self.precision not in PRECISIONS:
+            raise SemnbInputError("precision", f"got {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+
+
+@dataclass
+class TrainingHistory:
+    """Per epoch: mean loss, collapse watch on the projections z and on the L0 embeddings h, seconds."""
+
+    loss: list[float] = field(default_factory=list)
+    std_projection: list[float] = field(default_factory=list)
+    std_embedding: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    images_seen: int = 0
+
+    @property
+    def images_per_second(self) -> float:
+        """Training throughput: images (each with its whole pyramid) per second of training."""
+        return self.images_seen / max(sum(self.seconds), 1e-9)
+
+
+@dataclass
+class SSLRun:
+    """A trained model, its config and its training history."""
+
+    model: MultiResSimSiam
+    config: SSLConfig
+    history: TrainingHistory
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Use `threads` torch threads inside the block, and restore the previous setting after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _autocast(precision: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def _to_batch(images: np.ndarray, channels_last: bool) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def create_model(config: SSLConfig) -> MultiResSimSiam:
+    """A freshly initialised model, the same for the same `config.seed` (the global RNG is left untouched).
+
+    Taught in: 06_ssl_clustering.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = MultiResSimSiam(config.embedding_dim, config.predictor_hidden)
+    return model.to(memory_format=torch.channels_last) if config.channels_last else model
+
+
+def train_ssl(images: np.ndarray, config: SSLConfig | None = None, progress: bool = True) -> SSLRun:
+    """Train the multi-resolution SimSiam on preprocessed images [N, S, S] (from `prepare_images`).
+
+    No labels are used. Batches are drawn by a seeded shuffle; a last batch of one image is
+    dropped (batch norm needs two). Same seed, same thread count -> same weights.
+
+    Taught in: 06_ssl_clustering.
+    """
+    config = config or SSLConfig()
+    images = _check_images(images)
+    if len(images) < 2:
+        raise SemnbInputError("images", f"only {len(images)} image", "train on at least 2 images")
+    model = create_model(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    history = TrainingHistory()
+    n = len(images)
+    with _torch_threads(config.threads):
+        model.train()
+        bar = tqdm(range(config.epochs), desc="ssl epochs", disable=not progress)
+        for _ in bar:
+            start = time.perf_counter()
+            order = torch.randperm(n, generator=generator).numpy()
+            losses, weights, z_all, h_all = [], [], [], []
+            for first in range(0, n, config.batch_size):
+                batch = order[first:first + config.batch_size]
+                if len(batch) < 2:
+                    continue
+                levels = build_pyramid(_to_batch(images[batch], config.channels_last))
+                with _autocast(config.precision):
+                    z, p, h = model(levels)
+                    loss = cross_scale_loss([t.float() for t in z], [t.float() for t in p])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                weights.append(len(batch))
+                z_all.append(z[0].detach().float())
+                h_all.append(h.detach().float())
+                history.images_seen += len(batch)
+            history.seconds.append(time.perf_counter() - start)
+            history.loss.append(float(np.average(losses, weights=weights)))
+            history.std_projection.append(embedding_std(torch.cat(z_all)))
+            history.std_embedding.append(embedding_std(torch.cat(h_all)))
+            bar.set_postfix(loss=f"{history.loss[-1]:.3f}", std=f"{history.std_projection[-1]:.3f}")
+    model.eval()
+    return SSLRun(model, config, history)
+
+
+@torch.inference_mode()
+def embed(model: MultiResSimSiam, images: np.ndarray, batch_size: int = 32, channels_last: bool = True,
+          progress: bool = False) -> np.ndarray:
+    """L0 embeddings [N, 128] of preprocessed images: the encoder only, projection head removed.
+
+    Taught in: 06_ssl_clustering.
+    """
+    images = _check_images(images)
+    model.eval()
+    out = [model.encoder(_to_batch(images[s:s + batch_size], channels_last)).float()
+           for s in tqdm(range(0, len(images), batch_size), desc="embed", disable=not progress)]
+    return torch.cat(out).numpy()
+
+
+@torch.inference_mode()
+def embed_pyramid(model: MultiResSimSiam, images: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+    """Encoder embeddings of every pyramid level, [L0, L1, L2] each [N, 128]: how scale-consistent they are.
+
+    Taught in: 06_ssl_clustering.
+    """
+    images = _check_images(images)
+    model.eval()
+    per_level: list[list[torch.Tensor]] = [[] for _ in range(NUM_LEVELS)]
+    for s in range(0, len(images), batch_size):
+        for level, x in enumerate(build_pyramid(_to_batch(images[s:s + batch_size], channels_last=False))):
+            per_level[level].append(model.encoder(x).float())
+    return [torch.cat(parts).numpy() for parts in per_level]
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise SemnbInputError("images", f"has shape {images.shape}",
+                              "pass square preprocessed images [N, S, S] (semnb.ssl.prepare_images makes them)")
+    check_image_size(images.shape[1])
+    return images

@@ -1,0 +1,51 @@
+"""Atomic output, strict JSON and the results table."""
+import json
+
+import numpy as np
+import pytest
+
+from semnb.html_page import HtmlPage
+from semnb.io_utils import atomic_path, write_json_atomic
+from semnb.results import EvalResult
+
+
+def test_failed_write_leaves_earlier_file_untouched(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("earlier")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "earlier"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_json_is_strict_with_undefined_metrics_as_null(tmp_path):
+    path = write_json_atomic(tmp_path / "r.json", {"auroc": float("nan"), "x": np.float32(0.25), "v": np.arange(2)})
+    text = path.read_text()
+    assert "NaN" not in text
+    assert json.loads(text) == {"auroc": None, "x": 0.25, "v": [0, 1]}
+
+
+def test_eval_result_contract_and_table(tmp_path):
+    result = EvalResult("segment", "data", "semnb-tiny", "random-init", "fp32", 2, [0, 1], 10,
+                        results={"semclip": {"image_auroc": float("nan"), "pixel_auroc": 0.91, "pixel_auroc_std": 0.02},
+                                 "patchcore": {"image_auroc": 0.5, "pixel_auroc": 0.8, "pixel_auroc_std": 0.0}})
+    obj = json.loads(result.write(tmp_path / "r.json").read_text())
+    for key in ("task", "data", "backbone", "weights", "precision", "shots", "seeds", "n_images",
+                "results", "timing", "warnings"):
+        assert key in obj
+    assert list(obj["results"]) == ["semclip", "patchcore"]
+    assert obj["results"]["semclip"]["image_auroc"] is None
+    table = result.table()
+    assert "undef" in table and "0.910±0.020" in table
+    assert table.splitlines()[2].startswith("semclip")
+
+
+def test_html_page_escapes_user_supplied_names():
+    page = HtmlPage("<script>alert(1)</script>")
+    page.table([{"class": "<img src=x onerror=alert(1)>", "n": 3}])
+    page.paragraph("a & b")
+    html = page.render()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;" in html and "a &amp; b" in html

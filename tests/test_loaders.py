@@ -1,0 +1,306 @@
+"""Loaders and image reading: the four layouts, auto-detection, file formats and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from PIL import Image
+
+from semnb.data import ImageSet, detect_layout, load_dataset, read_image, read_mask
+from semnb.errors import SemnbInputError
+
+# ---------------------------------------------------------------- layouts
+
+
+def test_folders_layout_reads_classes_masks_and_pixels(tmp_images):
+    root = tmp_images("folders", {"good": 3, "crack": 2})
+    ds = load_dataset(root)
+    assert ds.layout == "folders" and len(ds) == 5
+    assert ds.class_names == ["crack", "good"]
+    assert ds.class_counts().to_dict() == {"crack": 2, "good": 3}
+    assert ds.normal_class == "good"
+    assert ds.is_normal.tolist() == [False, False, True, True, True]
+    assert [p is not None for p in ds.mask_paths] == [True, True, False, False, False]
+    img, mask = ds.image(1), ds.mask(1)
+    assert img.dtype == np.float32 and img.shape == (24, 24) and 0 <= img.min() and img.max() <= 1
+    assert mask.dtype == np.bool_ and mask.sum() == 36 and mask[3:9, 4:10].all()
+    assert img[mask].min() > 0.85 > img[~mask].max()  # the mask marks the bright defect
+    assert not ds.mask(2).any()  # a good image without a mask file is known defect-free
+    assert list(ds.meta.columns[:5]) == ["path", "class", "label", "mask", "split"]
+
+
+def test_missing_normal_class_gives_none_without_error(tmp_images):
+    root = tmp_images("folders", {"crack": 2, "hole": 2})
+    ds = load_dataset(root, normal_class="free")
+    assert ds.normal_class is None and not ds.is_normal.any()
+    assert ds.mask(0) is not None
+
+
+def test_images_without_a_mask_file_outside_the_normal_class_have_none(tmp_images):
+    root = tmp_images("folders", {"good": 1, "crack": 1})
+    (root / "crack" / "000_mask.png").unlink()
+    ds = load_dataset(root)
+    assert ds.mask(0) is None and not ds.has_masks
+
+
+def test_mvtec_layout_with_manifest_columns(tmp_images):
+    root = tmp_images("mvtec", {"good": 2, "bridge": 2, "particle": 1})
+    pd.DataFrame(
+        {
+            "path": ["test/bridge/001.png", "train/good/000.png"],
+            "class": ["bridge", "good"],
+            "background": ["lines", "film"],
+            "pixel_size_nm": [2.5, 4.0],
+        }
+    ).to_csv(root / "manifest.csv", index=False)
+    assert detect_layout(root) == "mvtec"
+    ds = load_dataset(root)
+    assert ds.layout == "mvtec" and len(ds) == 7
+    assert ds.class_names == ["bridge", "good", "particle"]
+    assert ds.splits.count("train") == 2 and ds.splits.count("test") == 5
+    train = [i for i, split in enumerate(ds.splits) if split == "train"]
+    assert all(ds.is_normal[i] for i in train)
+    bridge_1 = ds.paths.index(root / "test" / "bridge" / "001.png")
+    assert ds.mask_paths[bridge_1] == root / "ground_truth" / "bridge" / "001_mask.png"
+    assert ds.mask(bridge_1).sum() == 36
+    row = ds.meta.iloc[bridge_1]
+    assert row["background"] == "lines" and row["pixel_size_nm"] == 2.5
+    assert ds.meta.iloc[train[0]]["pixel_size_nm"] == 4.0
+    assert ds.meta["pixel_size_nm"].isna().sum() == 5  # rows the manifest does not list
+
+
+def test_csv_layout_from_file_or_folder_with_unlabelled_rows(tmp_path, write_png):
+    for name in ("a", "b", "c"):
+        write_png(tmp_path / "img" / f"{name}.png", np.full((8, 10), 0.5))
+    write_png(tmp_path / "img" / "a_m.png", np.eye(8, 10, dtype=np.uint8) * 255)
+    (tmp_path / "list.csv").write_text(
+        "path,label,mask,split,magnification\n"
+        "img/a.png,scratch,img/a_m.png,train,50000\n"
+        "img/b.png,,,test,20000\n"
+        "img/c.png,particle,,test,50000\n"
+    )
+    for root in (tmp_path / "list.csv", tmp_path):
+        assert detect_layout(root) == "csv"
+        ds = load_dataset(root)
+        assert ds.layout == "csv" and ds.class_names == ["particle", "scratch"]
+        assert ds.labels.tolist() == [1, -1, 0]
+        assert ds.splits == ["train", "test", "test"]
+        assert ds.mask(0).sum() == 8 and ds.mask(2) is None
+        assert ds.meta["magnification"].tolist() == [50000, 20000, 50000]
+        assert ds.class_counts()["(unlabelled)"] == 1
+
+
+def test_csv_missing_file_is_named_or_skipped(tmp_path, write_png):
+    write_png(tmp_path / "a.png", np.zeros((8, 8)))
+    (tmp_path / "list.csv").write_text("path,label\na.png,x\nmissing.png,y\n")
+    with pytest.raises(SemnbInputError, match="missing.png"):
+        load_dataset(tmp_path)
+    ds = load_dataset(tmp_path, skip_bad=True)
+    assert len(ds) == 1 and ds.skipped[0][0] == tmp_path / "missing.png"
+
+
+def test_carinthia_csv_with_tolerant_paths_and_label_names(tmp_path, write_png):
+    write_png(tmp_path / "defects" / "d1.png", np.full((8, 8), 0.1))
+    write_png(tmp_path / "defects" / "d2.png", np.full((8, 8), 0.2))
+    write_png(tmp_path / "d3.png", np.full((8, 8), 0.3))  # file_name only, at the root
+    (tmp_path / "labels.csv").write_text(
+        "image_path;file_name;label\ndefects;d1.png;3\ndefects\\;d2.png;6\nelsewhere;d3.png;1\n"
+    )
+    assert detect_layout(tmp_path) == "carinthia"
+    ds = load_dataset(tmp_path / "labels.csv")
+    assert ds.layout == "carinthia" and ds.class_names == ["1", "2", "3", "4", "5", "6"]
+    assert [ds.class_names[k] for k in ds.labels] == ["3", "6", "1"]
+    assert ds.image(2).mean() == pytest.approx(0.3, abs=0.003)
+    named = load_dataset(tmp_path, label_names={3: "particle", "6": "scratch"})
+    assert [named.class_names[k] for k in named.labels] == ["particle", "scratch", "1"]
+
+
+def test_carinthia_bad_label_names_the_csv(tmp_path, write_png):
+    write_png(tmp_path / "d1.png", np.zeros((8, 8)))
+    (tmp_path / "labels.csv").write_text("image_path;file_name;label\n.;d1.png;three\n")
+    with pytest.raises(SemnbInputError, match="labels.csv.*row 2"):
+        load_dataset(tmp_path)
+
+
+def test_unknown_layout_names_folder_and_lists_layouts(tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    with pytest.raises(SemnbInputError) as info:
+        load_dataset(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path) in message and all(
+        name in message for name in ("mvtec", "folders", "csv", "carinthia")
+    )
+    with pytest.raises(SemnbInputError, match="--layout.*unknown layout 'coco'"):
+        load_dataset(tmp_path, layout="coco")
+
+
+def test_empty_class_folder_is_an_error_naming_it_or_skipped(tmp_images):
+    root = tmp_images("folders", {"good": 2})
+    (root / "crack").mkdir()
+    with pytest.raises(SemnbInputError, match="crack: holds no images"):
+        load_dataset(root, layout="folders")
+    ds = load_dataset(root, layout="folders", skip_bad=True)
+    assert len(ds) == 2 and ds.skipped == [(root / "crack", "holds no images")]
+
+
+# ---------------------------------------------------------------- bad files
+
+
+def test_corrupt_image_is_named_at_load_or_skipped(tmp_images):
+    root = tmp_images("folders", {"good": 3})
+    bad = root / "good" / "001.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    with pytest.raises(SemnbInputError, match="001.png"):
+        load_dataset(root)
+    ds = load_dataset(root, skip_bad=True)
+    assert len(ds) == 2 and bad not in ds.paths
+    assert ds.skipped[0][0] == bad and "cannot read" in ds.skipped[0][1]
+    unchecked = load_dataset(root, check=False)  # no header check: the error comes on reading
+    with pytest.raises(SemnbInputError, match="001.png"):
+        unchecked.image(unchecked.paths.index(bad))
+
+
+def test_wrong_size_mask_names_both_files(tmp_images, write_png):
+    root = tmp_images("folders", {"crack": 2})
+    write_png(root / "crack" / "000_mask.png", np.zeros((20, 24)))
+    with pytest.raises(SemnbInputError) as info:
+        load_dataset(root)
+    assert (
+        "000_mask.png" in str(info.value)
+        and "000.png" in str(info.value)
+        and "20x24" in str(info.value)
+    )
+    ds = load_dataset(root, skip_bad=True)
+    assert len(ds) == 1 and ds.skipped[0][0].name == "000_mask.png"
+    with pytest.raises(SemnbInputError, match="000_mask.png"):
+        load_dataset(root, check=False).mask(0)
+
+
+def test_unsupported_image_type_in_a_class_folder_is_reported(tmp_images):
+    root = tmp_images("folders", {"good": 2})
+    (root / "good" / "scan.dm3").write_bytes(b"gatan")
+    (root / "good" / "readme.txt").write_text("ignored: not an image format")
+    with pytest.raises(SemnbInputError, match="scan.dm3: unsupported image type"):
+        load_dataset(root)
+    assert len(load_dataset(root, skip_bad=True)) == 2
+    with pytest.raises(SemnbInputError, match="scan.gif: unsupported file type"):
+        read_image(_touch(root / "scan.gif"))
+
+
+def _touch(path):
+    path.write_bytes(b"GIF89a")
+    return path
+
+
+# ---------------------------------------------------------------- formats
+
+
+def test_16bit_tiff_and_png_keep_their_scale(tmp_path):
+    ramp = np.linspace(0, 30000, 12 * 16).reshape(12, 16).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", ramp)
+    Image.fromarray(ramp).save(tmp_path / "a.png")
+    for name in ("a.tif", "a.png"):
+        img = read_image(tmp_path / name)
+        assert img.dtype == np.float32 and img.shape == (12, 16)
+        np.testing.assert_allclose(img, ramp / 65535.0, atol=1e-6)  # not stretched to [0, 1]
+
+
+def test_rgb_rgba_jpg_bmp_and_npy_become_gray(tmp_path):
+    rgb = np.zeros((10, 12, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    expected = (0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    rgba = np.dstack([rgb, np.full((10, 12), 7, np.uint8)])  # almost transparent: alpha ignored
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).save(tmp_path / "rgb.jpg", quality=95)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.bmp")
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    for name in ("rgb.png", "rgba.png", "rgb.tif"):
+        np.testing.assert_allclose(read_image(tmp_path / name), expected, atol=1e-5)
+    assert read_image(tmp_path / "rgb.jpg").mean() == pytest.approx(expected, abs=0.02)
+    np.testing.assert_allclose(read_image(tmp_path / "gray.bmp"), 200 / 255, atol=1e-6)
+    heights = np.array([[-2.0, 0.0], [1.0, 2.0]])
+    np.save(tmp_path / "scan.npy", heights)
+    np.testing.assert_allclose(read_image(tmp_path / "scan.npy"), [[0, 0.5], [0.75, 1]])
+
+
+def test_npy_object_array_is_refused_without_unpickling(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(SemnbInputError, match="obj.npy"):
+        read_image(tmp_path / "obj.npy")
+
+
+def test_mask_binarisation_rules(tmp_path, write_png):
+    noisy = np.array(
+        [[0, 30, 100, 128, 200, 255]], dtype=np.uint8
+    )  # 0/255 mask with JPEG-like noise
+    write_png(tmp_path / "noisy.png", noisy)
+    assert read_mask(tmp_path / "noisy.png").tolist() == [[False, False, False, True, True, True]]
+    write_png(tmp_path / "labels.png", np.array([[0, 1, 2, 0]], dtype=np.uint8))  # small label map
+    assert read_mask(tmp_path / "labels.png").tolist() == [[False, True, True, False]]
+    Image.fromarray(np.array([[0, 3, 1000]], dtype=np.uint16)).save(tmp_path / "instances.png")
+    assert read_mask(tmp_path / "instances.png").tolist() == [[False, True, True]]
+    np.save(tmp_path / "m.npy", np.array([[0.0, 1.0], [0.0, 0.2]]))
+    assert read_mask(tmp_path / "m.npy").tolist() == [[False, True], [False, True]]
+    with pytest.raises(SemnbInputError, match="m.npy.*2x2.*img.png is 3x3"):
+        read_mask(tmp_path / "m.npy", shape=(3, 3), image_path=tmp_path / "img.png")
+
+
+# ---------------------------------------------------------------- ImageSet behaviour
+
+
+def test_imageset_is_lazy_and_holds_no_pixels(tmp_images, write_png):
+    root = tmp_images("folders", {"good": 2, "crack": 2})
+    ds = load_dataset(root)
+    arrays = [value for value in vars(ds).values() if isinstance(value, np.ndarray)]
+    assert all(array.ndim == 1 and array.dtype == np.int64 for array in arrays)
+    assert all(not isinstance(v, np.ndarray) for v in ds.meta.to_numpy().ravel())
+    write_png(ds.paths[0], np.ones((24, 24)))  # changed on disk after loading
+    assert ds.image(0).min() == 1.0
+
+
+def test_subset_keeps_everything_aligned(tmp_images):
+    root = tmp_images("mvtec", {"good": 2, "bridge": 2, "hole": 2})
+    ds = load_dataset(root)
+    order = [6, 0, 3]
+    sub = ds.subset(order)
+    assert isinstance(sub, ImageSet) and len(sub) == 3
+    assert sub.paths == [ds.paths[i] for i in order]
+    assert sub.labels.tolist() == ds.labels[order].tolist()
+    assert sub.mask_paths == [ds.mask_paths[i] for i in order]
+    assert sub.splits == [ds.splits[i] for i in order]
+    assert sub.meta["path"].tolist() == [str(p) for p in sub.paths] and sub.meta.index.tolist() == [
+        0,
+        1,
+        2,
+    ]
+    assert sub.class_names == ds.class_names and sub.normal_class == ds.normal_class
+    np.testing.assert_array_equal(sub.image(0), ds.image(6))
+    by_mask = ds.subset(ds.is_normal)
+    assert len(by_mask) == int(ds.is_normal.sum()) and by_mask.is_normal.all()
+
+
+def test_images_stack_and_resize(tmp_images, write_png):
+    ds = load_dataset(tmp_images("folders", {"good": 2, "crack": 1}))
+    assert ds.images().shape == (3, 24, 24)
+    small = ds.images([0, 2], size=12)
+    assert small.shape == (2, 12, 12) and small.dtype == np.float32
+    mask = ds.mask(0, size=48)
+    assert mask.shape == (48, 48) and mask.dtype == np.bool_ and mask.sum() == 4 * 36
+    write_png(ds.paths[1], np.zeros((30, 24)))
+    with pytest.raises(SemnbInputError, match="size"):
+        ds.images()
+
+
+def test_magnetic_tile_real_folder(shared_data):
+    ds = load_dataset(shared_data / "magnetic_tile", normal_class="free")
+    assert len(ds) == 660 and ds.layout == "folders" and not ds.skipped
+    assert ds.class_names == ["blowhole", "break", "crack", "fray", "free", "uneven"]
+    assert all(p is not None for p in ds.mask_paths)
+    assert ds.normal_class == "free" and ds.is_normal.sum() == ds.class_counts()["free"]
+    crack = int(np.flatnonzero(ds.labels == ds.class_names.index("crack"))[0])
+    img, mask = ds.image(crack), ds.mask(crack)
+    assert img.shape == mask.shape and 0 < mask.mean() < 0.5
+    assert load_dataset(shared_data / "magnetic_tile").normal_class is None  # default "good" absent
