@@ -27,7 +27,10 @@ BENCH_PRECISIONS = ("fp32", "bf16", "both")
 
 
 def bench_images(n_images: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    """`n_images` synthetic SEM images, cycling through the classes (content does not change speed)."""
+    """`n_images` synthetic SEM images, cycling through the classes (content does not change speed).
+
+    Taught in: 03_vv_attention.
+    """
     return [generate_sem_image(CLASSES[i % len(CLASSES)], size, sample_seed(seed, CLASSES[i % len(CLASSES)], i)).image
             for i in range(n_images)]
 
@@ -44,7 +47,10 @@ def _token_cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[float]:
 
 
 def drift(reference: tuple[torch.Tensor, EncodedLevels], other: tuple[torch.Tensor, EncodedLevels]) -> dict:
-    """Cosine similarity of `other`'s features with `reference`'s (1.0 = no drift)."""
+    """Cosine similarity of `other`'s features with `reference`'s (1.0 = no drift).
+
+    Taught in: 03_vv_attention.
+    """
     ref_embedding, ref_levels = reference
     embedding, levels = other
     cos = F.cosine_similarity(ref_embedding, embedding, dim=-1)
@@ -140,7 +146,10 @@ def bench_encoder(backbone: str = "semnb-tiny", precision: str = "both", n_image
 
 
 def format_report(report: dict) -> str:
-    """The figures as a few readable lines for the terminal."""
+    """The figures as a few readable lines for the terminal.
+
+    Taught in: 03_vv_attention.
+    """
     lines = [f"{report['backbone']} ({report['weights']}), {report['n_images']} images at "
              f"{report['image_size']} px, {report['timing']['torch_threads']} threads"]
     for run, r in report["results"].items():

@@ -111,6 +111,37 @@ def finish_eval(result, json_path: Path | None) -> None:
         click.echo(f"wrote {result.write(json_path)}")
 
 
+@eval_.command("cluster")
+@eval_options
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True,
+              help="SSL training epochs (the paper: 15).")
+@click.option("--image-size", type=click.IntRange(min=32, max=2048), default=512, show_default=True,
+              help="Side the images are resized to, a multiple of 4 (the paper: 512; 128 for a quick run).")
+@click.option("--k", type=click.IntRange(min=2), default=None,
+              help="Number of k-means clusters  [default: number of labelled classes]")
+@click.option("--methods", default=None,
+              help="Comma-separated subset of ssl,glcm,lbp,wavelet,pca,imagenet,clip  [default: all; clip only with weights]")
+@click.option("--border", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Pixels cropped off every side before resizing (the info banner is found and cut automatically).")
+def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
+                         seeds: list[int], json_path: Path | None, epochs: int, image_size: int, k: int | None,
+                         methods: str | None, border: int) -> None:
+    """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet and CLIP features."""
+    from semnb.clustering import eval_cluster
+    from semnb.data import load_dataset
+
+    dataset = load_dataset(data_dir, layout=layout, normal_class=normal_class)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    evaluation = eval_cluster(dataset, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
+                              backbone=backbone, border=border, progress=True)
+    result = evaluation.result
+    if shots is not None:
+        result.warnings.append("--shots is not used by clustering (no labels are used to train)")
+    click.echo(f"k = {result.extra['k']} clusters on {result.n_images} images; NMI of a random assignment: "
+               f"{result.extra['nmi_random_assignment']:.3f}")
+    finish_eval(result, json_path)
+
+
 @eval_.command("retrieve")
 @eval_options
 @click.option("--k", type=click.IntRange(min=1), default=100, show_default=True,
@@ -134,6 +165,24 @@ def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str 
                                 shots=shots, progress=True)
     if loco:
         click.echo(loco_text(result))
+    finish_eval(result, json_path)
+
+
+@eval_.command("stm")
+@eval_options
+@click.option("--episodes", type=click.IntRange(min=1), default=300, show_default=True,
+              help="ProtoNet training episodes (per target surface and seed) for the defect classes.")
+def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
+             seeds: list[int], json_path: Path | None, episodes: int) -> None:
+    """STM scans X.npy with masks X_mask.npy: few-shot vs unsupervised vs raw-brightness defect maps
+    (--shots = labelled defects per scan, default 1) and, with defects.csv, defect classes."""
+    from semnb.stm_eval import evaluate_stm
+
+    result = evaluate_stm(data_dir, shots=shots or 1, seeds=seeds, episodes=episodes, progress=True)
+    if layout != "auto":
+        result.warnings.append(f"--layout {layout} is not used: stm reads scans X.npy with masks X_mask.npy")
+    if backbone is not None:
+        result.warnings.append(f"--backbone {backbone} is not used: stm works on the lattice, not on an image backbone")
     finish_eval(result, json_path)
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from semnb import metrics
 from semnb.errors import SemnbInputError
-from semnb.results import EvalResult, mean_over_seeds
+from semnb.results import EvalResult
 from semnb.ssl import PAPER_IMAGE_SIZE, SSLConfig, SSLRun, embed, prepare_images, train_ssl
 from semnb.texture_features import (backbone_features, glcm_features, lbp_histograms, pca_features,
                                     wavelet_energies)
@@ -220,7 +220,7 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
         backbone=", ".join(f"{m}: {specs[m].backbone}" for m in frozen) or "none",
         weights=", ".join(f"{m}: {specs[m].weights}" for m in frozen) or "none",
         precision=ssl_config.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(images),
-        results={m: mean_over_seeds(per_seed[m]) for m in order},
+        results={m: metrics.mean_std_over_seeds(per_seed[m]) for m in order},
         timing={f"{m}_s": round(t, 3) for m, t in timing.items()},
         warnings=warnings,
         extra={"k": k, "class_names": list(class_names), "image_size": int(images.shape[-1]),
@@ -239,8 +239,16 @@ def eval_cluster(dataset, methods: Sequence[str] | None = None, seeds: Sequence[
                  threads: int | None = None, progress: bool = True) -> ClusterEvaluation:
     """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
 
+    In the MVTec layout only the test split is clustered: train/ holds defect-free images
+    only and would make that class dominate. Unlabelled images are clustered but not scored.
+
     Taught in: 06_ssl_clustering (the CLI runs the same function).
     """
+    notes = []
+    test = [i for i, split in enumerate(dataset.splits) if split == "test"]
+    if dataset.layout == "mvtec" and 0 < len(test) < len(dataset):
+        notes.append(f"mvtec layout: clustered the {len(test)} test images only (train/ holds defect-free images only)")
+        dataset = dataset.subset(test)
     start = time.perf_counter()
     images = prepare_images(_LazyImages(dataset), size=image_size, border=border, banner=banner, progress=progress)
     preprocess_s = time.perf_counter() - start
@@ -248,6 +256,7 @@ def eval_cluster(dataset, methods: Sequence[str] | None = None, seeds: Sequence[
                                   ssl_config=SSLConfig(epochs=epochs, threads=threads), backbone=backbone,
                                   data=str(dataset.root), progress=progress)
     evaluation.result.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.result.timing}
+    evaluation.result.warnings[:0] = notes
     return evaluation
 
 
@@ -285,4 +294,4 @@ def _ssl_summary(run: SSLRun) -> dict:
             "threads": c.threads, "loss": [round(v, 5) for v in h.loss],
             "std_projection": [round(v, 5) for v in h.std_projection],
             "std_embedding": [round(v, 5) for v in h.std_embedding],
-            "healthy_std": round(1 / np.sqrt(c.embedding_dim), 5)}
+            "healthy_std": round(1 / float(np.sqrt(c.embedding_dim)), 5)}

@@ -31,7 +31,10 @@ NORMAL_KEY = "good"
 
 @dataclass(frozen=True)
 class PromptKB:
-    """The knowledge base: object word, templates, per-class states, aliases, fallback, generic set."""
+    """The knowledge base: object word, templates, per-class states, aliases, fallback, generic set.
+
+    Taught in: 02_prompts.
+    """
 
     object: str
     templates: tuple[str, ...]
@@ -172,7 +175,10 @@ def class_prompts(class_names: Sequence[str], normal_class: str = "good", style:
 
 
 def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
-    """Mean of unit-length prompt embeddings [P, E], renormalised to unit length [E]."""
+    """Mean of unit-length prompt embeddings [P, E], renormalised to unit length [E].
+
+    Taught in: 02_prompts.
+    """
     return F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=-1)
 
 
@@ -193,6 +199,18 @@ def class_text_embeddings(backbone: Backbone, class_names: Sequence[str], normal
         out.append(ensemble(encoded[start:start + len(prompts[name])]))
         start += len(prompts[name])
     return ClassTextEmbeddings(list(class_names), torch.stack(out), prompts, style)
+
+
+def zero_shot(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
+              logit_scale: float = 100.0) -> torch.Tensor:
+    """CLIP zero-shot class probabilities [B, C]: softmax of scaled cosine similarity image-text.
+
+    `logit_scale` 100 is CLIP's trained temperature (exp of its logit_scale, capped at 100).
+
+    Taught in: 02_prompts.
+    """
+    sims = F.normalize(image_embeddings, dim=-1) @ F.normalize(text_embeddings, dim=-1).T
+    return (logit_scale * sims).softmax(dim=-1)
 
 
 def normal_defect_embeddings(backbone: Backbone, class_names: Sequence[str], normal_class: str = "good",

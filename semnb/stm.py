@@ -32,6 +32,7 @@ Taught in: 08_stm.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -495,3 +496,116 @@ class PrototypeClassifier:
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(crops), axis=1)]
+
+
+@contextmanager
+def _single_thread():
+    """Run torch on one thread inside the block, restoring the setting after.
+
+    Why: the network is tiny; with several threads on a busy or small machine torch spends
+    more time synchronising than computing (measured: 1.1 s vs 0.08 s per episode on a
+    shared 2-core machine).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class ProtoNet:
+    """A small prototypical network (Snell et al., NeurIPS 2017) for defect crops.
+
+    Four blocks of 3x3 convolution (32 channels), batch norm, ReLU and 2x2 max pooling map a
+    2 x 24 x 24 crop (each channel z-scored) to a 288-d embedding. Trained episodically by
+    `train_protonet`: each episode is a small few-shot task, so the network learns an
+    embedding in which class means separate classes it has never seen, such as the defects
+    of a new surface. Use `embed` inside a `PrototypeClassifier`.
+
+    Taught in: 08_stm.
+    """
+
+    def __init__(self, seed: int = 0):
+        import torch
+        from torch import nn
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(*block(2, 32), *block(32, 32), *block(32, 32), *block(32, 32), nn.Flatten())
+
+    def tensor(self, crops: np.ndarray):
+        """Crops as a float tensor, each channel of each crop z-scored (as `flatten_embedding`)."""
+        import torch
+
+        x = np.asarray(crops, np.float32)
+        mean = x.mean(axis=(-2, -1), keepdims=True)
+        std = x.std(axis=(-2, -1), keepdims=True)
+        return torch.from_numpy((x - mean) / np.where(std > 0, std, 1.0))
+
+    def embed(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+        import torch
+
+        self.net.eval()
+        with torch.no_grad(), _single_thread():
+            parts = [self.net(self.tensor(crops[i:i + batch])).numpy() for i in range(0, len(crops), batch)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 288))
+
+
+def train_protonet(crops: np.ndarray, labels, episodes: int = 400, n_way: int = 4, max_shots: int = 5,
+                   n_query: int = 5, seed: int = 0, progress: bool = False) -> ProtoNet:
+    """Train a `ProtoNet` episodically on labelled crops (e.g. the defects of two surfaces).
+
+    Each episode draws `n_way` classes (labels should name the surface too, e.g.
+    "si001:adatom", so that classes of different surfaces stay apart), 1..`max_shots` support
+    and up to `n_query` query crops per class, each in a random rotation/reflection; the
+    loss is the cross-entropy of softmax(-squared distance to the class means) on the
+    queries (Snell et al. 2017). Adam, learning rate 1e-3. Same seed, same network.
+
+    Taught in: 08_stm.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    usable = classes[counts >= 2]
+    if len(usable) < 2:
+        raise SemnbInputError("labels", "fewer than two classes with two or more crops",
+                              "train on more labelled defects (at least two classes, two crops each)")
+    n_way = min(n_way, len(usable))
+    rng = np.random.default_rng(seed)
+    model = ProtoNet(seed)
+    optimiser = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+    views = dihedral(np.asarray(crops, np.float32))  # 8 x N x 2 x S x S
+    with torch.random.fork_rng(devices=[]), _single_thread():
+        torch.manual_seed(seed)
+        model.net.train()
+        for _ in tqdm(range(episodes), desc="protonet episodes", disable=not progress):
+            way = rng.choice(usable, size=n_way, replace=False)
+            shots = int(rng.integers(1, max_shots + 1))
+            support, query, query_target = [], [], []
+            for target, cls in enumerate(way):
+                members = rng.permutation(np.flatnonzero(labels == cls))
+                k = min(shots, len(members) - 1)
+                picked = members[:k + n_query]
+                chosen = views[rng.integers(0, 8, size=len(picked)), picked]
+                support.append(chosen[:k])
+                query.append(chosen[k:])
+                query_target += [target] * (len(picked) - k)
+            embedded = model.net(model.tensor(np.concatenate(support + query)))
+            n_support = sum(len(s) for s in support)
+            sizes = [len(s) for s in support]
+            prototypes = torch.stack([part.mean(0) for part in torch.split(embedded[:n_support], sizes)])
+            distances = torch.cdist(embedded[n_support:], prototypes) ** 2
+            loss = torch.nn.functional.cross_entropy(-distances, torch.as_tensor(query_target))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.net.eval()
+    return model

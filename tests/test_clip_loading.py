@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from semnb.errors import SemnbInputError
-from semnb.models import available_weights, load_backbone
-from semnb.models import clip_loader
+from semnb.models import available_weights, clip_loader, load_backbone
 from semnb.models.registry import _split_clip_name
 
 SIZE = 64
@@ -89,6 +88,7 @@ def test_clip_checkpoint_variable_names_the_default_model(tmp_path, monkeypatch)
     assert _split_clip_name("clip") == ("ViT-B-16-plus-240", str(path))
     assert _split_clip_name(f"clip:{path}") == ("ViT-B-16-plus-240", str(path))
     assert available_weights()["SEMNB_CLIP_CHECKPOINT"] == str(path)
+    assert available_weights()["ViT-B-16-plus-240:laion400m_e32"] == f"found at SEMNB_CLIP_CHECKPOINT={path}"
     monkeypatch.setenv("SEMNB_CLIP_CHECKPOINT", str(tmp_path / "missing.pt"))
     with pytest.raises(SemnbInputError, match="is not a file"):
         load_backbone("clip")

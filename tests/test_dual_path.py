@@ -149,3 +149,12 @@ def test_subset_and_concat_keep_image_order(tiny, pixels):
     for j in range(3):
         torch.testing.assert_close(joined.patch_v[j], levels.patch_v[j])
     torch.testing.assert_close(joined.embedding, levels.embedding)
+
+
+def test_features_can_feed_a_trained_layer_and_the_projection(tiny, pixels):
+    levels = tiny.encode_levels(pixels)
+    layer = torch.nn.Linear(64, 64)
+    loss = levels.project(layer(levels.patch_z[0])).square().mean()
+    loss.backward()  # works: features are ordinary tensors, gradients reach the layer only
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in tiny.model.parameters())

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from semnb.errors import SemnbInputError
-from semnb.models import FeatureCache, cached_text_embeddings, default_cache_dir, encode_images, load_backbone
+from semnb.models import (
+    FeatureCache,
+    cached_text_embeddings,
+    default_cache_dir,
+    encode_images,
+    load_backbone,
+)
 
 SIZE = 64
 

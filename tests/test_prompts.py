@@ -7,8 +7,15 @@ import torch.nn.functional as F
 
 from semnb.errors import SemnbInputError
 from semnb.models import FeatureCache, load_backbone
-from semnb.prompts import (class_prompts, class_text_embeddings, compose, ensemble, load_prompt_kb,
-                           normal_defect_embeddings, state_phrases)
+from semnb.prompts import (
+    class_prompts,
+    class_text_embeddings,
+    compose,
+    ensemble,
+    load_prompt_kb,
+    normal_defect_embeddings,
+    state_phrases,
+)
 
 SEM_CLASSES = ["good", "bridge", "copper_residue", "hole", "infilm", "particle", "scratch"]
 

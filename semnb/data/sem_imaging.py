@@ -8,11 +8,12 @@ What makes an SEM image look like one, in the order the tool makes it:
 - brightness and contrast drift over the frame;
 - defocus (and astigmatism) blur;
 - scan-line jitter: each scan row lands a little left or right;
-- shot noise: the detector counts electrons, so each pixel is a Poisson count;
+- shot noise: the detector counts electrons, so the noise grows as the square root of the signal;
 - an info banner of tool text with a scale bar at the bottom of some images.
 
 Taught in: 01_sem_data.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from semnb.data.sem_backgrounds import Surface
 
 _SCALE_BAR_NM = (10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000)
 _MIN_SIGNAL_SPREAD = 0.6  # auto-contrast stretches at most this signal range to full scale
-_DETECTOR_STEPS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))  # (row, col)
+# The eight (row, col) pixel steps a side detector can lie along.
+_DETECTOR_STEPS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1), (-1, 0), (-1, 1))
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,8 @@ class Microscope:
     edge_gain: float  # strength of the secondary-electron edge effect
     topography_gain: float  # how much brighter tops are than trench floors
     shadow: float  # darkness of the detector's shadow behind tall objects
-    blur: tuple[float, float]  # defocus, Gaussian sigma in pixels (rows, cols); unequal = astigmatism
+    # Defocus as a Gaussian sigma in pixels (rows, cols); unequal sigmas are astigmatism.
+    blur: tuple[float, float]
     dose: float  # electrons counted per pixel at full brightness: sets the shot noise
     glow: float  # amplitude of the charging glow (0 = none)
     streak: float  # charging tails along the scan rows (sign: bright or dark tails)
@@ -59,6 +62,7 @@ def draw_microscope(rng: np.random.Generator, size: int) -> Microscope:
     focus = rng.uniform(0.4, 1.5) * scale
     astigmatism = rng.uniform(1.0, 1.5) if rng.random() < 0.25 else 1.0
     side_detector = rng.random() < 0.6
+    streak = float(rng.choice([-1.0, 1.0])) * rng.uniform(0.05, 0.2) if rng.random() < 0.3 else 0.0
     return Microscope(
         detector_step=_DETECTOR_STEPS[rng.integers(len(_DETECTOR_STEPS))],
         directional=rng.uniform(0.1, 0.35) if side_detector else rng.uniform(0.0, 0.06),
@@ -68,7 +72,7 @@ def draw_microscope(rng: np.random.Generator, size: int) -> Microscope:
         blur=(focus * astigmatism, focus / astigmatism),
         dose=float(np.exp(rng.uniform(np.log(20.0), np.log(200.0)))),
         glow=rng.uniform(0.1, 0.45) if rng.random() < 0.35 else 0.0,
-        streak=float(rng.choice([-1.0, 1.0])) * rng.uniform(0.05, 0.2) if rng.random() < 0.3 else 0.0,
+        streak=streak,
         gain_tilt=rng.normal(0.0, 0.12),
         flicker=rng.uniform(0.0, 0.03),
         jitter=rng.uniform(0.0, 0.5) * max(scale, 0.5),
@@ -85,14 +89,18 @@ def render_signal(surface: Surface, scope: Microscope, rng: np.random.Generator)
     size, scale = surface.size, surface.scale
     height = surface.height
     slope_rows, slope_cols = np.gradient(height)
-    slope = np.sqrt(slope_rows**2 + slope_cols**2)
+    slope = np.sqrt(slope_rows * slope_rows + slope_cols * slope_cols)
     edge = slope / (slope + 0.25)
     step_rows, step_cols = scope.detector_step
-    facing = -(slope_rows * step_rows + slope_cols * step_cols) / float(np.hypot(step_rows, step_cols))
+    step_length = float(np.hypot(step_rows, step_cols))
+    facing = slope_rows * (-step_rows / step_length) + slope_cols * (-step_cols / step_length)
     # Tops give a little more signal than floors; below the floor (pits, grooves) electrons hardly escape.
-    topography = 1.0 + scope.topography_gain * (np.clip(height, 0.0, 2.0) - 0.5)
-    signal = surface.material * topography * np.exp(0.7 * np.minimum(height, 0.0))
-    signal += scope.edge_gain * edge + scope.directional * np.clip(2.0 * facing, -1.0, 1.0)
+    signal = (np.clip(height, 0.0, 2.0) - 0.5) * scope.topography_gain + 1.0
+    signal *= surface.material
+    if height.min() < 0:
+        signal *= np.exp(0.7 * np.minimum(height, 0.0))
+    signal += scope.edge_gain * edge
+    signal += scope.directional * np.clip(2.0 * facing, -1.0, 1.0)
     if scope.shadow > 0:
         signal -= scope.shadow * _detector_shadow(height, scope.detector_step, scale)
     if scope.streak:
@@ -106,8 +114,12 @@ def render_signal(surface: Surface, scope: Microscope, rng: np.random.Generator)
         signal += scope.glow * glow_rows[:, None] * glow_cols[None, :]
     # Brightness drifts over the time the frame takes, i.e. from row to row: a slow trend and a flicker.
     flicker = ndi.gaussian_filter1d(rng.standard_normal(size), 2.0).astype(np.float32)
-    row_gain = 1.0 + scope.gain_tilt * (positions / size - 0.5) + scope.flicker * flicker / (flicker.std() + 1e-6)
-    return ndi.gaussian_filter(signal * row_gain[:, None], scope.blur)
+    row_gain = (
+        1.0
+        + scope.gain_tilt * (positions / size - 0.5)
+        + scope.flicker * flicker / (flicker.std() + 1e-6)
+    )
+    return ndi.gaussian_filter(signal * row_gain[:, None], scope.blur, truncate=3.0)
 
 
 def _detector_shadow(height: np.ndarray, step: tuple[int, int], scale: float) -> np.ndarray:
@@ -116,16 +128,17 @@ def _detector_shadow(height: np.ndarray, step: tuple[int, int], scale: float) ->
     A pixel is shadowed when a point k steps towards the detector stands higher than the line of
     sight rising at a fixed take-off angle; this darkens the far side of particles and lines.
     """
-    rise_per_step = 1.0 / (3.0 * scale) * np.hypot(*step)
+    rise_per_step = float(np.hypot(*step)) / (3.0 * scale)
     reach = int(np.ceil(8 * scale)) + 1
     size = height.shape[0]
     padded = np.pad(height, reach, mode="edge")
-    blocked = np.zeros_like(height)
+    horizon = np.full_like(height, -np.inf)  # highest sight line met on the way to the detector
     for k in range(1, reach + 1):
         row0, col0 = reach + k * step[0], reach + k * step[1]
-        ahead = padded[row0 : row0 + size, col0 : col0 + size]
-        np.maximum(blocked, ahead - height - k * rise_per_step, out=blocked)
-    return np.clip(blocked / 0.6, 0.0, 1.0)
+        np.maximum(
+            horizon, padded[row0 : row0 + size, col0 : col0 + size] - k * rise_per_step, out=horizon
+        )
+    return np.clip((horizon - height) / 0.6, 0.0, 1.0)
 
 
 def scan_row_shifts(rng: np.random.Generator, size: int, scope: Microscope) -> np.ndarray:
@@ -134,29 +147,31 @@ def scan_row_shifts(rng: np.random.Generator, size: int, scope: Microscope) -> n
     Taught in: 01_sem_data.
     """
     shifts = ndi.gaussian_filter1d(rng.normal(0.0, scope.jitter * 1.7, size), 1.0)
-    if rng.random() < 0.2:
-        first = rng.integers(0, size)
-        shifts[first : first + rng.integers(1, max(2, size // 16))] += rng.choice([-1, 1]) * rng.uniform(1.0, 2.5)
+    if rng.random() < 0.2:  # a glitch: a band of rows lands a pixel or two off
+        first, rows = rng.integers(0, size), rng.integers(1, max(2, size // 16))
+        shifts[first : first + rows] += rng.choice([-1, 1]) * rng.uniform(1.0, 2.5)
     return shifts.astype(np.float32)
 
 
 def shift_rows(image: np.ndarray, shifts: np.ndarray, interpolate: bool = True) -> np.ndarray:
     """Move row r of `image` right by `shifts[r]` pixels (edge values fill in); nearest pixel if not `interpolate`.
 
-    The same shifts move the defect mask, so the mask stays on the defect.
+    The same shifts move the defect mask, so the mask stays on the defect. A row moves as a
+    whole, so its source columns are one integer offset plus one fraction per row.
     """
     height, width = image.shape
-    source = np.arange(width, dtype=np.float32)[None, :] - shifts[:, None]
+    columns = np.arange(width)
     row_starts = (np.arange(height) * width)[:, None]
     flat = image.ravel()
     if not interpolate:
-        return flat[np.clip(np.round(source).astype(np.intp), 0, width - 1) + row_starts]
-    left = np.floor(source)
-    fraction = source - left
-    left_index = np.clip(left.astype(np.intp), 0, width - 1) + row_starts
-    right_index = np.clip(left.astype(np.intp) + 1, 0, width - 1) + row_starts
-    left_values = flat[left_index]
-    return left_values + fraction * (flat[right_index] - left_values)
+        offsets = np.round(shifts).astype(np.intp)
+        return flat[np.clip(columns - offsets[:, None], 0, width - 1) + row_starts]
+    offsets = np.ceil(shifts).astype(np.intp)  # source column x - shift = (x - offset) + fraction
+    fraction = (offsets - shifts).astype(np.float32)[:, None]
+    left = np.clip(columns - offsets[:, None], 0, width - 1) + row_starts
+    right = np.clip(columns - offsets[:, None] + 1, 0, width - 1) + row_starts
+    left_values = flat[left]
+    return left_values + fraction * (flat[right] - left_values)
 
 
 def detect(signal: np.ndarray, scope: Microscope, rng: np.random.Generator) -> np.ndarray:
@@ -168,7 +183,7 @@ def detect(signal: np.ndarray, scope: Microscope, rng: np.random.Generator) -> n
 
     Taught in: 01_sem_data.
     """
-    low, high = (float(level) for level in np.quantile(signal[::2, ::2], [0.005, 0.998]))
+    low, high = (float(level) for level in np.quantile(signal[::3, ::3], [0.01, 0.99]))
     spread = max(high - low, _MIN_SIGNAL_SPREAD)  # a flat film is not stretched into a patchwork
     expected = np.clip(scope.brightness + scope.contrast * (signal - low) / spread, 0.0, None)
     expected *= scope.dose
@@ -181,7 +196,9 @@ def banner_height(size: int) -> int:
     return max(8, int(round(0.07 * size)))
 
 
-def draw_banner(width: int, rows: int, pixel_size_nm: float, rng: np.random.Generator) -> np.ndarray:
+def draw_banner(
+    width: int, rows: int, pixel_size_nm: float, rng: np.random.Generator
+) -> np.ndarray:
     """The tool's info strip: dark background, white text (voltage, working distance, magnification) and a scale bar.
 
     Taught in: 01_sem_data.
@@ -196,18 +213,24 @@ def draw_banner(width: int, rows: int, pixel_size_nm: float, rng: np.random.Gene
     bar_px = max(2, int(round(bar_nm / pixel_size_nm)))
     bar_label = f"{bar_nm // 1000} µm" if bar_nm >= 1000 else f"{bar_nm} nm"
     label_width = int(font.getlength(bar_label))
-    bar_left = width - bar_px - label_width - max(3, width // 40) * 2
+    margin = max(3, width // 40)
+    bar_left = width - bar_px - label_width - 2 * margin  # where the bar's label starts
     text_top = (rows - font.size) // 2 - 1
     draw.text((bar_left, text_top), bar_label, fill=ink, font=font)
     bar_top, bar_thickness = rows // 2 - max(1, rows // 8), max(2, rows // 5)
-    draw.rectangle([width - bar_px - max(3, width // 40), bar_top, width - max(3, width // 40) - 1,
-                    bar_top + bar_thickness - 1], fill=ink)
+    bar_box = [width - bar_px - margin, bar_top, width - margin - 1, bar_top + bar_thickness - 1]
+    draw.rectangle(bar_box, fill=ink)
 
     mag_kx = 127e6 / (width * pixel_size_nm) / 1000.0  # magnification on a 127 mm wide display
-    fields = ["SEM", f"HV {rng.choice([0.5, 0.8, 1.0, 2.0, 3.0, 5.0, 10.0]):.1f}kV", f"mag {mag_kx:.1f}kx",
-              f"WD {rng.uniform(2.0, 10.0):.1f}mm", str(rng.choice(["SE", "BSE", "InLens", "ETD"])),
-              f"#{rng.integers(1, 999):03d}"]
-    text_room = bar_left - max(3, width // 40) * 2
+    fields = [
+        "SEM",
+        f"HV {rng.choice([0.5, 0.8, 1.0, 2.0, 3.0, 5.0, 10.0]):.1f}kV",
+        f"mag {mag_kx:.1f}kx",
+        f"WD {rng.uniform(2.0, 10.0):.1f}mm",
+        str(rng.choice(["SE", "BSE", "InLens", "ETD"])),
+        f"#{rng.integers(1, 999):03d}",
+    ]
+    text_room = bar_left - 2 * margin
     while fields and font.getlength("  ".join(fields)) > text_room:
         fields.pop()
     draw.text((max(2, width // 60), text_top), "  ".join(fields), fill=ink, font=font)

@@ -14,6 +14,7 @@ same bytes, and a set's images do not change when classes are added or removed.
 
 Taught in: 01_sem_data.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -49,7 +50,9 @@ class SemSample:
     """One synthetic SEM image with its defect mask and how it was made."""
 
     image: np.ndarray  # uint8, size x size
-    mask: np.ndarray  # bool, size x size; True where the defect changed the wafer; all False for "good"
+    mask: (
+        np.ndarray
+    )  # bool, size x size; True where the defect changed the wafer; all False for "good"
     cls: str
     background: str  # "lines", "contacts", "routing" or "film"
     variant: str  # the defect's form, e.g. "thin" bridge, "fish_scale" scratch; "none" for good
@@ -63,7 +66,9 @@ class SemSample:
         return self.banner_rows > 0
 
 
-def generate_sem_image(cls: str, size: int = 256, seed: int = 0, reference: bool = False) -> SemSample:
+def generate_sem_image(
+    cls: str, size: int = 256, seed: int = 0, reference: bool = False
+) -> SemSample:
     """Make one synthetic SEM review image of class `cls` with its pixel mask.
 
     With `reference=True` the sample also carries the same field of view without the defect,
@@ -76,10 +81,10 @@ def generate_sem_image(cls: str, size: int = 256, seed: int = 0, reference: bool
         raise SemnbInputError("cls", f"unknown class {cls!r}", f"use one of {', '.join(CLASSES)}")
     _check_whole_number(size, "size (--size)", MIN_SIZE, MAX_SIZE)
     _check_whole_number(seed, "seed (--seed)", 0, 2**63 - 1)
-    layout, background_stream, defect_stream, imaging_stream = np.random.SeedSequence(
-        [int(seed), CLASSES.index(cls)]
-    ).spawn(4)
-    layout_rng, background_rng = np.random.default_rng(layout), np.random.default_rng(background_stream)
+    streams = np.random.SeedSequence([int(seed), CLASSES.index(cls)]).spawn(4)
+    layout_stream, background_stream, defect_stream, imaging_stream = streams
+    layout_rng = np.random.default_rng(layout_stream)
+    background_rng = np.random.default_rng(background_stream)
 
     banner_rows = banner_height(size) if layout_rng.random() < BANNER_PROBABILITY else 0
     field_of_view_nm = np.exp(layout_rng.uniform(np.log(600.0), np.log(3000.0)))
@@ -92,29 +97,42 @@ def generate_sem_image(cls: str, size: int = 256, seed: int = 0, reference: bool
     if cls == "good":
         variant, mask = "none", np.zeros((size, size), bool)
     else:
-        variant = add_defect(cls, surface, np.random.default_rng(defect_stream), usable_rows=size - banner_rows)
+        variant = add_defect(
+            cls, surface, np.random.default_rng(defect_stream), usable_rows=size - banner_rows
+        )
         mask = (np.abs(surface.height - clean.height) > HEIGHT_TOLERANCE) | (
             np.abs(surface.material - clean.material) > YIELD_TOLERANCE
         )
 
-    image, mask = _image_surface(surface, mask, banner, imaging_stream)
-    twin = _image_surface(clean, mask, banner, imaging_stream)[0] if reference else None
-    return SemSample(image, mask, cls, background, variant, pixel_size_nm, banner_rows, int(seed), twin)
+    image, row_shifts = _image_surface(surface, banner, imaging_stream)
+    mask = shift_rows(mask, row_shifts, interpolate=False)  # the scan jitter moves the defect too
+    mask[size - banner_rows :] = False
+    reference_image = _image_surface(clean, banner, imaging_stream)[0] if reference else None
+    return SemSample(
+        image,
+        mask,
+        cls,
+        background,
+        variant,
+        pixel_size_nm,
+        banner_rows,
+        int(seed),
+        reference_image,
+    )
 
 
-def _image_surface(surface: Surface, mask: np.ndarray, banner: np.ndarray | None,
-                   stream: np.random.SeedSequence) -> tuple[np.ndarray, np.ndarray]:
-    """The SEM picture of `surface` (and the mask moved by the same scan jitter), banner pasted in."""
+def _image_surface(
+    surface: Surface, banner: np.ndarray | None, stream: np.random.SeedSequence
+) -> tuple[np.ndarray, np.ndarray]:
+    """The SEM picture of `surface`, banner pasted in, and the scan jitter's row shifts."""
     rng = np.random.default_rng(stream)
     scope = draw_microscope(rng, surface.size)
     signal = render_signal(surface, scope, rng)
     row_shifts = scan_row_shifts(rng, surface.size, scope)
     image = detect(shift_rows(signal, row_shifts), scope, rng)
-    mask = shift_rows(mask, row_shifts, interpolate=False)
     if banner is not None:
         image[-len(banner) :] = banner
-        mask[-len(banner) :] = False
-    return image, mask
+    return image, row_shifts
 
 
 def sample_seed(seed: int, cls: str, index: int, split: str = "test") -> int:
@@ -145,12 +163,16 @@ def generate_sem_set(
     check_set_options(n_per_class, size, seed)
     unknown = [cls for cls in classes if cls not in CLASSES]
     if unknown or not classes:
-        raise SemnbInputError("classes", f"unknown or no classes {unknown}", f"use some of {', '.join(CLASSES)}")
+        raise SemnbInputError(
+            "classes", f"unknown or no classes {unknown}", f"use some of {', '.join(CLASSES)}"
+        )
     if split not in SPLITS:
         raise SemnbInputError("split", f"unknown split {split!r}", "use 'test' or 'train'")
     jobs = [(cls, index) for cls in classes for index in range(n_per_class)]
     bar = tqdm(jobs, desc=f"synthetic SEM ({split})", disable=not progress)
-    return (generate_sem_image(cls, size, sample_seed(seed, cls, index, split)) for cls, index in bar)
+    return (
+        generate_sem_image(cls, size, sample_seed(seed, cls, index, split)) for cls, index in bar
+    )
 
 
 def check_set_options(n_per_class: int, size: int, seed: int) -> None:
@@ -161,6 +183,13 @@ def check_set_options(n_per_class: int, size: int, seed: int) -> None:
 
 
 def _check_whole_number(value, name: str, minimum: int, maximum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= maximum:
-        raise SemnbInputError(name, f"must be a whole number from {minimum} to {maximum}, got {value!r}",
-                              f"pass a whole number in that range, e.g. {max(minimum, min(256, maximum))}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or not minimum <= value <= maximum
+    ):
+        raise SemnbInputError(
+            name,
+            f"must be a whole number from {minimum} to {maximum}, got {value!r}",
+            f"pass a whole number in that range, e.g. {max(minimum, min(256, maximum))}",
+        )

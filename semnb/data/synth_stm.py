@@ -33,13 +33,19 @@ Taught in: 08_stm.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
 from semnb.errors import SemnbInputError
+from semnb.io_utils import write_bytes_atomic, write_text_atomic
+
+MANIFEST = "manifest.csv"
+DEFECTS_CSV = "defects.csv"
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,47 @@ def generate_stm_scan(surface: str, size: int = 256, seed: int = 0, n_defects: i
     return StmScan(surface=surface, raw=height.astype(np.float32), clean=clean.astype(np.float32), mask=mask,
                    instances=instances, defects=defects, row_period=float(period), class_names=spec.classes,
                    artefacts=info)
+
+
+def write_stm_dataset(out_dir: str | Path, n_per_class: int = 4, size: int = 256, seed: int = 0) -> Path:
+    """Write `n_per_class` synthetic scans of every surface kind: the layout `semnb eval stm` reads.
+
+    Files: `<surface>_<i>.npy` (float32 raw topograph), `<surface>_<i>_mask.npy` (uint8,
+    1 = defect), `defects.csv` (scan, defect_id, x, y, class; x = column and y = row of
+    the defect centre in pixels) and `manifest.csv` (scan, surface, surface_name, size,
+    row_period_px, n_defects, n_steps, tip_change_line, seed). The manifest is written last,
+    so a folder with a manifest is complete; every file is written atomically.
+
+    Taught in: 08_stm.
+    """
+    if int(n_per_class) < 1:
+        raise SemnbInputError("--n-per-class", f"got {n_per_class}", "use at least 1 scan per surface")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest, defects = [], []
+    for surface in SURFACES:
+        for i in range(int(n_per_class)):
+            scan_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
+            scan = generate_stm_scan(surface, size=size, seed=scan_seed)
+            name = f"{surface}_{i:03d}"
+            write_bytes_atomic(out_dir / f"{name}.npy", _npy_bytes(scan.raw))
+            write_bytes_atomic(out_dir / f"{name}_mask.npy", _npy_bytes(scan.mask.astype(np.uint8)))
+            table = scan.defects.rename(columns={"cls": "class"})
+            table.insert(0, "scan", name)
+            defects.append(table)
+            manifest.append({"scan": name, "surface": surface, "surface_name": SURFACES[surface].name,
+                             "size": size, "row_period_px": round(scan.row_period, 3),
+                             "n_defects": len(scan.defects), "n_steps": scan.artefacts["n_steps"],
+                             "tip_change_line": scan.artefacts["tip_change_line"], "seed": scan_seed})
+    write_text_atomic(out_dir / DEFECTS_CSV, pd.concat(defects, ignore_index=True).to_csv(index=False, float_format="%.3f"))
+    write_text_atomic(out_dir / MANIFEST, pd.DataFrame(manifest).to_csv(index=False))
+    return out_dir
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------ geometry

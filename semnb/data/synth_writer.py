@@ -12,11 +12,11 @@ an interrupted run never leaves half a set behind.
 
 Taught in: 01_sem_data.
 """
+
 from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -28,9 +28,19 @@ from PIL import Image
 
 from semnb.data.synth_sem import CLASSES, SemSample, check_set_options, generate_sem_set
 from semnb.errors import SemnbInputError
+from semnb.io_utils import write_json_atomic, write_text_atomic
 
 MANIFEST_COLUMNS = (
-    "path", "class", "mask", "split", "background", "pixel_size_nm", "banner", "banner_rows", "variant", "seed",
+    "path",
+    "class",
+    "mask",
+    "split",
+    "background",
+    "pixel_size_nm",
+    "banner",
+    "banner_rows",
+    "variant",
+    "seed",
 )
 MARKER_FILE = "semnb_synth.json"
 
@@ -50,20 +60,38 @@ def write_sem_dataset(
 
     Taught in: 01_sem_data.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     check_set_options(n_per_class, size, seed)
     train_good = n_per_class if train_good is None else train_good
-    if isinstance(train_good, bool) or not isinstance(train_good, (int, np.integer)) or train_good < 1:
-        raise SemnbInputError("train_good", f"must be a whole number of at least 1, got {train_good!r}",
-                              "pass how many defect-free training images to write, e.g. 20")
+    if (
+        isinstance(train_good, bool)
+        or not isinstance(train_good, (int, np.integer))
+        or train_good < 1
+    ):
+        raise SemnbInputError(
+            "train_good",
+            f"must be a whole number of at least 1, got {train_good!r}",
+            "pass how many defect-free training images to write, e.g. 20",
+        )
     _check_target(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".writing", dir=out_dir.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".writing", dir=out_dir.parent)
+    )
+    staging.chmod(0o755)  # mkdtemp makes it private; the finished set is an ordinary folder
     try:
         samples = chain(
-            (("train", s) for s in generate_sem_set(train_good, size, seed, ("good",), progress, split="train")),
-            (("test", s) for s in generate_sem_set(n_per_class, size, seed, CLASSES, progress, split="test")),
+            (
+                ("train", s)
+                for s in generate_sem_set(
+                    train_good, size, seed, ("good",), progress, split="train"
+                )
+            ),
+            (
+                ("test", s)
+                for s in generate_sem_set(n_per_class, size, seed, CLASSES, progress, split="test")
+            ),
         )
         digits = max(3, len(str(max(n_per_class, train_good) - 1)))
         counters: dict[tuple[str, str], int] = {}
@@ -71,11 +99,17 @@ def write_sem_dataset(
         for split, sample in samples:
             index = counters[split, sample.cls] = counters.get((split, sample.cls), -1) + 1
             rows.append(_write_sample(staging, split, sample, f"{index:0{digits}d}"))
-        (staging / "manifest.csv").write_text(_manifest_text(rows), encoding="utf-8")
-        settings = {"generator": "semnb.data.synth_writer.write_sem_dataset", "kind": "sem",
-                    "n_per_class": n_per_class, "train_good": train_good, "size": size, "seed": seed,
-                    "classes": list(CLASSES)}
-        (staging / MARKER_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(staging / "manifest.csv", _manifest_text(rows))
+        settings = {
+            "generator": "semnb.data.synth_writer.write_sem_dataset",
+            "kind": "sem",
+            "n_per_class": n_per_class,
+            "train_good": train_good,
+            "size": size,
+            "seed": seed,
+            "classes": list(CLASSES),
+        }
+        write_json_atomic(staging / MARKER_FILE, settings)
         _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -85,7 +119,9 @@ def write_sem_dataset(
 def _check_target(out_dir: Path) -> None:
     """Refuse to write over anything that is not ours: a file, or a non-empty folder without our marker."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise SemnbInputError(str(out_dir), "is a file, not a folder", "pass a new or empty folder to --out")
+        raise SemnbInputError(
+            str(out_dir), "is a file, not a folder", "pass a new or empty folder to --out"
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER_FILE).is_file():
         raise SemnbInputError(
             str(out_dir),
@@ -103,9 +139,16 @@ def _write_sample(root: Path, split: str, sample: SemSample, stem: str) -> dict:
         mask_path = (Path("ground_truth") / sample.cls / f"{stem}_mask.png").as_posix()
         _save_png(root / mask_path, sample.mask.astype(np.uint8) * 255)
     return {
-        "path": image_path.as_posix(), "class": sample.cls, "mask": mask_path, "split": split,
-        "background": sample.background, "pixel_size_nm": sample.pixel_size_nm, "banner": sample.has_banner,
-        "banner_rows": sample.banner_rows, "variant": sample.variant, "seed": sample.seed,
+        "path": image_path.as_posix(),
+        "class": sample.cls,
+        "mask": mask_path,
+        "split": split,
+        "background": sample.background,
+        "pixel_size_nm": sample.pixel_size_nm,
+        "banner": sample.has_banner,
+        "banner_rows": sample.banner_rows,
+        "variant": sample.variant,
+        "seed": sample.seed,
     }
 
 
@@ -125,7 +168,9 @@ def _manifest_text(rows: list[dict]) -> str:
 def _move_into_place(staging: Path, out_dir: Path) -> None:
     """Rename the finished set onto `out_dir`; an earlier set there is moved aside first, then deleted."""
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+        retired = Path(
+            tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent)
+        )
         os.replace(out_dir, retired)
         os.replace(staging, out_dir)
         shutil.rmtree(retired, ignore_errors=True)

@@ -13,6 +13,7 @@ from semnb.errors import SemnbInputError
 WRITERS = {
     "sem": "semnb.data.synth_writer:write_sem_dataset",
     "tem": "semnb.data.synth_tem:write_tem_dataset",
+    "stm": "semnb.data.synth_stm:write_stm_dataset",
 }
 
 

@@ -4,7 +4,12 @@ Start with `load_backbone(name)` and `encode_images(backbone, images, cache)`; s
 03_vv_attention for the dual-path encoder and 02_prompts for text.
 """
 from semnb.models.backbone import PRECISIONS, Backbone
-from semnb.models.feature_cache import FeatureCache, cached_text_embeddings, default_cache_dir, encode_images
+from semnb.models.feature_cache import (
+    FeatureCache,
+    cached_text_embeddings,
+    default_cache_dir,
+    encode_images,
+)
 from semnb.models.levels import EncodedLevels
 from semnb.models.registry import DEFAULT_BACKBONE, available_weights, load_backbone
 

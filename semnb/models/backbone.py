@@ -25,7 +25,10 @@ Images = Sequence[np.ndarray] | np.ndarray | torch.Tensor
 
 
 class Backbone:
-    """Base class: subclasses set `mean`, `std`, `has_text` and implement the `_encode_*` methods."""
+    """Base class: subclasses set `mean`, `std`, `has_text` and implement the `_encode_*` methods.
+
+    Taught in: 03_vv_attention.
+    """
 
     has_text: bool = False
     mean: tuple[float, float, float]
@@ -51,17 +54,26 @@ class Backbone:
         return f"{type(self).__name__}({self.name!r}, weights={self.weights!r}, {self.image_size}px, {self.precision})"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The numeric context for a forward pass: bf16 autocast, or nothing for fp32."""
+        """The numeric context for a forward pass: bf16 autocast, or nothing for fp32.
+
+        Taught in: 03_vv_attention.
+        """
         if self.precision == "bf16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def gray(self, images: Images) -> torch.Tensor:
-        """Images resized for this backbone, still gray in [0, 1]: [B, 1, S, S] (what the cache hashes)."""
+        """Images resized for this backbone, still gray in [0, 1]: [B, 1, S, S] (what the cache hashes).
+
+        Taught in: 03_vv_attention.
+        """
         return resize_gray(images, self.image_size)
 
     def pixels(self, images: Images) -> torch.Tensor:
-        """Network input [B, 3, S, S]; a tensor that already has this shape passes through."""
+        """Network input [B, 3, S, S]; a tensor that already has this shape passes through.
+
+        Taught in: 03_vv_attention.
+        """
         if isinstance(images, torch.Tensor):
             expected = (3, self.image_size, self.image_size)
             if images.ndim != 4 or tuple(images.shape[1:]) != expected:
@@ -70,7 +82,7 @@ class Backbone:
             return images
         return normalize(self.gray(images), self.mean, self.std)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_image(self, images: Images) -> torch.Tensor:
         """One plain embedding per image, [B, E] float32 (not normalised).
 
@@ -80,7 +92,7 @@ class Backbone:
         with self.autocast():
             return self._encode_image(pixels).float()
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_levels(self, images: Images) -> EncodedLevels:
         """Multi-level class and patch tokens of one batch (use `encode_images` for many, cached).
 

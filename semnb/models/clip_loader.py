@@ -19,6 +19,7 @@ import open_clip
 import torch
 
 from semnb.errors import SemnbInputError
+from semnb.models.tiny_clip import quiet_random_init_warning
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_TAG = "laion400m_e32"
@@ -28,7 +29,7 @@ RANDOM_TAG = "random"
 _HF_FILENAMES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
 
 
-def download_hint(model: str, tag: str) -> str:
+def _download_hint(model: str, tag: str) -> str:
     """The fix for missing weights: fetch on a connected machine, copy, point semnb at the file."""
     return (f"on a machine with internet run `python -c \"import open_clip; "
             f"open_clip.create_model_and_transforms('{model}', pretrained='{tag}')\"`, copy the "
@@ -37,14 +38,14 @@ def download_hint(model: str, tag: str) -> str:
             f"{DEFAULT_MODEL}) or set {CHECKPOINT_ENV}=/path/to/checkpoint")
 
 
-def offline() -> bool:
+def _offline() -> bool:
     """True when the user asked semnb (or the Hugging Face hub client) never to go online."""
     return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes") for name in OFFLINE_ENVS)
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
+def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick TCP probe of the hub, so an offline machine fails in seconds, not after retries."""
-    if offline():
+    if _offline():
         return False
     try:
         with socket.create_connection(("huggingface.co", 443), timeout=timeout):
@@ -57,6 +58,8 @@ def cached_checkpoint(model: str, tag: str) -> Path | None:
     """Where open_clip already saved the weights for `model`/`tag` on this machine, if anywhere.
 
     Looks only at local files (open_clip's URL cache and the Hugging Face cache); never downloads.
+
+    Taught in: 02_prompts.
     """
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
@@ -81,7 +84,10 @@ def cached_checkpoint(model: str, tag: str) -> Path | None:
 
 
 def env_checkpoint() -> Path | None:
-    """The checkpoint named by SEMNB_CLIP_CHECKPOINT, checked to exist (None when unset)."""
+    """The checkpoint named by SEMNB_CLIP_CHECKPOINT, checked to exist (None when unset).
+
+    Taught in: 02_prompts.
+    """
     value = os.environ.get(CHECKPOINT_ENV, "").strip()
     if not value:
         return None
@@ -114,7 +120,7 @@ def load_open_clip(model: str, pretrained: str, image_size: int | None = None,
         raise SemnbInputError(f"backbone {model}:{pretrained}", f"{model} is not an open_clip model name",
                               f"use one of open_clip.list_models(), e.g. {DEFAULT_MODEL}")
     if pretrained == RANDOM_TAG:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), quiet_random_init_warning():
             torch.manual_seed(seed)
             clip = _create(model, None, image_size)
         return clip, f"random-init ({model}, seed {seed}): NOT CLIP, for timing only"
@@ -134,16 +140,26 @@ def load_open_clip(model: str, pretrained: str, image_size: int | None = None,
     from_env = env_checkpoint() if (model, pretrained) == (DEFAULT_MODEL, DEFAULT_TAG) else None
     if from_env is not None:
         return _create(model, str(from_env), image_size), f"{pretrained} from {CHECKPOINT_ENV}={from_env}"
-    if hub_reachable():
+    if _hub_reachable():
         return _create(model, pretrained, image_size), f"{pretrained} from the model hub"
     raise SemnbInputError(f"backbone {model}:{pretrained}",
                           "the CLIP weights are not on this machine and the model hub cannot be reached",
-                          download_hint(model, pretrained))
+                          _download_hint(model, pretrained))
 
 
 def weights_status(model: str = DEFAULT_MODEL, tag: str = DEFAULT_TAG) -> str:
-    """One line on whether `model`/`tag` would load offline, without loading or downloading."""
+    """One line on whether `model`/`tag` would load offline, without loading or downloading.
+
+    Taught in: every notebook's first cell (print_env).
+    """
     cached = cached_checkpoint(model, tag)
     if cached is not None:
         return f"found at {cached}"
-    return f"missing: not in the local caches. Fix: {download_hint(model, tag)}"
+    if (model, tag) == (DEFAULT_MODEL, DEFAULT_TAG):
+        try:
+            from_env = env_checkpoint()
+        except SemnbInputError as err:
+            return f"missing: {err}"
+        if from_env is not None:
+            return f"found at {CHECKPOINT_ENV}={from_env}"
+    return f"missing: not in the local caches. Fix: {_download_hint(model, tag)}"

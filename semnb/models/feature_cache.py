@@ -39,7 +39,10 @@ STORE_DTYPES = ("float16", "float32")
 
 
 def default_cache_dir() -> Path:
-    """$SEMNB_CACHE_DIR, else ~/.cache/semnb."""
+    """$SEMNB_CACHE_DIR, else ~/.cache/semnb.
+
+    Taught in: 03_vv_attention.
+    """
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "semnb").expanduser()
 
 
@@ -58,7 +61,10 @@ class FeatureCache:
         self.misses = 0
 
     def key(self, backbone: Backbone, kind: str, payload: bytes) -> str:
-        """Hash of the payload and every backbone setting that changes the features."""
+        """Hash of the payload and every backbone setting that changes the features.
+
+        Taught in: 03_vv_attention.
+        """
         digest = hashlib.sha256()
         for part in (FORMAT_VERSION, kind, backbone.name, backbone.weights, backbone.precision,
                      str(backbone.image_size), repr(getattr(backbone, "groups", None)), self.store_dtype):
@@ -70,7 +76,10 @@ class FeatureCache:
         return self.root / key[:2] / f"{key}.npz"
 
     def load(self, key: str) -> dict[str, np.ndarray] | None:
-        """The stored arrays, or None when absent or unreadable (then it is recomputed and rewritten)."""
+        """The stored arrays, or None when absent or unreadable (then it is recomputed and rewritten).
+
+        Taught in: 03_vv_attention.
+        """
         path = self.path(key)
         if not path.is_file():
             return None
@@ -82,7 +91,10 @@ class FeatureCache:
             return None
 
     def save(self, key: str, arrays: dict[str, np.ndarray]) -> Path:
-        """Write one entry atomically (a crash never leaves half a file behind)."""
+        """Write one entry atomically (a crash never leaves half a file behind).
+
+        Taught in: 03_vv_attention.
+        """
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         with atomic_path(self.path(key)) as tmp:

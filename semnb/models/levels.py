@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -25,6 +26,8 @@ class EncodedLevels:
     embedding: [B, E], the backbone's plain image embedding (CLIP: `encode_image`; CNN: pooled head).
     grid: (h, w) of the patch tokens; the same for every level.
     projector: maps [..., D] tokens of any level to the joint text-image space (None without text).
+
+    Taught in: 03_vv_attention.
     """
 
     cls: list[torch.Tensor]
@@ -60,8 +63,26 @@ class EncodedLevels:
             raise ValueError("this backbone has no text tower, so there is no joint space to project to")
         return self.projector(tokens)
 
+    def similarity_maps(self, text: torch.Tensor, level: int = -1, path: str = "z") -> torch.Tensor:
+        """Cosine similarity of each patch, projected to the joint space, to each text vector.
+
+        text: [C, E] unit vectors (e.g. class or normal/defect embeddings). Returns [B, C, h, w].
+        `path` is "z" (vanilla) or "v" (V-V). This is the raw readout that defect maps start from.
+
+        Taught in: 03_vv_attention.
+        """
+        tokens = {"z": self.patch_z, "v": self.patch_v}.get(path)
+        if tokens is None:
+            raise ValueError(f"path must be 'z' or 'v' (and 'v' needs a V-V backbone), got {path!r}")
+        patches = F.normalize(self.project(tokens[level]), dim=-1)  # [B, N, E]
+        sims = patches @ F.normalize(text, dim=-1).T  # [B, N, C]
+        return sims.transpose(1, 2).reshape(self.num_images, -1, *self.grid)
+
     def subset(self, indices: Sequence[int] | torch.Tensor) -> EncodedLevels:
-        """The features of some images only (e.g. the support set of an episode)."""
+        """The features of some images only (e.g. the support set of an episode).
+
+        Taught in: 03_vv_attention.
+        """
         idx = torch.as_tensor(indices, dtype=torch.long)
         return replace(self, cls=[t[idx] for t in self.cls], patch_z=[t[idx] for t in self.patch_z],
                        patch_v=None if self.patch_v is None else [t[idx] for t in self.patch_v],
@@ -69,7 +90,10 @@ class EncodedLevels:
 
     @staticmethod
     def concat(parts: Sequence[EncodedLevels]) -> EncodedLevels:
-        """Join batches encoded by the same backbone, in order."""
+        """Join batches encoded by the same backbone, in order.
+
+        Taught in: 03_vv_attention.
+        """
         if not parts:
             raise ValueError("nothing to concatenate")
         first = parts[0]

@@ -1,8 +1,8 @@
 """Turn gray images into the pixel tensor a backbone sees, and check them on the way in.
 
 SEM images are gray; CLIP and ImageNet networks expect three channels, a fixed square
-size and their own mean/std. Every backbone calls `to_pixels`, so the feature cache can
-hash exactly what the network saw.
+size and their own mean/std. Every backbone goes through `resize_gray` and `normalize`, so
+the feature cache can hash exactly what the network saw.
 
 Taught in: 03_vv_attention.
 """
@@ -18,7 +18,10 @@ from semnb.errors import SemnbInputError
 
 
 def as_gray_unit(image: np.ndarray, index: int = 0) -> np.ndarray:
-    """One image as float32 gray in [0, 1]: integer images are scaled by their range, RGB is averaged."""
+    """One image as float32 gray in [0, 1]: integer images are scaled by their range, RGB is averaged.
+
+    Taught in: 03_vv_attention.
+    """
     array = np.asarray(image)
     if array.dtype.kind in "ui":  # 8- or 16-bit images: scale by the type's range
         array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
@@ -41,6 +44,8 @@ def resize_gray(images: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.T
 
     Non-square images are stretched, not cropped, so a defect near the border stays visible
     and maps line up with the whole image.
+
+    Taught in: 03_vv_attention.
     """
     if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4))):
         images = [images]  # one image; a 3-D array is otherwise a stack [B, H, W]
@@ -56,7 +61,10 @@ def resize_gray(images: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.T
 
 
 def normalize(gray: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """[B, 1, H, W] gray in [0, 1] -> [B, 3, H, W] normalised with the network's mean and std."""
+    """[B, 1, H, W] gray in [0, 1] -> [B, 3, H, W] normalised with the network's mean and std.
+
+    Taught in: 03_vv_attention.
+    """
     mean_t = torch.tensor(mean, dtype=gray.dtype).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=gray.dtype).view(1, 3, 1, 1)
     return (gray.expand(-1, 3, -1, -1) - mean_t) / std_t

@@ -16,10 +16,21 @@ import os
 
 from semnb.errors import SemnbInputError
 from semnb.models.backbone import Backbone
-from semnb.models.clip_loader import (CHECKPOINT_ENV, DEFAULT_MODEL, DEFAULT_TAG, env_checkpoint,
-                                      load_open_clip, weights_status)
+from semnb.models.clip_loader import (
+    CHECKPOINT_ENV,
+    DEFAULT_MODEL,
+    DEFAULT_TAG,
+    env_checkpoint,
+    load_open_clip,
+    weights_status,
+)
 from semnb.models.dual_path import ClipBackbone
-from semnb.models.efficientnet import EFFICIENTNET_NAME, WEIGHTS_PACKAGE, EfficientNetBackbone, weights_file
+from semnb.models.efficientnet import (
+    EFFICIENTNET_NAME,
+    WEIGHTS_PACKAGE,
+    EfficientNetBackbone,
+    weights_file,
+)
 from semnb.models.tiny_clip import TINY_GROUPS, TINY_NAME, create_tiny_clip, tiny_weights_label
 
 DEFAULT_BACKBONE = f"{DEFAULT_MODEL}:{DEFAULT_TAG}"

@@ -8,6 +8,9 @@ Taught in: 03_vv_attention (every notebook runs on it in smoke mode).
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import open_clip
@@ -20,13 +23,19 @@ TINY_GROUPS = (3, 2)
 
 
 def register_tiny_config() -> None:
-    """Make `semnb-tiny` an open_clip model name (idempotent), so tokenizer and factory know it."""
+    """Make `semnb-tiny` an open_clip model name (idempotent), so tokenizer and factory know it.
+
+    Taught in: 03_vv_attention.
+    """
     if TINY_NAME not in open_clip.list_models():
         open_clip.add_model_config(TINY_CONFIG)
 
 
 def tiny_weights_label(seed: int) -> str:
-    """What a result made with the tiny model must say about its weights."""
+    """What a result made with the tiny model must say about its weights.
+
+    Taught in: 03_vv_attention.
+    """
     return f"random-init ({TINY_NAME}, seed {seed}): NOT CLIP, maps and scores mean nothing"
 
 
@@ -36,7 +45,21 @@ def create_tiny_clip(seed: int = 0, image_size: int | None = None) -> torch.nn.M
     Taught in: 03_vv_attention.
     """
     register_tiny_config()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), quiet_random_init_warning():
         torch.manual_seed(seed)
         model = open_clip.create_model(TINY_NAME, pretrained=None, force_image_size=image_size)
     return model.eval()
+
+
+@contextlib.contextmanager
+def quiet_random_init_warning() -> Iterator[None]:
+    """Silence open_clip's "initialized randomly" log line: semnb labels random weights itself.
+
+    Taught in: 03_vv_attention.
+    """
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
