@@ -120,13 +120,13 @@ def finish_eval(result, json_path: Path | None) -> None:
 @click.option("--k", type=click.IntRange(min=2), default=None,
               help="Number of k-means clusters  [default: number of labelled classes]")
 @click.option("--methods", default=None,
-              help="Comma-separated subset of ssl,glcm,lbp,wavelet,pca,imagenet,clip  [default: all; clip only with weights]")
+              help="Comma-separated subset of ssl,glcm,lbp,wavelet,pca,imagenet,clip,ssl_untrained  [default: all; clip only with weights]")
 @click.option("--border", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pixels cropped off every side before resizing (the info banner is found and cut automatically).")
 def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                          seeds: list[int], json_path: Path | None, epochs: int, image_size: int, k: int | None,
                          methods: str | None, border: int) -> None:
-    """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet and CLIP features."""
+    """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
     from semnb.clustering import eval_cluster
     from semnb.data import load_dataset
 

@@ -24,11 +24,14 @@ from tqdm.auto import tqdm
 from semnb import metrics
 from semnb.errors import SemnbInputError
 from semnb.results import EvalResult
-from semnb.ssl import PAPER_IMAGE_SIZE, SSLConfig, SSLRun, embed, prepare_images, train_ssl
+from semnb.ssl import PAPER_IMAGE_SIZE, SSLConfig, SSLRun, create_model, embed, prepare_images, train_ssl
 from semnb.texture_features import (backbone_features, glcm_features, lbp_histograms, pca_features,
                                     wavelet_energies)
 
-METHODS = ("ssl", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip")
+METHODS = ("ssl", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip", "ssl_untrained")
+"""The paper's method first, then its baselines, then a control: the same encoder with its random
+initial weights (seeded), untrained. When the control scores like `ssl`, training taught the
+encoder nothing the clustering can use."""
 IMAGENET_BACKBONE = "efficientnet-lite0"
 IMAGENET_SIZE = 224
 KMEANS_N_INIT = 10
@@ -104,7 +107,7 @@ class FeatureSpec:
 
 def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress: bool = False,
                    warnings: list[str] | None = None) -> dict[str, FeatureSpec]:
-    """Feature extractors of the baselines in `methods` (everything but "ssl").
+    """Feature extractors of the baselines in `methods` (everything but "ssl" and "ssl_untrained").
 
     "imagenet" loads `efficientnet-lite0`; "clip" loads `backbone` when it names a CLIP
     model, else the default CLIP when its weights are on this machine. When "clip" was not
@@ -141,7 +144,7 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
                 warnings.append("clip: semnb-tiny has random weights, NOT CLIP; its row is for tests only")
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
                                         seeded=False, backbone=net.name, weights=net.weights)
-        elif method != "ssl":
+        elif method not in ("ssl", "ssl_untrained"):
             raise SemnbInputError("--methods", f"unknown method {method!r}", f"use some of {', '.join(METHODS)}")
     return specs
 
@@ -189,8 +192,10 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
         raise SemnbInputError("--seeds", "no seed given", "write e.g. --seeds 0,1,2")
     k = _number_of_clusters(labels, k)
     warnings: list[str] = []
+    load_start = time.perf_counter()
     specs = baseline_specs(requested, backbone, progress, warnings if methods is None else None)
-    order = [m for m in requested if m == "ssl" or m in specs]
+    load_s = time.perf_counter() - load_start
+    order = [m for m in requested if m in ("ssl", "ssl_untrained") or m in specs]
     ssl_config = ssl_config or SSLConfig()
     timing: dict[str, float] = {m: 0.0 for m in order}
     per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in order}
@@ -205,6 +210,9 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
                 run = train_ssl(images, replace(ssl_config, seed=int(seed)), progress=progress)
                 features = embed(run.model, images, channels_last=ssl_config.channels_last)
                 first_run = first_run or run
+            elif method == "ssl_untrained":
+                features = embed(create_model(replace(ssl_config, seed=int(seed))), images,
+                                 channels_last=ssl_config.channels_last)
             elif specs[method].seeded or method not in fixed:
                 features = fixed[method] = specs[method].extract(images, seed)
             else:
@@ -221,7 +229,7 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
         weights=", ".join(f"{m}: {specs[m].weights}" for m in frozen) or "none",
         precision=ssl_config.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(images),
         results={m: metrics.mean_std_over_seeds(per_seed[m]) for m in order},
-        timing={f"{m}_s": round(t, 3) for m, t in timing.items()},
+        timing={"load_models_s": round(load_s, 3), **{f"{m}_s": round(t, 3) for m, t in timing.items()}},
         warnings=warnings,
         extra={"k": k, "class_names": list(class_names), "image_size": int(images.shape[-1]),
                "n_labelled": int((labels >= 0).sum()),

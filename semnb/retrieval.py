@@ -71,8 +71,8 @@ class RetrievalConfig:
     backbone_lr: float = 3e-4
     weight_decay: float = 1e-4
     image_size: int = 128
-    tuned_blocks: int = 5
-    views: int = 4
+    tuned_blocks: int = 3
+    views: int = 3
     max_shift: float = 0.1
     scale_range: tuple[float, float] = (0.8, 1.25)
 
@@ -156,7 +156,7 @@ def _tiny_cnn_parts() -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(*stage(3, 8), *stage(8, 16)), nn.Sequential(*stage(16, 32), *stage(32, 64))
 
 
-def load_split_backbone(name: str = EFFICIENTNET, tuned_blocks: int = 5, seed: int = 0) -> SplitBackbone:
+def load_split_backbone(name: str = EFFICIENTNET, tuned_blocks: int = 3, seed: int = 0) -> SplitBackbone:
     """The retrieval backbone by name: `efficientnet-lite0` (ImageNet, offline) or `semnb-tiny`.
 
     `semnb-tiny` here is a 4-layer CNN with random weights (stride 16, 64 channels): for tests
@@ -265,18 +265,21 @@ def mirror_levels(backbone: SplitBackbone, image_size: int) -> list[tuple[int, i
 class MirrorDecoder(nn.Module):
     """Reconstruct the gray input from the last convolutional map, retracing the backbone's resolutions.
 
-    At each resolution the backbone passed through (deepest first) it upsamples x2 (nearest)
-    and applies conv3x3 + BatchNorm + ReLU to that resolution's channel count; a last conv
-    and a sigmoid give one gray channel at the input size.
+    First a 1x1 convolution (the mirror of a head convolution) to the channel count the
+    backbone has at the coarsest resolution; then, for each finer resolution the backbone
+    passed through, an upsampling (nearest) and conv3x3 + BatchNorm + ReLU to that
+    resolution's channel count; a last conv3x3 and a sigmoid give one gray channel at the
+    input size.
 
     Taught in: 07_retrieval.
     """
 
     def __init__(self, levels: Sequence[tuple[int, int]], in_channels: int, image_size: int):
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = in_channels
-        for side, width in sorted(levels)[1:]:  # the coarsest level is where the map already is
+        coarse_to_fine = sorted(levels)
+        channels = coarse_to_fine[0][1]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU()]
+        for side, width in coarse_to_fine[1:]:
             layers += [nn.Upsample(size=(side, side), mode="nearest"),
                        nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
             channels = width

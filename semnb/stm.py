@@ -19,8 +19,8 @@ is where the scan disagrees with that prediction:
 Few-shot, from k labelled examples:
 
 - `fewshot_pixel_map`: a per-pixel classifier (multi-scale filter features of the scan and of
-  its lattice residual, logistic regression) trained on k labelled defects of the scan and
-  the lattice around them, applied to the rest of the scan.
+  its polarity-oriented lattice residual, logistic regression) trained on k labelled defects of the scan and
+  the lattice around them, applied to the rest of the scan; returns defect log-odds.
 - `defect_crops` + `PrototypeClassifier`: classify each detected defect by its nearest class
   prototype (mean embedding of the k labelled crops per class, each crop seen in all 8
   rotations/reflections). Crops are cut in units of the row period, so surfaces imaged at
@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+from skimage.feature import multiscale_basic_features
 from skimage.measure import label, regionprops
 
 from semnb.errors import SemnbInputError
@@ -354,23 +355,34 @@ def sample_pixel_support(mask: np.ndarray, shots: int, seed: int, ring: float = 
     return PixelSupport(defect=defect, lattice=region & ~mask, region=region, component_ids=picked)
 
 
-def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float) -> np.ndarray:
-    """Per-pixel features (HxWxF): intensity, gradient and Hessian features of the scan and of
-    its lattice residual at 4 scales from 0.1 to 1 period (skimage multiscale_basic_features).
+def pixel_features(scan: np.ndarray, defect_map: DefectMap) -> np.ndarray:
+    """Per-pixel features (HxWxF) for the few-shot map: intensity, gradient and Hessian
+    features (skimage multiscale_basic_features, 5 scales from 0.5 px to half a period) of
+    the scan and of its lattice residual, the residual oriented by the polarity the
+    unsupervised map chose (r for "bright", -r for "dark", |r| for "both").
+
+    Why oriented: a linear model fitted on one bright defect extrapolates a dark defect
+    to "even less defect than lattice"; with |r| all deviations point the same way.
 
     Taught in: 08_stm.
     """
-    from skimage.feature import multiscale_basic_features
+    z = _check_scan(scan)
+    residual = defect_map.residual
+    oriented = residual if defect_map.polarity == "bright" else -residual if defect_map.polarity == "dark" \
+        else np.abs(residual)
+    sigma_max = max(defect_map.lattice.period / 2.0, 1.0)
 
     def features(image):
-        return multiscale_basic_features(image, sigma_min=max(0.1 * period, 0.5), sigma_max=max(period, 1.0),
-                                         num_sigma=4, channel_axis=None)
+        return multiscale_basic_features(image, sigma_min=0.5, sigma_max=sigma_max, num_sigma=5, channel_axis=None)
 
-    return np.concatenate([features(_check_scan(scan)), features(_check_scan(residual))], axis=-1).astype(np.float32)
+    return np.concatenate([features(z), features(oriented)], axis=-1).astype(np.float32)
 
 
 def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0) -> np.ndarray:
-    """Defect probability for every pixel from a logistic regression trained on the support.
+    """Defect log-odds for every pixel from a logistic regression trained on the support.
+
+    Log-odds, not probabilities: far from the support the probabilities saturate at exactly
+    0 or 1, and the ties would blur the ranking that AUROC and F1-max measure.
 
     Why logistic regression: with one to five labelled defects (a few hundred pixels) a
     linear model on standardised filter features is hard to over-fit and is fitted in well
@@ -393,7 +405,7 @@ def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0
                                                                random_state=seed))
     model.fit(x, y)
     h, w, f = features.shape
-    return model.predict_proba(features.reshape(-1, f))[:, 1].reshape(h, w)
+    return model.decision_function(features.reshape(-1, f)).reshape(h, w)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -519,8 +531,9 @@ def _single_thread():
 class ProtoNet:
     """A small prototypical network (Snell et al., NeurIPS 2017) for defect crops.
 
-    Four blocks of 3x3 convolution (32 channels), batch norm, ReLU and 2x2 max pooling map a
-    2 x 24 x 24 crop (each channel z-scored) to a 288-d embedding. Trained episodically by
+    Four blocks of 3x3 convolution (32 channels), batch norm and ReLU, the first three
+    followed by 2x2 max pooling, map a 2 x 24 x 24 crop (each channel z-scored) to a
+    32 x 3 x 3 = 288-d embedding. Trained episodically by
     `train_protonet`: each episode is a small few-shot task, so the network learns an
     embedding in which class means separate classes it has never seen, such as the defects
     of a new surface. Use `embed` inside a `PrototypeClassifier`.
@@ -537,7 +550,7 @@ class ProtoNet:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = nn.Sequential(*block(2, 32), *block(32, 32), *block(32, 32), *block(32, 32), nn.Flatten())
+            self.net = nn.Sequential(*block(2, 32), *block(32, 32), *block(32, 32), *block(32, 32)[:-1], nn.Flatten())
 
     def tensor(self, crops: np.ndarray):
         """Crops as a float tensor, each channel of each crop z-scored (as `flatten_embedding`)."""

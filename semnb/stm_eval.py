@@ -113,7 +113,7 @@ def analyse_scan(raw: np.ndarray) -> ScanAnalysis:
     """
     z = preprocess_scan(raw)
     defect_map = stm.unsupervised_defect_map(z)
-    features = stm.pixel_features(z, defect_map.residual, defect_map.lattice.period)
+    features = stm.pixel_features(z, defect_map)
     return ScanAnalysis(z=z, defect_map=defect_map, features=features)
 
 
@@ -204,7 +204,10 @@ def _pixel_results(scans, analyses, shots, seeds, warnings, progress):
 
 
 def _pixel_scores(maps, masks) -> dict[str, float]:
-    return {"pixel_auroc": metrics.pixel_auroc(maps, masks), "pixel_f1_max": metrics.pixel_f1_max(maps, masks)}
+    """Exact (unbinned) pixel AUROC and F1-max: query pixels are few enough to sort, and a
+    few extreme scores would otherwise squeeze the rest into few bins."""
+    return {"pixel_auroc": metrics.pixel_auroc(maps, masks, num_thresholds=None),
+            "pixel_f1_max": metrics.pixel_f1_max(maps, masks, num_thresholds=None)}
 
 
 def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):

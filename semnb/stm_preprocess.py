@@ -7,12 +7,13 @@ is surface structure, and each of these artefacts alone can hide a defect or fak
 - `plane_level`: subtract the least-squares plane z = c0 + c1*x + c2*y (optionally fitted on
   the lattice pixels only, so big defects do not tilt the fit).
 - `flatten_lines`: remove a per-line offset. "median_diff" chains the median of the
-  differences between neighbouring lines (robust to defects and steps, keeps slow
-  height changes across lines); "polynomial" fits and subtracts a low-order polynomial per
+  differences between neighbouring lines (robust to defects and steps); "polynomial" fits and subtracts a low-order polynomial per
   line (also removes a per-line slope, but flattens anything constant along a line).
 - `robust_normalise`: (z - median) / (1.4826 * MAD), so every scan has a lattice contrast
   near 1 whatever its height units, and defects cannot set the scale.
-- `preprocess_scan`: the three in that order; what every STM method in semnb starts from.
+- `preprocess_scan`: lines, then plane, then scale; what every STM method in semnb starts
+  from. Lines first, because the plane fit then also takes out the slow drift that line
+  flattening leaves (see `flatten_lines`).
 
 Rows of atoms that run exactly along the fast-scan direction look like line offsets and are
 weakened by any line flattening; scans are usually taken with the rows at an angle.
@@ -73,9 +74,12 @@ def plane_level(scan, weights: np.ndarray | None = None) -> np.ndarray:
 def flatten_lines(scan, method: str = "median_diff", order: int = 1) -> np.ndarray:
     """Remove the height offset of each scan line (rows of the array are scan lines).
 
-    "median_diff": offset_i = offset_{i-1} + median(line_i - line_{i-1}); the cumulative
-    offsets are subtracted, so one bad line shifts nothing after it. "polynomial": subtract
-    a polynomial of degree `order` fitted to each line (Gwyddion's "polynomial" row align).
+    "median_diff": offset_i = offset_{i-1} + median(line_i - line_{i-1}) (Gwyddion's
+    "median of differences"); robust to defects and steps, and one bad line shifts nothing
+    after it. Each median is slightly biased where defects enter or leave a line and the
+    running sum adds the biases up into a slow drift across lines, mostly a slope, which the
+    plane fit that follows in `preprocess_scan` removes. "polynomial": subtract a polynomial
+    of degree `order` fitted to each line (Gwyddion's "polynomial" row align).
 
     Taught in: 08_stm.
     """
@@ -110,8 +114,8 @@ def robust_normalise(scan) -> np.ndarray:
 
 
 def preprocess_scan(scan, line_method: str = "median_diff") -> np.ndarray:
-    """Plane level, flatten scan lines, robust normalise: the input every STM method uses.
+    """Flatten scan lines, plane level, robust normalise: the input every STM method uses.
 
     Taught in: 08_stm.
     """
-    return robust_normalise(flatten_lines(plane_level(scan), method=line_method))
+    return robust_normalise(plane_level(flatten_lines(scan, method=line_method)))

@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 
 from semnb.data import synth_writer
 from semnb.data.sem_backgrounds import BACKGROUND_KINDS
-from semnb.data.sem_imaging import banner_height, shift_rows
+from semnb.data.sem_imaging import Microscope, banner_height, detect, shift_rows
 from semnb.data.synth_sem import CLASSES, generate_sem_image, generate_sem_set, sample_seed
 from semnb.data.synth_writer import MANIFEST_COLUMNS, MARKER_FILE, write_sem_dataset
 from semnb.errors import SemnbInputError
@@ -165,6 +165,20 @@ def test_scan_jitter_moves_rows_as_linear_interpolation_does():
     assert np.array_equal(
         shift_rows(mask, shifts, interpolate=False), np.take_along_axis(mask, nearest, 1)
     )
+
+
+@pytest.mark.parametrize("dose", [60.0, 600.0])  # 6 and 60 electrons per pixel
+def test_shot_noise_variance_equals_the_mean_electron_count(dose):
+    scope = Microscope(
+        detector_step=(0, 1), directional=0.0, edge_gain=0.0, topography_gain=0.0, shadow=0.0,
+        blur=(1.0, 1.0), dose=dose, glow=0.0, streak=0.0, gain_tilt=0.0, flicker=0.0, jitter=0.0,
+        brightness=0.1, contrast=0.7,
+    )  # fmt: skip
+    flat = np.full((200, 200), 0.5, np.float32)  # a flat field is recorded at the brightness level
+    counts = detect(flat, scope, np.random.default_rng(1)).astype(float) * dose / 255
+    electrons = 0.1 * dose
+    assert abs(counts.mean() - electrons) < 0.05 * electrons + 0.1
+    assert abs(counts.var() - electrons) < 0.1 * electrons + (dose / 255) ** 2 / 12 + 0.2
 
 
 def test_tiny_images_still_hold_their_defect():

@@ -78,7 +78,10 @@ class Surface:
 
 @lru_cache(maxsize=8)
 def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column coordinates of every pixel (float32, read-only, cached per size)."""
+    """Row and column coordinates of every pixel (float32, read-only, cached per size).
+
+    Taught in: 01_sem_data.
+    """
     rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
     rows.flags.writeable = False
     cols.flags.writeable = False
@@ -90,6 +93,8 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float)
 
     Fields wider than a couple of pixels are drawn on a grid `step` times coarser and enlarged
     bilinearly, which looks the same and costs far less.
+
+    Taught in: 01_sem_data.
     """
     step = max(1, round(sigma))
     coarse_shape = (shape[0] // step + 2, shape[1] // step + 2)
@@ -117,7 +122,10 @@ def _linear_interpolation(length: int, step: int) -> tuple[np.ndarray, np.ndarra
 def fractal_noise(
     rng: np.random.Generator, shape: tuple[int, int], sigma: float, octaves: int = 3
 ) -> np.ndarray:
-    """Sum of `smooth_noise` octaves (each half the scale, 0.55 the amplitude): ragged, self-similar edges."""
+    """Sum of `smooth_noise` octaves (each half the scale, 0.55 the amplitude): ragged, self-similar edges.
+
+    Taught in: 01_sem_data.
+    """
     total = np.zeros(shape, np.float32)
     for octave in range(octaves):
         total += 0.55**octave * smooth_noise(rng, shape, max(sigma / 2**octave, 0.6))
@@ -125,7 +133,10 @@ def fractal_noise(
 
 
 def soft_step(signed_distance: np.ndarray, edge_width: float) -> np.ndarray:
-    """0 outside, 1 inside, a linear ramp `edge_width` pixels wide across the boundary (a sidewall)."""
+    """0 outside, 1 inside, a linear ramp `edge_width` pixels wide across the boundary (a sidewall).
+
+    Taught in: 01_sem_data.
+    """
     return np.clip(signed_distance / edge_width + 0.5, 0.0, 1.0)
 
 
@@ -135,6 +146,8 @@ def local_window(
     """The square of pixels within `half` of `centre`, clipped to the image: (slices, rows, cols).
 
     Local shapes are computed on this window only, which keeps small defects cheap.
+
+    Taught in: 01_sem_data.
     """
     top, left = (max(0, int(np.floor(c - half))) for c in centre)
     bottom, right = (min(size, int(np.ceil(c + half)) + 1) for c in centre)
@@ -146,7 +159,10 @@ def local_window(
 def add_disc(
     image: np.ndarray, centre: tuple[float, float], radius: float, amount: float, edge: float
 ) -> None:
-    """Add `amount` inside a soft-edged disc to `image` in place (a via, a landing pad)."""
+    """Add `amount` inside a soft-edged disc to `image` in place (a via, a landing pad).
+
+    Taught in: 01_sem_data.
+    """
     region, rows, cols = local_window(image.shape[0], centre, radius + edge)
     distance = np.hypot(rows - centre[0], cols - centre[1])
     image[region] += amount * soft_step(radius - distance, edge)

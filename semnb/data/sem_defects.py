@@ -143,6 +143,7 @@ def _add_particle(surface: Surface, rng: np.random.Generator, usable_rows: int) 
 def _stamp_particle(
     surface: Surface, rng: np.random.Generator, centre, radius: float, faceted: bool
 ) -> None:
+    """Set one particle on the surface: a dome (or a flat-topped polygon) of bright material."""
     scale = surface.scale
     region, rows, cols = local_window(surface.size, centre, 1.3 * radius + 2)
     if faceted:

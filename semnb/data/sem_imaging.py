@@ -8,7 +8,8 @@ What makes an SEM image look like one, in the order the tool makes it:
 - brightness and contrast drift over the frame;
 - defocus (and astigmatism) blur;
 - scan-line jitter: each scan row lands a little left or right;
-- shot noise: the detector counts electrons, so the noise grows as the square root of the signal;
+- shot noise: the detector counts electrons, so the noise grows as the square root of the
+  signal (Poisson statistics);
 - an info banner of tool text with a scale bar at the bottom of some images.
 
 Taught in: 01_sem_data.
@@ -158,6 +159,8 @@ def shift_rows(image: np.ndarray, shifts: np.ndarray, interpolate: bool = True) 
 
     The same shifts move the defect mask, so the mask stays on the defect. A row moves as a
     whole, so its source columns are one integer offset plus one fraction per row.
+
+    Taught in: 01_sem_data.
     """
     height, width = image.shape
     columns = np.arange(width)
@@ -177,9 +180,12 @@ def shift_rows(image: np.ndarray, shifts: np.ndarray, interpolate: bool = True) 
 def detect(signal: np.ndarray, scope: Microscope, rng: np.random.Generator) -> np.ndarray:
     """Auto-contrast the signal as the tool's brightness/contrast control does, count electrons, make 8-bit.
 
-    Shot noise: a pixel expecting n electrons gets a count with variance n, as Poisson counts
-    have; at the doses drawn here (10 or more electrons at mid grey) the Gaussian form of that
-    count is indistinguishable from Poisson and five times cheaper to draw.
+    Shot noise: a pixel expecting n electrons records a count of mean n and variance n, as
+    Poisson counts have. The count is drawn from the normal distribution with that mean and
+    variance (the Poisson's normal approximation, close at the 10 or more electrons of most
+    pixels here): one standard normal number per pixel, whatever the image holds, so an image
+    and its defect-free reference carry the very same noise (exact Poisson sampling uses a
+    data-dependent count of random numbers and would not).
 
     Taught in: 01_sem_data.
     """
@@ -192,7 +198,10 @@ def detect(signal: np.ndarray, scope: Microscope, rng: np.random.Generator) -> n
 
 
 def banner_height(size: int) -> int:
-    """Rows of the info banner for an image of `size` pixels (about 7 % of the height)."""
+    """Rows of the info banner for an image of `size` pixels (about 7 % of the height).
+
+    Taught in: 01_sem_data.
+    """
     return max(8, int(round(0.07 * size)))
 
 

@@ -168,16 +168,30 @@ def generate_sem_set(
         )
     if split not in SPLITS:
         raise SemnbInputError("split", f"unknown split {split!r}", "use 'test' or 'train'")
-    jobs = [(cls, index) for cls in classes for index in range(n_per_class)]
-    bar = tqdm(jobs, desc=f"synthetic SEM ({split})", disable=not progress)
-    return (
-        generate_sem_image(cls, size, sample_seed(seed, cls, index, split)) for cls, index in bar
-    )
+    seeds = [
+        (cls, sample_seed(seed, cls, index, split))
+        for cls in classes
+        for index in range(n_per_class)
+    ]
+    return _generate(seeds, size, f"synthetic SEM ({split})", progress)
 
 
-def check_set_options(n_per_class: int, size: int, seed: int) -> None:
-    """Raise SemnbInputError naming the command-line option when a set's size, image size or seed is out of range."""
-    _check_whole_number(n_per_class, "n_per_class (--n-per-class)", 1, 10**7)
+def _generate(
+    seeds: list[tuple[str, int]], size: int, title: str, progress: bool
+) -> Iterator[SemSample]:
+    """Make the images one by one; the progress bar appears when the first one is asked for."""
+    for cls, sample in tqdm(seeds, desc=title, disable=not progress):
+        yield generate_sem_image(cls, size, sample)
+
+
+def check_set_options(
+    n_per_class: int, size: int, seed: int, count_name: str = "n_per_class (--n-per-class)"
+) -> None:
+    """Raise SemnbInputError, naming the option, when an image count, image size or seed is out of range.
+
+    Taught in: 01_sem_data.
+    """
+    _check_whole_number(n_per_class, count_name, 1, 10**7)
     _check_whole_number(size, "size (--size)", MIN_SIZE, MAX_SIZE)
     _check_whole_number(seed, "seed (--seed)", 0, 2**63 - 1)
 

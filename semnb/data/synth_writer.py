@@ -20,7 +20,7 @@ import io
 import os
 import shutil
 import tempfile
-from itertools import chain
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +30,11 @@ from semnb.data.synth_sem import CLASSES, SemSample, check_set_options, generate
 from semnb.errors import SemnbInputError
 from semnb.io_utils import write_json_atomic, write_text_atomic
 
-MANIFEST_COLUMNS = (
-    "path",
-    "class",
-    "mask",
-    "split",
-    "background",
-    "pixel_size_nm",
-    "banner",
-    "banner_rows",
-    "variant",
-    "seed",
-)
+# Loaders and reports rely on these columns ...
+CONTRACT_COLUMNS = ("path", "class", "mask", "split", "background", "pixel_size_nm", "banner")
+# ... and these say how each image was made (generate_sem_image(class, size, seed) remakes it).
+PROVENANCE_COLUMNS = ("banner_rows", "variant", "seed")
+MANIFEST_COLUMNS = CONTRACT_COLUMNS + PROVENANCE_COLUMNS
 MARKER_FILE = "semnb_synth.json"
 
 
@@ -53,26 +46,17 @@ def write_sem_dataset(
     train_good: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Write `n_per_class` test images per class and `train_good` (default `n_per_class`) good training images.
+    """Write `n_per_class` test images of every class and `train_good` good training images.
 
-    `out_dir` must be new, empty, or an earlier synthetic set written by this function
-    (which is then replaced). Returns `out_dir`.
+    `train_good` defaults to `n_per_class`. `out_dir` must be new, empty, or an earlier
+    synthetic set written by this function (which is then replaced). Returns `out_dir`.
 
     Taught in: 01_sem_data.
     """
     out_dir = Path(out_dir).absolute()
     check_set_options(n_per_class, size, seed)
     train_good = n_per_class if train_good is None else train_good
-    if (
-        isinstance(train_good, bool)
-        or not isinstance(train_good, (int, np.integer))
-        or train_good < 1
-    ):
-        raise SemnbInputError(
-            "train_good",
-            f"must be a whole number of at least 1, got {train_good!r}",
-            "pass how many defect-free training images to write, e.g. 20",
-        )
+    check_set_options(train_good, size, seed, count_name="train_good")
     _check_target(out_dir)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -81,35 +65,24 @@ def write_sem_dataset(
     )
     staging.chmod(0o755)  # mkdtemp makes it private; the finished set is an ordinary folder
     try:
-        samples = chain(
-            (
-                ("train", s)
-                for s in generate_sem_set(
-                    train_good, size, seed, ("good",), progress, split="train"
-                )
-            ),
-            (
-                ("test", s)
-                for s in generate_sem_set(n_per_class, size, seed, CLASSES, progress, split="test")
-            ),
-        )
+        train = generate_sem_set(train_good, size, seed, ("good",), progress, split="train")
+        test = generate_sem_set(n_per_class, size, seed, CLASSES, progress, split="test")
         digits = max(3, len(str(max(n_per_class, train_good) - 1)))
-        counters: dict[tuple[str, str], int] = {}
         rows = []
-        for split, sample in samples:
-            index = counters[split, sample.cls] = counters.get((split, sample.cls), -1) + 1
-            rows.append(_write_sample(staging, split, sample, f"{index:0{digits}d}"))
+        for split, samples in (("train", train), ("test", test)):
+            counts: dict[str, int] = defaultdict(int)
+            for sample in samples:
+                rows.append(
+                    _write_sample(staging, split, sample, f"{counts[sample.cls]:0{digits}d}")
+                )
+                counts[sample.cls] += 1
         write_text_atomic(staging / "manifest.csv", _manifest_text(rows))
-        settings = {
-            "generator": "semnb.data.synth_writer.write_sem_dataset",
-            "kind": "sem",
-            "n_per_class": n_per_class,
-            "train_good": train_good,
-            "size": size,
-            "seed": seed,
-            "classes": list(CLASSES),
-        }
-        write_json_atomic(staging / MARKER_FILE, settings)
+        settings = dict(
+            kind="sem", n_per_class=n_per_class, train_good=train_good, size=size, seed=seed
+        )
+        write_json_atomic(
+            staging / MARKER_FILE, {"generator": "semnb", **settings, "classes": CLASSES}
+        )
         _move_into_place(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
