@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/semnb demo --out semnb-demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q --nbval-lax tests notebooks
 
 clean:
 	rm -rf $(VENV) semnb-demo .pytest_cache

@@ -64,6 +64,22 @@ def demo(out_dir: Path, n_per_class: int, seed: int) -> None:
     click.echo(f"demo report: {report.resolve()}")
 
 
+# ---------------------------------------------------------------- report
+@main.command()
+@click.argument("notebook")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for the executed notebook and its HTML page.")
+@click.option("-p", "--parameter", "parameters", type=(str, str), multiple=True, metavar="NAME VALUE",
+              help="Override a value of the notebook's parameters cell (repeatable).")
+def report(notebook: str, out_dir: Path, parameters: tuple[tuple[str, str], ...]) -> None:
+    """Run NOTEBOOK (a path or a name such as 09_report) with parameters; write .ipynb and .html."""
+    from semnb.report import parse_parameter, run_report
+
+    values = {name: parse_parameter(value) for name, value in parameters}
+    ipynb, html = run_report(notebook, out_dir, values)
+    click.echo(f"report: {html.resolve()}\nexecuted notebook: {ipynb.resolve()}")
+
+
 # ---------------------------------------------------------------- eval
 @main.group("eval", cls=SemnbGroup)
 def eval_() -> None:

@@ -32,6 +32,7 @@ Taught in: 08_stm.
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -218,7 +219,8 @@ def lattice_residual(scan: np.ndarray, lattice: Lattice) -> np.ndarray:
     copies = np.empty((len(lattice.translations), h, w))
     for i, (tx, ty) in enumerate(lattice.translations):
         copies[i] = ndimage.map_coordinates(z, [ys + ty, xs + tx], order=1, mode="constant", cval=np.nan)
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # pixels whose every copy falls outside: kept as they are below
+        warnings.simplefilter("ignore", RuntimeWarning)
         template = np.nanmedian(copies, axis=0) if np.isnan(copies).any() else np.median(copies, axis=0)
     template = np.where(np.isnan(template), z, template)
     return z - template

@@ -19,8 +19,9 @@ What it does with a folder DIR:
    only), `prototype` with prototypes of the raw crops, `brightness` with prototypes of
    crops of the raw scan. Crops are cut at the listed defect centres.
 
-Figures are means over seeds with their spread (`<metric>_std`), in the results contract of
-design.md; `per_scan` in the JSON gives each scan's pixel figures.
+Figures are means over seeds with their spread (`<metric>_std`, sample std), in the results
+contract of design.md; `per_scan` in the JSON gives each scan's pixel figures and
+`per_surface_accuracy` each target surface's classification accuracy.
 
 Taught in: 08_stm.
 """
@@ -157,7 +158,7 @@ def evaluate_stm(data_dir: str | Path, shots: int = 1, seeds: Sequence[int] = (0
     timing["pixel_maps_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    class_per_seed, training = _class_results(scans, analyses, shots, seeds, episodes, warnings, progress)
+    class_per_seed, training, per_surface = _class_results(scans, analyses, shots, seeds, episodes, warnings, progress)
     timing["classification_s"] = time.perf_counter() - tick
 
     results = {}
@@ -173,7 +174,8 @@ def evaluate_stm(data_dir: str | Path, shots: int = 1, seeds: Sequence[int] = (0
         task="stm", data=str(data_dir), backbone="none", weights=training or "none (no classes in the data)",
         precision="fp32", shots=int(shots), seeds=seeds, n_images=len(scans), results=results,
         timing={k: round(v, 2) for k, v in timing.items()}, warnings=warnings,
-        extra={"per_scan": per_scan, "surfaces": surfaces, "n_defects_with_class": int(sum(
+        extra={"per_scan": per_scan, "per_surface_accuracy": per_surface, "surfaces": surfaces,
+               "n_defects_with_class": int(sum(
             len(s.defects) for s in scans if s.defects is not None))},
     )
 
@@ -217,9 +219,10 @@ def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):
         if scan.defects is not None and len(scan.defects):
             groups.setdefault(scan.surface or "unknown", []).append(i)
     if not groups:
-        return {}, None
+        return {}, None, {}
     crops = {key: _surface_crops(scans, analyses, idx) for key, idx in groups.items()}
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
+    per_surface_runs: dict[str, list[dict]] = {}
     sources = []
     for seed in tqdm(seeds, desc="defect classes", disable=not progress):
         truth, predicted = [], {m: [] for m in CLASS_METHODS}
@@ -233,16 +236,20 @@ def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):
                 sources.append(f"{target}: {source}")
             net = stm.train_protonet(train_x, train_y, episodes=episodes, seed=seed)
             truth.append(labels[query])
+            here = {}
             for method, embed, x in (("fewshot", net.embed, detail), ("prototype", stm.flatten_embedding, detail),
                                      ("brightness", _raw_embedding, bright)):
                 classifier = stm.PrototypeClassifier(embed).fit(x[support], labels[support])
                 predicted[method].append(classifier.predict(x[query]))
+                here[f"{method}_accuracy"] = metrics.accuracy(labels[query], predicted[method][-1])
+            per_surface_runs.setdefault(target, []).append(here)
         if truth:
             y = np.concatenate(truth)
             per_seed[seed] = {m: {"accuracy": metrics.accuracy(y, np.concatenate(p)),
                                   "macro_f1": metrics.macro_f1(y, np.concatenate(p))} for m, p in predicted.items()}
     training = f"protonet, {episodes} episodes, trained per target surface on " + "; ".join(sources) if sources else None
-    return per_seed, training
+    per_surface = {k: metrics.mean_std_over_seeds(runs) for k, runs in per_surface_runs.items()}
+    return per_seed, training, per_surface
 
 
 def _surface_crops(scans, analyses, indices):

@@ -115,3 +115,12 @@ def test_bad_images_are_refused_with_the_index(tiny):
         encode_images(tiny, [np.zeros((8, 8)), np.full((8, 8), 3.0)])
     with pytest.raises(SemnbInputError, match="empty"):
         encode_images(tiny, [])
+
+
+def test_uint8_rgb_and_float_gray_inputs_are_the_same_image(tiny, tmp_path):
+    gray8 = (np.random.default_rng(3).random((40, 40)) * 255).astype(np.uint8)
+    rgb8 = np.repeat(gray8[..., None], 3, axis=-1)
+    cache = FeatureCache(tmp_path)
+    encode_images(tiny, [gray8.astype(np.float32) / 255], cache)
+    encode_images(tiny, [gray8, rgb8], cache)
+    assert cache.misses == 1 and cache.hits == 2  # one content hash for all three spellings

@@ -1,0 +1,78 @@
+"""Parameterised reports: run a notebook through papermill, keep the executed notebook and an HTML page.
+
+Both files appear together or not at all: the run happens in a staging folder and the results
+are moved into place only when every cell has run. A failed run leaves an earlier report
+untouched and says which cell failed and why.
+
+Taught in: 09_report.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from semnb.errors import SemnbInputError
+from semnb.io_utils import write_text_atomic
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def find_notebook(name: str | Path) -> Path:
+    """A notebook path, or a name such as `09_report` looked up in the project's notebooks/."""
+    path = Path(name)
+    candidates = [path, NOTEBOOK_DIR / path, NOTEBOOK_DIR / f"{path}.ipynb"]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.suffix == ".ipynb":
+            return candidate
+    known = ", ".join(sorted(p.stem for p in NOTEBOOK_DIR.glob("*.ipynb")))
+    raise SemnbInputError(name, "no such notebook", f"give a path to an .ipynb file or one of: {known}")
+
+
+def parse_parameter(value: str) -> object:
+    """`-p shots 5` gives the int 5, `-p smoke false` the bool False, other text stays a string."""
+    parsed = yaml.safe_load(value)
+    return parsed if isinstance(parsed, (int, float, bool, str, type(None))) else value
+
+
+def run_report(notebook: str | Path, out_dir: str | Path, parameters: dict | None = None,
+               kernel: str = "python3") -> tuple[Path, Path]:
+    """Execute `notebook` with `parameters`; write `<name>.ipynb` and `<name>.html` into `out_dir`."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    source = find_notebook(notebook)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{source.stem}.", dir=out_dir))
+    try:
+        executed = staging / source.name
+        try:
+            papermill.execute_notebook(str(source), str(executed), parameters=parameters or {},
+                                       kernel_name=kernel, cwd=str(staging), progress_bar=True)
+        except PapermillExecutionError as err:
+            failed = out_dir / f"{source.stem}.failed.ipynb"
+            shutil.move(str(executed), failed)
+            raise SemnbInputError(
+                source, f"cell {err.exec_count} failed: {err.ename}: {err.evalue}",
+                f"check the parameters and the data; the run is kept in {failed}, "
+                "an earlier report is untouched") from None
+        html = notebook_to_html(executed)
+        ipynb_target, html_target = out_dir / source.name, out_dir / f"{source.stem}.html"
+        write_text_atomic(html_target, html)
+        shutil.move(str(executed), ipynb_target)  # same folder: an atomic rename
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ipynb_target, html_target
+
+
+def notebook_to_html(path: str | Path) -> str:
+    """A self-contained HTML page of an executed notebook: outputs only, figures embedded."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(str(path), as_version=4))
+    return body
