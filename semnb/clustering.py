@@ -116,9 +116,6 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
 
     Taught in: 06_ssl_clustering.
     """
-    from semnb.models import DEFAULT_BACKBONE, available_weights, load_backbone
-    from semnb.models.tiny_clip import TINY_NAME
-
     specs: dict[str, FeatureSpec] = {}
     simple = {"glcm": glcm_features, "lbp": lbp_histograms, "wavelet": wavelet_energies}
     for method in methods:
@@ -127,10 +124,15 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
         elif method == "pca":
             specs[method] = FeatureSpec(lambda x, seed: pca_features(x, seed=seed), seeded=True)
         elif method == "imagenet":
+            from semnb.models import load_backbone  # imports open_clip: only when a network is asked for
+
             net = load_backbone(IMAGENET_BACKBONE, image_size=IMAGENET_SIZE)
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
                                         seeded=False, backbone=net.name, weights=net.weights)
         elif method == "clip":
+            from semnb.models import DEFAULT_BACKBONE, available_weights, load_backbone
+            from semnb.models.tiny_clip import TINY_NAME
+
             name = backbone if backbone not in (None, "", IMAGENET_BACKBONE) else DEFAULT_BACKBONE
             if name == DEFAULT_BACKBONE and not available_weights()[DEFAULT_BACKBONE].startswith("found"):
                 note = f"clip: left out, no CLIP weights on this machine ({available_weights()[DEFAULT_BACKBONE]})"

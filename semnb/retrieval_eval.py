@@ -47,6 +47,16 @@ from semnb.retrieval_index import RetrievalIndex
 METRICS = ("precision_at_k", "map_at_k", "scale_std")
 
 
+class RetrievalResult(EvalResult):
+    """An `EvalResult` whose table always shows the three retrieval metrics (scale_std included).
+
+    Taught in: 07_retrieval.
+    """
+
+    def table(self, metrics=None, digits: int = 3) -> str:
+        return super().table(metrics or METRICS, digits)
+
+
 @dataclass(frozen=True)
 class RetrievalSplit:
     """Image indices of one seed: `train` with the labels training may see, `queries`, `gallery` (queries inside it).
@@ -259,7 +269,7 @@ def evaluate_retrieval(images: ImageSet, backbone: str = EFFICIENTNET, methods=M
                         f"{extra['precision_at_k_ceiling']:.3f} (pass a smaller --k to compare against 1)")
     if not np.any(np.isfinite(mags_all)):
         warnings.append("no magnification column in the data: scale_std is undefined")
-    return EvalResult(
+    return RetrievalResult(
         task="retrieve", data=str(images.root), backbone=backbone, weights=reference.weights, precision="fp32",
         shots=shots, seeds=seeds, n_images=len(images), results=results, timing=timing, warnings=warnings,
         extra=_without_nan(extra),

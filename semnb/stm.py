@@ -12,18 +12,24 @@ is where the scan disagrees with that prediction:
    (a local lattice template). The median ignores a neighbour cell that holds a defect.
 3. `unsupervised_defect_map`: the residual, smoothed over a tenth of a period and expressed in
    robust z units. Its sign says bright or dark; `polarity="auto"` keeps one sign when the
-   scan's deviations are clearly one-sided and |residual| otherwise.
-4. `defect_list`: threshold, connected components (skimage.measure.label) and their
-   centres and areas (skimage.measure.regionprops), as a table.
+   scan's deviations are clearly one-sided and |residual| otherwise. Step edges
+   (`step_edges`) are found first; each terrace is brought to one level
+   (`level_terraces`) so that templates fit across steps, and the step pixels themselves
+   are neutralised in the map.
+4. `detect_defects` / `defect_list`: threshold, connected components
+   (skimage.measure.label) and their centres and areas (skimage.measure.regionprops), as
+   a table.
 
 Few-shot, from k labelled examples:
 
-- `fewshot_pixel_map`: a per-pixel classifier (multi-scale filter features of the scan and of
-  its polarity-oriented lattice residual, logistic regression) trained on k labelled defects of the scan and
-  the lattice around them, applied to the rest of the scan; returns defect log-odds.
+- `fewshot_pixel_map`: a per-pixel classifier (logistic regression on `pixel_features`:
+  multi-scale filter features of the scan and of its lattice residual, oriented by the
+  contrast of the labelled defects) trained on k labelled defects of the scan and the
+  lattice around them (`sample_pixel_support`), applied to the rest of the scan; returns
+  defect log-odds.
 - `defect_crops` + `PrototypeClassifier`: classify each detected defect by its nearest class
   prototype (mean embedding of the k labelled crops per class, each crop seen in all 8
-  rotations/reflections). Crops are cut in units of the row period, so surfaces imaged at
+  rotations/reflections). Crops are cut in units of the lattice period, so surfaces imaged at
   other scales look alike. The embedding is either the crop itself (z-scored) or a small
   prototypical network (`ProtoNet`, Snell et al. 2017) trained episodically with
   `train_protonet` on synthetic surfaces; adapting to a new surface needs only its k labels.
@@ -234,12 +240,14 @@ def lattice_residual(scan: np.ndarray, lattice: Lattice) -> np.ndarray:
 @dataclass
 class DefectMap:
     """The unsupervised result: `score` (HxW, robust z units, high = defect), the signed
-    `residual`, the `lattice` it used and the `polarity` it chose ("bright", "dark", "both")."""
+    `residual`, the `lattice` it used, the `polarity` it chose ("bright", "dark", "both")
+    and `steps`, the step-edge pixels whose score was neutralised."""
 
     score: np.ndarray
     residual: np.ndarray
     lattice: Lattice
     polarity: str
+    steps: np.ndarray
 
 
 def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: Lattice | None = None,
@@ -249,15 +257,19 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
     `scan` should be preprocessed (`semnb.stm_preprocess.preprocess_scan`). The residual is
     smoothed by a Gaussian of `smooth` lattice periods and divided by its robust spread
     (1.4826 * MAD). polarity: "bright" scores protrusions, "dark" depressions, "both" |z|;
-    "auto" keeps one side when more than 4 times as many pixels deviate beyond 3 robust
-    standard deviations on that side as on the other (the scan's defects are then mostly of
-    that contrast, e.g. adsorbates on TiO2), else "both" (e.g. Si with adatoms and vacancies).
+    "auto" keeps one side when it has 4 times as many pixels beyond 3 robust standard
+    deviations as the other side and 50 times as many beyond 6 (the scan's defects are then
+    all of that contrast, e.g. adsorbates on TiO2), else "both" (e.g. Si with adatoms and
+    vacancies). A heuristic: pass the polarity when you know it.
+    Pixels on step edges (`step_edges`) get the map's median score.
 
     Taught in: 08_stm.
     """
     if polarity not in ("auto", "bright", "dark", "both"):
         raise SemnbInputError("polarity", f"got {polarity!r}", "use auto, bright, dark or both")
     z = _check_scan(scan)
+    steps = step_edges(z, dominant_period(z) if lattice is None else lattice.period)
+    z = level_terraces(z, steps)
     lattice = estimate_lattice(z) if lattice is None else lattice
     residual = lattice_residual(z, lattice)
     smoothed = ndimage.gaussian_filter(residual, max(smooth * lattice.period, 0.5))
@@ -265,10 +277,62 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
     spread = MAD_TO_STD * np.median(np.abs(centred))
     zres = centred / spread if spread > 0 else centred
     if polarity == "auto":
-        bright, dark = np.mean(zres > 3.0), np.mean(zres < -3.0)
-        polarity = "bright" if bright > 4.0 * dark else "dark" if dark > 4.0 * bright else "both"
+        polarity = _one_sided(zres) or _one_sided(-zres, "dark") or "both"
     score = zres if polarity == "bright" else -zres if polarity == "dark" else np.abs(zres)
-    return DefectMap(score=score, residual=residual, lattice=lattice, polarity=polarity)
+    score = np.where(steps, np.median(score), score)
+    return DefectMap(score=score, residual=residual, lattice=lattice, polarity=polarity, steps=steps)
+
+
+def _one_sided(zres: np.ndarray, name: str = "bright") -> str | None:
+    """`name` when this side dominates: 4x the pixels beyond 3 robust std and 50x beyond 6."""
+    moderate, strong = np.mean(zres > 3.0), np.mean(zres > 6.0)
+    other_moderate, other_strong = np.mean(zres < -3.0), np.mean(zres < -6.0)
+    return name if moderate > 4.0 * other_moderate and strong > 50.0 * other_strong else None
+
+
+def level_terraces(scan: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Subtract from each terrace (a connected region between step edges) its median height;
+    step pixels take the level of the nearest terrace.
+
+    Why: the lattice template of a pixel near a step borrows copies from the next terrace,
+    one step height away; with every terrace at the same level those copies fit again.
+
+    Taught in: 08_stm.
+    """
+    z = _check_scan(scan)
+    if not steps.any():
+        return z
+    terraces = label(~steps, connectivity=1)
+    if terraces.max() == 0:
+        return z
+    levels = ndimage.median(z, labels=terraces, index=np.arange(1, terraces.max() + 1))
+    nearest = ndimage.distance_transform_edt(terraces == 0, return_distances=False, return_indices=True)
+    owner = terraces[nearest[0], nearest[1]]
+    return z - np.asarray(levels)[owner - 1]
+
+
+def step_edges(scan: np.ndarray, period: float, threshold: float = 3.0, min_length: float = 6.0) -> np.ndarray:
+    """Pixels on or next to a step edge between terraces (bool HxW).
+
+    Why: across a step the shifted copies of the lattice template come from another
+    terrace, so the residual lights up along every step although nothing is wrong there.
+    A step is where the scan, smoothed over one period (which averages the lattice away),
+    changes height steeply along a long line: the Gaussian gradient magnitude at sigma =
+    one period above `threshold` robust standard deviations, in connected regions at least
+    `min_length` periods long (a point defect makes a short ring, a step crosses the scan).
+    Defects sitting on a step are lost with it.
+
+    Taught in: 08_stm.
+    """
+    z = _check_scan(scan)
+    gradient = ndimage.gaussian_gradient_magnitude(z, max(period, 1.0))
+    centred = gradient - np.median(gradient)
+    spread = MAD_TO_STD * np.median(np.abs(centred))
+    if spread == 0:
+        return np.zeros(z.shape, bool)
+    regions = label(centred > threshold * spread, connectivity=2)
+    long = [r.label for r in regionprops(regions) if r.axis_major_length >= min_length * period]
+    return np.isin(regions, long)
 
 
 def defect_list(binary: np.ndarray, min_area: int = 1) -> pd.DataFrame:
@@ -357,22 +421,35 @@ def sample_pixel_support(mask: np.ndarray, shots: int, seed: int, ring: float = 
     return PixelSupport(defect=defect, lattice=region & ~mask, region=region, component_ids=picked)
 
 
-def pixel_features(scan: np.ndarray, defect_map: DefectMap) -> np.ndarray:
-    """Per-pixel features (HxWxF) for the few-shot map: intensity, gradient and Hessian
-    features (skimage multiscale_basic_features, 5 scales from 0.5 px to half a period) of
-    the scan and of its lattice residual, the residual oriented by the polarity the
-    unsupervised map chose (r for "bright", -r for "dark", |r| for "both").
-
-    Why oriented: a linear model fitted on one bright defect extrapolates a dark defect
-    to "even less defect than lattice"; with |r| all deviations point the same way.
+def support_polarity(residual: np.ndarray, support: PixelSupport) -> str:
+    """The contrast the labelled defects share: "bright" when the residual's median is positive
+    in every labelled defect, "dark" when negative in every one, else "both".
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
-    residual = defect_map.residual
-    oriented = residual if defect_map.polarity == "bright" else -residual if defect_map.polarity == "dark" \
-        else np.abs(residual)
-    sigma_max = max(defect_map.lattice.period / 2.0, 1.0)
+    components = label(support.defect, connectivity=2)
+    medians = ndimage.median(residual, labels=components, index=np.arange(1, components.max() + 1))
+    medians = np.atleast_1d(medians)
+    return "bright" if np.all(medians > 0) else "dark" if np.all(medians < 0) else "both"
+
+
+def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float, polarity: str = "both") -> np.ndarray:
+    """Per-pixel features (HxWxF) for the few-shot map: intensity, gradient and Hessian
+    features (skimage multiscale_basic_features, 5 scales from 0.5 px to half a period) of
+    the scan and of its lattice residual oriented by `polarity` (r for "bright", -r for
+    "dark", |r| for "both"; `support_polarity` reads it off the labelled defects).
+
+    Why oriented: a linear model fitted on bright defects only extrapolates a dark defect
+    to "even less defect than lattice"; with |r| all deviations point the same way, and
+    when the labels show one contrast the sign carries real information.
+
+    Taught in: 08_stm.
+    """
+    z, r = _check_scan(scan), _check_scan(residual)
+    if polarity not in ("bright", "dark", "both"):
+        raise SemnbInputError("polarity", f"got {polarity!r}", "use bright, dark or both")
+    oriented = r if polarity == "bright" else -r if polarity == "dark" else np.abs(r)
+    sigma_max = max(period / 2.0, 1.0)
 
     def features(image):
         return multiscale_basic_features(image, sigma_min=0.5, sigma_max=sigma_max, num_sigma=5, channel_axis=None)
@@ -572,7 +649,7 @@ class ProtoNet:
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 288))
 
 
-def train_protonet(crops: np.ndarray, labels, episodes: int = 400, n_way: int = 4, max_shots: int = 5,
+def train_protonet(crops: np.ndarray, labels, episodes: int = 300, n_way: int = 4, max_shots: int = 5,
                    n_query: int = 5, seed: int = 0, progress: bool = False) -> ProtoNet:
     """Train a `ProtoNet` episodically on labelled crops (e.g. the defects of two surfaces).
 

@@ -62,12 +62,11 @@ class LabelledScan:
 
 @dataclass
 class ScanAnalysis:
-    """Everything computed once per scan: the preprocessed scan `z`, the unsupervised
-    `defect_map` (lattice, residual, score) and the few-shot pixel `features`."""
+    """Everything computed once per scan: the preprocessed scan `z` and the unsupervised
+    `defect_map` (lattice, residual, score)."""
 
     z: np.ndarray
     defect_map: stm.DefectMap
-    features: np.ndarray
 
 
 def find_labelled_scans(data_dir: str | Path) -> tuple[list[LabelledScan], list[str]]:
@@ -107,15 +106,25 @@ def find_labelled_scans(data_dir: str | Path) -> tuple[list[LabelledScan], list[
     return scans, warnings
 
 
-def analyse_scan(raw: np.ndarray) -> ScanAnalysis:
-    """Preprocess one scan and compute its unsupervised map and few-shot pixel features.
+def analyse_scan(raw: np.ndarray, polarity: str = "auto") -> ScanAnalysis:
+    """Preprocess one scan and compute its unsupervised defect map.
 
     Taught in: 08_stm.
     """
     z = preprocess_scan(raw)
-    defect_map = stm.unsupervised_defect_map(z)
-    features = stm.pixel_features(z, defect_map)
-    return ScanAnalysis(z=z, defect_map=defect_map, features=features)
+    return ScanAnalysis(z=z, defect_map=stm.unsupervised_defect_map(z, polarity=polarity))
+
+
+def fewshot_map(analysis: ScanAnalysis, support: stm.PixelSupport, seed: int = 0) -> np.ndarray:
+    """The few-shot defect map of an analysed scan: features oriented by the contrast of the
+    labelled defects (`stm.support_polarity`), then `stm.fewshot_pixel_map`.
+
+    Taught in: 08_stm.
+    """
+    residual = analysis.defect_map.residual
+    polarity = stm.support_polarity(residual, support)
+    features = stm.pixel_features(analysis.z, residual, analysis.defect_map.lattice.period, polarity)
+    return stm.fewshot_pixel_map(features, support, seed=seed)
 
 
 def pixel_maps_for_seed(scan: LabelledScan, analysis: ScanAnalysis, shots: int, seed: int) -> dict:
@@ -127,7 +136,7 @@ def pixel_maps_for_seed(scan: LabelledScan, analysis: ScanAnalysis, shots: int, 
     support = stm.sample_pixel_support(scan.mask, shots, seed)
     query = ~support.region
     maps = {
-        "fewshot": stm.fewshot_pixel_map(analysis.features, support, seed=seed),
+        "fewshot": fewshot_map(analysis, support, seed=seed),
         "unsupervised": analysis.defect_map.score,
         "brightness": scan.raw,
     }
@@ -220,7 +229,7 @@ def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):
             groups.setdefault(scan.surface or "unknown", []).append(i)
     if not groups:
         return {}, None, {}
-    crops = {key: _surface_crops(scans, analyses, idx) for key, idx in groups.items()}
+    crops = {key: labelled_crops(scans, analyses, idx) for key, idx in groups.items()}
     per_seed: dict[int, dict[str, dict[str, float]]] = {}
     per_surface_runs: dict[str, list[dict]] = {}
     sources = []
@@ -238,7 +247,7 @@ def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):
             truth.append(labels[query])
             here = {}
             for method, embed, x in (("fewshot", net.embed, detail), ("prototype", stm.flatten_embedding, detail),
-                                     ("brightness", _raw_embedding, bright)):
+                                     ("brightness", brightness_embedding, bright)):
                 classifier = stm.PrototypeClassifier(embed).fit(x[support], labels[support])
                 predicted[method].append(classifier.predict(x[query]))
                 here[f"{method}_accuracy"] = metrics.accuracy(labels[query], predicted[method][-1])
@@ -252,8 +261,12 @@ def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):
     return per_seed, training, per_surface
 
 
-def _surface_crops(scans, analyses, indices):
-    """Crops (scan detail + residual) and raw-brightness crops at the listed defect centres."""
+def labelled_crops(scans: Sequence[LabelledScan], analyses: Sequence[ScanAnalysis], indices: Sequence[int]):
+    """Crops at the listed defect centres of scans[indices]: (crops of scan detail + lattice
+    residual, crops of the raw scan for the brightness baseline, class labels).
+
+    Taught in: 08_stm.
+    """
     detail, bright, labels = [], [], []
     for i in indices:
         scan, analysis = scans[i], analyses[i]
@@ -314,9 +327,14 @@ def synthetic_training_crops(n_scans: int = 4, size: int = 256, seed: int = 0,
     return np.concatenate(xs), np.array(ys)
 
 
-def _raw_embedding(crops: np.ndarray) -> np.ndarray:
-    """Brightness baseline: the raw scan's crop as it is, no normalisation (`_surface_crops`
-    passes the raw scan as the second channel, which `defect_crops` samples unchanged)."""
+def brightness_embedding(crops: np.ndarray) -> np.ndarray:
+    """The brightness baseline's embedding: the raw scan's crop as it is, not normalised.
+
+    `labelled_crops` passes the raw scan as the second channel, which `defect_crops`
+    samples unchanged, so that channel is taken.
+
+    Taught in: 08_stm.
+    """
     return np.asarray(crops, np.float64)[:, 1:].reshape(len(crops), -1)
 
 

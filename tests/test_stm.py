@@ -24,7 +24,7 @@ def _lattice_with_pits(size=128, period=8.0, seed=0, depth=1.2):
     angle = np.deg2rad(30)
     u = (np.cos(angle) * xx + np.sin(angle) * yy) / period
     v = (-np.sin(angle) * xx + np.cos(angle) * yy) / period
-    du, dv = u - np.round(u), v - np.round(v)
+    du = u - np.round(u)
     scan = np.exp(-du**2 / (2 * 0.2**2)) * (0.8 + 0.2 * np.cos(2 * np.pi * v))
     rng = np.random.default_rng(seed)
     mask = np.zeros(scan.shape, bool)
@@ -116,7 +116,9 @@ def test_fewshot_pixel_map_from_two_labelled_defects():
     z = preprocess_scan(scan)
     defect_map = stm.unsupervised_defect_map(z)
     support = stm.sample_pixel_support(mask, shots=2, seed=0)
-    scores = stm.fewshot_pixel_map(stm.pixel_features(z, defect_map), support)
+    assert stm.support_polarity(defect_map.residual, support) == "dark"
+    features = stm.pixel_features(z, defect_map.residual, defect_map.lattice.period, "dark")
+    scores = stm.fewshot_pixel_map(features, support)
     query = ~support.region
     assert pixel_auroc(scores[query][None], mask[query][None]) > 0.95
 

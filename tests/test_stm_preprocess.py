@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 
 from semnb.errors import SemnbInputError
-from semnb.stm_preprocess import fit_plane, flatten_lines, plane_level, preprocess_scan, robust_normalise
+from semnb.stm_preprocess import (
+    fit_plane,
+    flatten_lines,
+    plane_level,
+    preprocess_scan,
+    robust_normalise,
+)
 
 
 def _grid(h=40, w=50):

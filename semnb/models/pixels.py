@@ -26,7 +26,9 @@ def as_gray_unit(image: np.ndarray, index: int = 0) -> np.ndarray:
     if array.dtype.kind in "ui":  # 8- or 16-bit images: scale by the type's range
         array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].mean(axis=-1)
+        rgb = array[..., :3]
+        is_gray = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all()
+        array = rgb[..., 0] if is_gray else rgb.mean(axis=-1)  # gray saved as RGB stays bit-identical
     if array.ndim != 2 or min(array.shape) < 1:
         raise SemnbInputError(f"images[{index}]", f"has shape {np.shape(image)}",
                               "pass 2-D gray images (H, W) or RGB images (H, W, 3)")

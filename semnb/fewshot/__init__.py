@@ -1,0 +1,36 @@
+"""Few-shot defect segmentation and classification: SEM-CLIP (arXiv 2502.14884, sections 3.3-3.4) and baselines.
+
+- `episodes`: N-way K-shot support/query draws;
+- `segmentation`: the transformation layer and the defect map A = A_Z + A_V;
+- `classification`: P = (1 - a) P_S + a P_C;
+- `baselines`: WinCLIP+-style, PatchCore-style, linear probe, prototype;
+- `evaluate`: `semnb eval segment|classify`, shot sweeps.
+
+Taught in: 04_segmentation and 05_classification.
+"""
+from semnb.fewshot.classification import ClassificationConfig, SemClipClassifier
+from semnb.fewshot.episodes import PAPER_SHOTS, Episode, sample_episode
+from semnb.fewshot.evaluate import (
+    FewShotData,
+    evaluate_classification,
+    evaluate_segmentation,
+    prepare_fewshot,
+    shot_sweep,
+)
+from semnb.fewshot.segmentation import SegmentationConfig, SemClipSegmenter, patch_features
+
+__all__ = [
+    "PAPER_SHOTS",
+    "ClassificationConfig",
+    "Episode",
+    "FewShotData",
+    "SegmentationConfig",
+    "SemClipClassifier",
+    "SemClipSegmenter",
+    "evaluate_classification",
+    "evaluate_segmentation",
+    "patch_features",
+    "prepare_fewshot",
+    "sample_episode",
+    "shot_sweep",
+]

@@ -1,0 +1,184 @@
+"""The baselines SEM-CLIP is measured against, on the same features and the same episodes.
+
+Segmentation (both keep a memory of defect-free support patches; a query patch far from all
+of them is a defect):
+- `winclip_patch_maps`, WinCLIP+-style (Jeong et al., CVPR 2023): the zero-shot text map
+  softmax(s * cos(patch, t))[defect] of the last level, averaged with the few-shot visual map
+  min over memory of (1 - cos) / 2, itself averaged over levels. "Style": patch tokens stand
+  in for WinCLIP's sliding-window embeddings. Without text, the visual map alone.
+- `patchcore_patch_maps`, PatchCore-style (Roth et al., CVPR 2022): the middle levels' patch
+  tokens, each averaged over its 3 x 3 neighbourhood ("locally aware") and layer-normalised,
+  concatenated; the Euclidean distance to the nearest memory patch; an optional greedy
+  coreset keeps a fraction of the memory.
+The memory holds the patches of the support's defect-free images, as in both papers; when
+an episode has none (a data set of defect images only), it holds the support patches that
+no mask touches.
+
+Classification:
+- `linear_probe_proba`: logistic regression on the standardised last-level class token
+  (CLIP's linear-probe protocol, scikit-learn L-BFGS);
+- `prototype_proba`: nearest class mean of the unit-length image embeddings (cosine).
+
+Taught in: 04_segmentation (winclip, patchcore) and 05_classification (linear_probe, prototype).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from semnb.errors import SemnbInputError
+from semnb.fewshot.segmentation import DEFECT, cosine
+
+_QUERY_CHUNK = 2048  # query patches per distance block
+
+
+def memory_rows(coverage: torch.Tensor, is_normal: np.ndarray) -> torch.Tensor:
+    """Bool [K, N]: which support patches enter the defect-free memory (see the module docstring).
+
+    Taught in: 04_segmentation.
+    """
+    is_normal = torch.as_tensor(np.asarray(is_normal, dtype=bool))
+    if bool(is_normal.any()):
+        return is_normal[:, None].expand_as(coverage).clone()
+    return coverage <= 0
+
+
+def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
+    """Distance [Q] of each query row [Q, d] to its nearest memory row [M, d]: Euclidean, or (1 - cos) / 2.
+
+    Taught in: 04_segmentation.
+    """
+    if memory.shape[0] == 0:
+        raise SemnbInputError("support", "holds no defect-free patch for the memory", "add defect-free support images")
+    out = []
+    for start in range(0, queries.shape[0], _QUERY_CHUNK):
+        block = queries[start:start + _QUERY_CHUNK]
+        if metric == "cosine":
+            out.append((1 - (F.normalize(block, dim=-1) @ F.normalize(memory, dim=-1).T).amax(dim=1)) / 2)
+        else:
+            out.append(torch.cdist(block, memory).amin(dim=1))
+    return torch.cat(out)
+
+
+def winclip_patch_maps(query_z: Sequence[torch.Tensor], support_z: Sequence[torch.Tensor], memory: torch.Tensor,
+                       text: torch.Tensor | None = None, logit_scale: float = 100.0) -> torch.Tensor:
+    """WinCLIP+-style map [B, N]: (zero-shot text map + few-shot visual map) / 2, or the visual map alone without text.
+
+    query_z, support_z: per level [B, N, d] tokens (CLIP: projected into the joint space); memory: bool [K, N].
+
+    Taught in: 04_segmentation.
+    """
+    visual = 0.0
+    for q, s in zip(query_z, support_z):
+        distance = nearest_distance(q.reshape(-1, q.shape[-1]), s[memory], metric="cosine")
+        visual = visual + distance.reshape(q.shape[:2])
+    visual = visual / len(query_z)
+    if text is None:
+        return visual
+    zero_shot = (logit_scale * cosine(query_z[-1], text)).softmax(dim=-1)[..., DEFECT]
+    return (zero_shot + visual) / 2
+
+
+def middle_levels(num_levels: int) -> list[int]:
+    """The levels PatchCore would take: those between the first and the last (one level: itself).
+
+    Taught in: 04_segmentation.
+    """
+    inner = list(range(1, num_levels - 1))
+    return inner or [num_levels - 1]
+
+
+def locally_aware(tokens: torch.Tensor, grid: tuple[int, int], size: int = 3) -> torch.Tensor:
+    """Each patch token [B, N, d] averaged with its size x size neighbours (borders: the neighbours that exist).
+
+    Taught in: 04_segmentation.
+    """
+    b, n, d = tokens.shape
+    maps = tokens.transpose(1, 2).reshape(b, d, *grid)
+    pooled = F.avg_pool2d(maps, size, stride=1, padding=size // 2, count_include_pad=False)
+    return pooled.reshape(b, d, n).transpose(1, 2)
+
+
+def patchcore_features(patch_z: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
+    """[B, N, sum d]: the middle levels' locally aware, layer-normalised tokens, concatenated.
+
+    Taught in: 04_segmentation.
+    """
+    picked = [patch_z[j] for j in middle_levels(len(patch_z))]
+    return torch.cat([F.layer_norm(locally_aware(t, grid), t.shape[-1:]) for t in picked], dim=-1)
+
+
+def greedy_coreset(features: torch.Tensor, n_keep: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
+    """Indices of `n_keep` rows chosen by greedy k-center on a random projection (PatchCore's coreset).
+
+    Each step adds the row farthest from those already chosen, so the kept rows cover the memory.
+
+    Taught in: 04_segmentation.
+    """
+    m, d = features.shape
+    n_keep = int(min(max(n_keep, 1), m))
+    generator = torch.Generator().manual_seed(int(seed))
+    if d > projection_dim:
+        features = features @ (torch.randn(d, projection_dim, generator=generator) / projection_dim ** 0.5)
+    chosen = [int(torch.randint(m, (1,), generator=generator))]
+    nearest = torch.cdist(features, features[chosen]).squeeze(1)
+    for _ in range(n_keep - 1):
+        nxt = int(nearest.argmax())
+        chosen.append(nxt)
+        nearest = torch.minimum(nearest, torch.cdist(features, features[nxt:nxt + 1]).squeeze(1))
+    return torch.as_tensor(chosen)
+
+
+def patchcore_patch_maps(query_features: torch.Tensor, support_features: torch.Tensor, memory: torch.Tensor,
+                         coreset_fraction: float = 1.0, seed: int = 0) -> torch.Tensor:
+    """PatchCore-style map [B, N]: Euclidean distance of each query patch to its nearest memory patch.
+
+    `query_features`, `support_features` come from `patchcore_features`; `coreset_fraction` < 1 keeps that
+    share of the memory (greedy coreset).
+
+    Taught in: 04_segmentation.
+    """
+    if not 0 < coreset_fraction <= 1:
+        raise SemnbInputError("coreset_fraction", f"got {coreset_fraction}", "use a fraction in (0, 1]")
+    bank = support_features[memory]
+    if coreset_fraction < 1 and len(bank) > 1:
+        bank = bank[greedy_coreset(bank, int(round(coreset_fraction * len(bank))), seed)]
+    b, n, d = query_features.shape
+    return nearest_distance(query_features.reshape(-1, d), bank).reshape(b, n)
+
+
+def linear_probe_proba(support_tokens: torch.Tensor, support_labels: np.ndarray, query_tokens: torch.Tensor,
+                       n_classes: int) -> np.ndarray:
+    """Class probabilities [Q, n_classes] of a logistic regression on standardised tokens [K, D].
+
+    Taught in: 05_classification.
+    """
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(support_tokens.numpy(), np.asarray(support_labels))
+    out = np.zeros((len(query_tokens), n_classes))
+    out[:, model.classes_] = model.predict_proba(query_tokens.numpy())
+    return out
+
+
+def prototype_proba(support_embeddings: torch.Tensor, support_labels: np.ndarray, query_embeddings: torch.Tensor,
+                    n_classes: int, logit_scale: float = 100.0) -> np.ndarray:
+    """Nearest class mean: softmax of scaled cosine similarity [Q, n_classes] to each class's mean unit embedding.
+
+    Classes without support examples get probability 0.
+
+    Taught in: 05_classification.
+    """
+    labels = torch.as_tensor(np.asarray(support_labels), dtype=torch.long)
+    unit = F.normalize(support_embeddings, dim=-1)
+    present = torch.unique(labels)
+    prototypes = torch.stack([F.normalize(unit[labels == c].mean(0), dim=0) for c in present])
+    sims = F.normalize(query_embeddings, dim=-1) @ prototypes.T
+    out = np.zeros((len(query_embeddings), n_classes))
+    out[:, present.numpy()] = (logit_scale * sims).softmax(dim=-1).numpy()
+    return out

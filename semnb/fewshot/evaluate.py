@@ -1,0 +1,484 @@
+"""`semnb eval segment` and `semnb eval classify`: SEM-CLIP and its baselines on the same episodes.
+
+Protocol:
+- every image is read at the backbone's input size S (non-square images stretched, as the
+  encoder sees them), masks resized with nearest neighbour, and encoded once per
+  backbone/precision through the feature cache;
+- for each seed an N-way K-shot episode (`episodes.sample_episode`): K support images of
+  every class, the normal class included; all other images are queries;
+- segmentation: each method maps every query; pixel AUROC, pixel F1-max and AUPRO over the
+  queries' maps at S x S, image AUROC of the image scores (normal queries vs defect queries;
+  undefined when the data set has no defect-free image);
+- classification: each method predicts the class of every query (all classes, normal
+  included); accuracy, macro precision/recall/F1, confusion matrix;
+- figures: the mean over seeds and the sample std (`semnb.metrics.mean_std_over_seeds`);
+  timing: seconds per episode of each method's fitting and predicting.
+
+Taught in: 04_segmentation and 05_classification.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from semnb import metrics
+from semnb.data.dataset import ImageSet
+from semnb.errors import SemnbInputError
+from semnb.fewshot import baselines
+from semnb.fewshot.classification import ClassificationConfig, SemClipClassifier
+from semnb.fewshot.episodes import Episode, require_masks, sample_episode, subsample_per_class
+from semnb.fewshot.segmentation import (
+    PatchFeatures,
+    SegmentationConfig,
+    SegmentationOutput,
+    SemClipSegmenter,
+    image_scores,
+    mask_coverage,
+    patch_features,
+    upsample_and_smooth,
+)
+from semnb.models import EncodedLevels, FeatureCache, encode_images, load_backbone
+from semnb.models.tiny_clip import TINY_NAME
+from semnb.prompts import NORMAL_KEY, class_text_embeddings, normal_defect_embeddings
+from semnb.results import EvalResult
+
+DEFAULT_BACKBONE = "efficientnet-lite0"
+DEFAULT_SHOTS = 5
+SEGMENT_METHODS = ("semclip", "winclip", "patchcore")
+CLASSIFY_METHODS = ("semclip", "linear_probe", "prototype")
+SEGMENT_METRICS = ("image_auroc", "pixel_auroc", "pixel_f1_max", "aupro")
+CLASSIFY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+# The paper's Table 3, as changes to the method's settings (prompt style handled apart).
+SEGMENT_ABLATIONS = {
+    "semclip_no_transform": {"transform": False},
+    "semclip_generic_prompts": {},
+    "semclip_last_level": {"last_level_only": True},
+    "semclip_z_only": {"use_v": False},
+    "semclip_v_only": {"use_z": False},
+}
+CLASSIFY_ABLATIONS = {
+    "semclip_generic_prompts": {},
+    "semclip_last_level": {"last_level_only": True},
+    "semclip_a0": {"alpha": 0.0},
+    "semclip_a1": {"alpha": 1.0},
+}
+
+
+@dataclass
+class FewShotData:
+    """What every episode reads, computed once: features, masks and pixels at S x S, text embeddings.
+
+    Taught in: 04_segmentation and 05_classification.
+    """
+
+    images: ImageSet
+    backbone: str
+    weights: str
+    precision: str
+    image_size: int
+    levels: EncodedLevels
+    pixels: np.ndarray
+    masks: np.ndarray | None
+    text: dict[str, torch.Tensor] = field(default_factory=dict)
+    class_text: dict[str, torch.Tensor] = field(default_factory=dict)
+    patches: PatchFeatures | None = None
+    warnings: list[str] = field(default_factory=list)
+    encode_s: float = 0.0
+
+    @property
+    def has_text(self) -> bool:
+        return self.levels.has_text
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.images.labels
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.images.class_names)
+
+    @property
+    def is_defect(self) -> np.ndarray:
+        return ~self.images.is_normal
+
+
+def _prompt_class_names(images: ImageSet) -> tuple[list[str], str]:
+    """Class names for the prompts and the normal class's name (added when the data set has no normal image)."""
+    names = list(images.class_names)
+    normal = images.normal_class or NORMAL_KEY
+    return (names if normal in names else [*names, normal]), normal
+
+
+def backbone_warnings(backbone_name: str, has_text: bool, task: str) -> list[str]:
+    """What a reader must know about the numbers a backbone gives (random weights, no text).
+
+    Taught in: 04_segmentation.
+    """
+    out = []
+    if backbone_name == TINY_NAME:
+        out.append(f"{TINY_NAME} has random weights: these numbers test the pipeline and measure nothing about CLIP")
+    if not has_text and task == "segment":
+        out.append(f"{backbone_name} has no text tower and no V-V path: semclip's A_Z compares the trained "
+                   "transformation layer's tokens with two learned anchors (normal, defect) initialised from the "
+                   "support masks' mean features instead of text, and A_V is absent (A = A_Z); winclip is its "
+                   "visual memory map only; the ablations generic_prompts, z_only and v_only do not apply")
+    if not has_text and task == "classify":
+        out.append(f"{backbone_name} has no text tower: semclip's P_S (text similarity) is replaced by the same "
+                   "formula with visual prototypes, softmax of 100 x the max over levels of the cosine to each "
+                   "class's mean support class token; P = 0.2 P_prototype + 0.8 P_C; the ablation generic_prompts "
+                   "does not apply")
+    return out
+
+
+def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEFAULT_BACKBONE,
+                    precision: str = "fp32", image_size: int | None = None, max_per_class: int | None = None,
+                    cache: FeatureCache | None = None, prompt_styles: Sequence[str] = ("expert",),
+                    progress: bool = False) -> FewShotData:
+    """Read, encode (once, cached) and embed the prompts of a data set for few-shot episodes.
+
+    `task` is "segment" (masks required for every defect image) or "classify".
+
+    Taught in: 04_segmentation and 05_classification.
+    """
+    if task not in ("segment", "classify"):
+        raise SemnbInputError("task", f"got {task!r}", "use 'segment' or 'classify'")
+    if len(images) == 0:
+        raise SemnbInputError(str(images.root), "holds no image", "point --data at a folder of images")
+    keep = subsample_per_class(images.labels, max_per_class)
+    if len(keep) == 0:
+        raise SemnbInputError(str(images.root), "holds no labelled image", "use a layout with class labels")
+    images = images.subset(keep)
+    if task == "segment":
+        if images.is_normal.all():
+            raise SemnbInputError(str(images.root), "holds only defect-free images", "add defect images with masks")
+        require_masks(images.mask_paths, images.is_normal, images.paths)
+    model = load_backbone(backbone, precision=precision, image_size=image_size)
+    size = model.image_size
+    tick = time.perf_counter()
+    pixels = np.stack([images.image(i, size) for i in tqdm(range(len(images)), desc="read images", disable=not progress)])
+    masks = np.stack([images.mask(i, size) for i in range(len(images))]) if task == "segment" else None
+    levels = encode_images(model, pixels, cache, progress=progress)
+    data = FewShotData(images=images, backbone=model.name, weights=model.weights, precision=model.precision,
+                       image_size=size, levels=levels, pixels=pixels, masks=masks,
+                       warnings=backbone_warnings(model.name, model.has_text, task))
+    if model.has_text:
+        names, normal = _prompt_class_names(images)
+        for style in prompt_styles:
+            if task == "segment":
+                data.text[style] = normal_defect_embeddings(model, names, normal, style=style, cache=cache)
+            else:
+                data.class_text[style] = class_text_embeddings(model, images.class_names, normal, style=style,
+                                                               cache=cache).embeddings
+    if task == "segment":
+        data.patches = patch_features(levels)
+    data.encode_s = time.perf_counter() - tick
+    if images.normal_class is None or not images.is_normal.any():
+        data.warnings.append("no defect-free images: image AUROC is undefined (null); pixel metrics are computed"
+                             if task == "segment" else "no defect-free class: every class is a defect class")
+    return data
+
+
+# ------------------------------------------------------------------ one episode, one method
+def _finish_maps(patch_maps: torch.Tensor, data: FewShotData, sigma: float, top_fraction: float) -> SegmentationOutput:
+    maps = upsample_and_smooth(patch_maps, data.levels.grid, data.image_size, sigma)
+    return SegmentationOutput(maps=maps.numpy(), scores=image_scores(maps, top_fraction).numpy(),
+                              patch_maps={"map": patch_maps.reshape(-1, *data.levels.grid).numpy()})
+
+
+def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip",
+                    config: SegmentationConfig | None = None, prompt_style: str = "expert",
+                    coreset_fraction: float = 1.0) -> tuple[SegmentationOutput, dict[str, float]]:
+    """One method's defect maps of the episode's queries, and its seconds spent fitting and predicting.
+
+    Taught in: 04_segmentation.
+    """
+    config = config or SegmentationConfig()
+    if data.masks is None or data.patches is None:
+        raise SemnbInputError("data", "was prepared for classification", "prepare_fewshot(..., task='segment')")
+    support, queries = episode.support, episode.queries
+    text = data.text.get(prompt_style) if data.has_text else None
+    if data.has_text and text is None:
+        raise SemnbInputError("prompt_style", f"{prompt_style!r} was not prepared", "pass it in prepare_fewshot(prompt_styles=...)")
+    tick = time.perf_counter()
+    if method == "semclip":
+        model = SemClipSegmenter(config).fit(data.patches.subset(support), data.masks[support], text, seed=episode.seed)
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        out = model.predict(data.patches.subset(queries), data.image_size)
+        return out, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
+    coverage = mask_coverage(data.masks[support], data.levels.grid).reshape(len(support), -1)
+    memory = baselines.memory_rows(coverage, data.images.is_normal[support])
+    if method == "winclip":
+        patches = data.patches
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        maps = baselines.winclip_patch_maps([t[queries] for t in patches.z], [t[support] for t in patches.z],
+                                            memory, text, config.logit_scale)
+    elif method == "patchcore":
+        features = baselines.patchcore_features(data.levels.patch_z, data.levels.grid)
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        maps = baselines.patchcore_patch_maps(features[queries], features[support], memory, coreset_fraction,
+                                              seed=episode.seed)
+    else:
+        raise SemnbInputError("method", f"got {method!r}", f"use one of {', '.join(SEGMENT_METHODS)}")
+    out = _finish_maps(maps, data, config.sigma, config.top_fraction)
+    return out, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
+
+
+def segmentation_scores(out: SegmentationOutput, masks: np.ndarray, is_defect: np.ndarray) -> dict[str, float]:
+    """image AUROC (NaN without normal queries), pixel AUROC, pixel F1-max and AUPRO of one method's maps.
+
+    Taught in: 04_segmentation.
+    """
+    pixel = metrics.pixel_metrics(out.maps, masks)
+    return {"image_auroc": metrics.image_auroc(out.scores, is_defect),
+            **{k: float(pixel[k]) for k in ("pixel_auroc", "pixel_f1_max", "aupro")}}
+
+
+def classify_episode(data: FewShotData, episode: Episode, method: str = "semclip",
+                     config: ClassificationConfig | None = None,
+                     prompt_style: str = "expert") -> tuple[np.ndarray, dict[str, float]]:
+    """One method's class probabilities [Q, C] for the episode's queries, and its seconds fitting and predicting.
+
+    Taught in: 05_classification.
+    """
+    config = config or ClassificationConfig()
+    n_classes = len(data.class_names)
+    support, queries, labels = episode.support, episode.queries, episode.support_labels
+    tick = time.perf_counter()
+    if method == "semclip":
+        class_text = data.class_text.get(prompt_style) if data.has_text else None
+        if data.has_text and class_text is None and config.alpha < 1:
+            raise SemnbInputError("prompt_style", f"{prompt_style!r} was not prepared",
+                                  "pass it in prepare_fewshot(prompt_styles=...)")
+        model = SemClipClassifier(config).fit(data.levels.subset(support), labels, n_classes, class_text,
+                                              seed=episode.seed)
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        proba = model.predict(data.levels.subset(queries)).proba
+    elif method == "linear_probe":
+        last = data.levels.cls[-1]
+        proba = baselines.linear_probe_proba(last[support], labels, last[queries], n_classes)
+        fit_s = 0.0  # fitting and predicting are one call
+    elif method == "prototype":
+        emb = data.levels.embedding
+        proba = baselines.prototype_proba(emb[support], labels, emb[queries], n_classes)
+        fit_s = 0.0
+    else:
+        raise SemnbInputError("method", f"got {method!r}", f"use one of {', '.join(CLASSIFY_METHODS)}")
+    return proba, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
+
+
+# ------------------------------------------------------------------ whole evaluations
+@dataclass(frozen=True)
+class _Variant:
+    """A method or ablation as run on one episode: its name, base method, settings and prompt style."""
+
+    name: str
+    method: str
+    config: object
+    prompt_style: str = "expert"
+
+
+def _segment_variants(data: FewShotData, config: SegmentationConfig, ablations: bool) -> tuple[list[_Variant], list[str]]:
+    variants = [_Variant(m, m, config) for m in SEGMENT_METHODS]
+    skipped = []
+    if ablations:
+        for name, change in SEGMENT_ABLATIONS.items():
+            if not data.has_text and name in ("semclip_generic_prompts", "semclip_z_only", "semclip_v_only"):
+                skipped.append(name)
+                continue
+            style = "generic" if name == "semclip_generic_prompts" else "expert"
+            variants.append(_Variant(name, "semclip", replace(config, **change), style))
+    return variants, skipped
+
+
+def _classify_variants(data: FewShotData, config: ClassificationConfig, ablations: bool) -> tuple[list[_Variant], list[str]]:
+    variants = [_Variant(m, m, config) for m in CLASSIFY_METHODS]
+    skipped = []
+    if ablations:
+        for name, change in CLASSIFY_ABLATIONS.items():
+            if not data.has_text and name == "semclip_generic_prompts":
+                skipped.append(name)
+                continue
+            style = "generic" if name == "semclip_generic_prompts" else "expert"
+            variants.append(_Variant(name, "semclip", replace(config, **change), style))
+    return variants, skipped
+
+
+def _check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise SemnbInputError("--seeds", "no seed given", "write e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _run(data: FewShotData, task: str, shots: int, seeds: list[int], variants: list[_Variant],
+         score: Callable[[_Variant, Episode], tuple[dict, dict]], progress: bool) -> tuple[dict, dict, list[Episode]]:
+    """Every variant on every seed's episode: per-variant lists of metrics dicts and of timings."""
+    per_seed: dict[str, list[dict]] = {v.name: [] for v in variants}
+    times: dict[str, list[dict]] = {v.name: [] for v in variants}
+    episodes = [sample_episode(data.labels, shots, seed, data.class_names) for seed in seeds]
+    steps = tqdm(total=len(episodes) * len(variants), desc=f"{task} episodes", disable=not progress)
+    for episode in episodes:
+        for variant in variants:
+            values, timing = score(variant, episode)
+            per_seed[variant.name].append(values)
+            times[variant.name].append(timing)
+            steps.update()
+    steps.close()
+    return per_seed, times, episodes
+
+
+def _timing(times: dict[str, list[dict]], main: Sequence[str], encode_s: float, total_s: float) -> dict[str, float]:
+    out = {"encode_s": encode_s, "total_s": total_s}
+    for name in main:
+        for key in ("fit_s", "predict_s"):
+            out[f"{name}_{key}"] = float(np.mean([t[key] for t in times[name]]))
+    out["episode_s"] = float(sum(out[f"{name}_fit_s"] + out[f"{name}_predict_s"] for name in main))
+    return out
+
+
+def _result(data: FewShotData, task: str, shots: int, seeds: list[int]) -> EvalResult:
+    return EvalResult(task=task, data=str(data.images.root), backbone=data.backbone, weights=data.weights,
+                      precision=data.precision, shots=shots, seeds=seeds, n_images=len(data.images),
+                      warnings=list(data.warnings))
+
+
+def _query_warnings(data: FewShotData, episodes: list[Episode]) -> list[str]:
+    out = []
+    for cls, name in enumerate(data.class_names):
+        if all(not np.any(data.labels[e.queries] == cls) for e in episodes):
+            out.append(f"class {name!r} has no query images left after the support (all its images are shots)")
+    return out
+
+
+def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAULT_BACKBONE, shots: int = DEFAULT_SHOTS,
+                          seeds: Sequence[int] = (0, 1, 2), precision: str = "fp32", image_size: int | None = None,
+                          ablations: bool = False, max_per_class: int | None = None,
+                          config: SegmentationConfig | None = None, coreset_fraction: float = 1.0,
+                          cache: FeatureCache | None = None, progress: bool = False) -> EvalResult:
+    """SEM-CLIP segmentation, WinCLIP+-style and PatchCore-style baselines (and, with `ablations`, Table 3).
+
+    `images` may be a `FewShotData` already prepared (then backbone, precision, image_size,
+    max_per_class and cache are not used), so a shot sweep encodes nothing twice.
+    `extra` holds: ablations (method -> metrics) when asked, class_names, image_size,
+    n_queries, settings.
+
+    Taught in: 04_segmentation.
+    """
+    started = time.perf_counter()
+    seeds = _check_seeds(seeds)
+    config = config or SegmentationConfig()
+    data = images if isinstance(images, FewShotData) else prepare_fewshot(
+        images, "segment", backbone, precision, image_size, max_per_class, cache,
+        ("expert", "generic") if ablations else ("expert",), progress)
+    variants, skipped = _segment_variants(data, config, ablations)
+
+    def score(variant: _Variant, episode: Episode) -> tuple[dict, dict]:
+        out, timing = segment_episode(data, episode, variant.method, variant.config, variant.prompt_style,
+                                      coreset_fraction)
+        return segmentation_scores(out, data.masks[episode.queries], data.is_defect[episode.queries]), timing
+
+    per_seed, times, episodes = _run(data, "segment", shots, seeds, variants, score, progress)
+    result = _result(data, "segment", shots, seeds)
+    aggregated = {name: metrics.mean_std_over_seeds(values) for name, values in per_seed.items()}
+    result.results = {m: aggregated[m] for m in SEGMENT_METHODS}
+    result.timing = _timing(times, SEGMENT_METHODS, data.encode_s, time.perf_counter() - started)
+    result.warnings += _query_warnings(data, episodes)
+    if skipped:
+        result.warnings.append(f"ablations not applicable to {data.backbone} (no text / no V-V path): {', '.join(skipped)}")
+    result.extra = {
+        "class_names": data.class_names, "normal_class": data.images.normal_class, "image_size": data.image_size,
+        "n_queries": int(np.mean([len(e.queries) for e in episodes])),
+        "settings": {**asdict(config), "coreset_fraction": coreset_fraction},
+        "image_score": f"mean of the top {config.top_fraction:.0%} of each smoothed map",
+    }
+    if ablations:
+        result.extra["ablations"] = {name: aggregated[name] for name in aggregated if name not in SEGMENT_METHODS}
+    return result
+
+
+def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFAULT_BACKBONE,
+                            shots: int = DEFAULT_SHOTS, seeds: Sequence[int] = (0, 1, 2), precision: str = "fp32",
+                            image_size: int | None = None, ablations: bool = False,
+                            max_per_class: int | None = None, config: ClassificationConfig | None = None,
+                            cache: FeatureCache | None = None, progress: bool = False) -> EvalResult:
+    """SEM-CLIP classification, linear-probe and prototype baselines (and, with `ablations`, Table 3).
+
+    `extra` holds: confusion_matrix (method -> counts summed over seeds, rows = true class),
+    per_class (method -> class -> precision/recall/f1 means over seeds), ablations when asked,
+    class_names, image_size, n_queries, settings.
+
+    Taught in: 05_classification.
+    """
+    started = time.perf_counter()
+    seeds = _check_seeds(seeds)
+    config = config or ClassificationConfig()
+    data = images if isinstance(images, FewShotData) else prepare_fewshot(
+        images, "classify", backbone, precision, image_size, max_per_class, cache,
+        ("expert", "generic") if ablations else ("expert",), progress)
+    if len(data.class_names) < 2:
+        raise SemnbInputError(str(data.images.root), "has only one class", "classification needs two classes or more")
+    variants, skipped = _classify_variants(data, config, ablations)
+    reports: dict[str, list[dict]] = {v.name: [] for v in variants}
+
+    def score(variant: _Variant, episode: Episode) -> tuple[dict, dict]:
+        proba, timing = classify_episode(data, episode, variant.method, variant.config, variant.prompt_style)
+        report = metrics.classification_report(data.labels[episode.queries], proba.argmax(axis=1), data.class_names)
+        reports[variant.name].append(report)
+        return report, timing
+
+    per_seed, times, episodes = _run(data, "classify", shots, seeds, variants, score, progress)
+    result = _result(data, "classify", shots, seeds)
+    aggregated = {name: metrics.mean_std_over_seeds(values) for name, values in per_seed.items()}
+    result.results = {m: aggregated[m] for m in CLASSIFY_METHODS}
+    result.timing = _timing(times, CLASSIFY_METHODS, data.encode_s, time.perf_counter() - started)
+    result.warnings += _query_warnings(data, episodes)
+    if skipped:
+        result.warnings.append(f"ablations not applicable to {data.backbone} (no text): {', '.join(skipped)}")
+    result.extra = {
+        "class_names": data.class_names, "normal_class": data.images.normal_class, "image_size": data.image_size,
+        "n_queries": int(np.mean([len(e.queries) for e in episodes])),
+        "settings": asdict(config),
+        "confusion_matrix": {m: np.sum([r["confusion_matrix"] for r in reports[m]], axis=0).tolist()
+                             for m in CLASSIFY_METHODS},
+        "per_class": {m: _per_class_means(reports[m]) for m in CLASSIFY_METHODS},
+    }
+    if ablations:
+        result.extra["ablations"] = {name: aggregated[name] for name in aggregated if name not in CLASSIFY_METHODS}
+    return result
+
+
+def _per_class_means(reports: list[dict]) -> dict[str, dict[str, float]]:
+    names = reports[0]["per_class"].keys()
+    return {name: {k: float(np.mean([r["per_class"][name][k] for r in reports])) for k in ("precision", "recall", "f1")}
+            for name in names}
+
+
+def shot_sweep(data: FewShotData, shots: Sequence[int] = (1, 2, 5, 10), seeds: Sequence[int] = (0, 1, 2),
+               progress: bool = False, **options) -> pd.DataFrame:
+    """Evaluate at several shot counts on prepared data: one row per (shots, method) with every metric and its std.
+
+    Shot counts that some class cannot supply are skipped.
+
+    Taught in: 04_segmentation and 05_classification.
+    """
+    evaluate = evaluate_segmentation if data.masks is not None else evaluate_classification
+    counts = np.bincount(data.labels[data.labels >= 0], minlength=len(data.class_names))
+    rows = []
+    for k in shots:
+        if k > counts.min():
+            continue
+        result = evaluate(data, shots=k, seeds=seeds, progress=progress, **options)
+        tables = {**result.results, **result.extra.get("ablations", {})}
+        for method, values in tables.items():
+            rows.append({"shots": k, "method": method, **values, "episode_s": result.timing["episode_s"]})
+    return pd.DataFrame(rows)
