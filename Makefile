@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Torch comes from the wheels on this machine's disk; an unpinned torch would pull a CUDA build.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv browser clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/semnb demo --out semnb-demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q --nbval-lax tests notebooks
+
+# Headless Chromium renders the HTML reports in the tests; installed from Debian's packages when
+# we may (root with apt), otherwise those tests skip.
+browser:
+	@command -v chromium > /dev/null || ! command -v apt-get > /dev/null || [ "$$(id -u)" != 0 ] || \
+	  (apt-get install -y -q chromium > /dev/null 2>&1 || \
+	   (apt-get update -q > /dev/null && apt-get install -y -q chromium > /dev/null)) || \
+	  echo "could not install chromium: browser tests will be skipped"
 
 clean:
 	rm -rf $(VENV) semnb-demo .pytest_cache
