@@ -56,8 +56,9 @@ def prepare_images(images: Sequence[np.ndarray], size: int = PAPER_IMAGE_SIZE, b
                    banner: int | str = "auto", progress: bool = False) -> np.ndarray:
     """The paper's preprocessing for every image: crop border and banner, bicubic resize, normalise.
 
-    Returns float32 [N, size, size] in [0, 1] (percentile normalisation). `size` must be a
-    multiple of 4 so that the pyramid levels size/2 and size/4 are whole.
+    Images are gray, float in [0, 1] (as `semnb.data` reads them) or integer (scaled by their
+    type's maximum, e.g. uint8 / 255). Returns float32 [N, size, size] in [0, 1] (percentile
+    normalisation). `size` must be a multiple of 4 so the pyramid levels size/2 and size/4 are whole.
 
     Taught in: 06_ssl_clustering.
     """
@@ -66,6 +67,9 @@ def prepare_images(images: Sequence[np.ndarray], size: int = PAPER_IMAGE_SIZE, b
         raise SemnbInputError("images", "is empty", "pass at least one image")
     out = np.empty((len(images), size, size), dtype=np.float32)
     for i, image in enumerate(tqdm(images, desc="preprocess", disable=not progress)):
+        image = np.asarray(image)
+        if np.issubdtype(image.dtype, np.integer):
+            image = image.astype(np.float32) / np.iinfo(image.dtype).max
         out[i] = preprocess(image, size=size, border=border, banner=banner, normalize="percentile")
     return out
 

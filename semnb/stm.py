@@ -422,15 +422,21 @@ def sample_pixel_support(mask: np.ndarray, shots: int, seed: int, ring: float = 
 
 
 def support_polarity(residual: np.ndarray, support: PixelSupport) -> str:
-    """The contrast the labelled defects share: "bright" when the residual's median is positive
-    in every labelled defect, "dark" when negative in every one, else "both".
+    """The contrast of the labelled defects: "bright" when the labelled defects whose median
+    residual is positive hold at least 80% of the labelled defect pixels, "dark" when those
+    with a negative median do, else "both".
+
+    Why by pixels: an annotator's mask also holds small dim specks; a few of them should not
+    overrule the large, clearly bright (or dark) defects.
 
     Taught in: 08_stm.
     """
     components = label(support.defect, connectivity=2)
-    medians = ndimage.median(residual, labels=components, index=np.arange(1, components.max() + 1))
-    medians = np.atleast_1d(medians)
-    return "bright" if np.all(medians > 0) else "dark" if np.all(medians < 0) else "both"
+    index = np.arange(1, components.max() + 1)
+    medians = np.atleast_1d(ndimage.median(residual, labels=components, index=index))
+    sizes = np.atleast_1d(ndimage.sum(np.ones_like(residual), labels=components, index=index))
+    bright = sizes[medians > 0].sum() / sizes.sum()
+    return "bright" if bright >= 0.8 else "dark" if bright <= 0.2 else "both"
 
 
 def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float, polarity: str = "both") -> np.ndarray:

@@ -162,6 +162,9 @@ def test_prepare_images_is_semnb_preprocess_at_the_chosen_size():
     assert out.shape == (2, 32, 32) and out.dtype == np.float32
     np.testing.assert_array_equal(out[0], preprocess(raw[0], size=32, border=2))
     assert out.min() >= 0 and out.max() <= 1
+    as_uint8 = (raw[1] * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(prepare_images([as_uint8], size=32)[0],
+                               prepare_images([as_uint8.astype(np.float32) / 255], size=32)[0], atol=1e-6)
 
 
 def test_bad_input_names_the_option_and_the_fix():

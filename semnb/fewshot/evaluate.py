@@ -129,10 +129,10 @@ def backbone_warnings(backbone_name: str, has_text: bool, task: str) -> list[str
                    "support masks' mean features instead of text, and A_V is absent (A = A_Z); winclip is its "
                    "visual memory map only; the ablations generic_prompts, z_only and v_only do not apply")
     if not has_text and task == "classify":
-        out.append(f"{backbone_name} has no text tower: semclip's P_S (text similarity) is replaced by the same "
-                   "formula with visual prototypes, softmax of 100 x the max over levels of the cosine to each "
-                   "class's mean support class token; P = 0.2 P_prototype + 0.8 P_C; the ablation generic_prompts "
-                   "does not apply")
+        out.append(f"{backbone_name} has no text tower: semclip's P_S (text similarity) is replaced by visual "
+                   "prototypes, softmax of 100 x the cosine of the pooled image embedding to each class's mean "
+                   "support embedding; P = 0.2 P_prototype + 0.8 P_C (P_C: the linear head on the 4 stages' pooled "
+                   "features); the ablation generic_prompts does not apply")
     return out
 
 
@@ -235,9 +235,15 @@ def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip"
 def segmentation_scores(out: SegmentationOutput, masks: np.ndarray, is_defect: np.ndarray) -> dict[str, float]:
     """image AUROC (NaN without normal queries), pixel AUROC, pixel F1-max and AUPRO of one method's maps.
 
+    The pixel scores are first replaced by their dense rank over all query pixels. The rank is
+    a monotone map, so AUROC, F1-max and AUPRO do not change, but trained maps saturate near 0
+    and `pixel_metrics`' equal-width score bins would otherwise tie many normal and defect
+    pixels there; over ranks every bin holds the same number of distinct scores.
+
     Taught in: 04_segmentation.
     """
-    pixel = metrics.pixel_metrics(out.maps, masks)
+    ranks = np.unique(out.maps, return_inverse=True)[1].reshape(out.maps.shape).astype(np.float64)
+    pixel = metrics.pixel_metrics(ranks, masks)
     return {"image_auroc": metrics.image_auroc(out.scores, is_defect),
             **{k: float(pixel[k]) for k in ("pixel_auroc", "pixel_f1_max", "aupro")}}
 

@@ -1,0 +1,112 @@
+"""Multi-resolution SSL clustering vs its baselines on synthetic wafer-SEM images, and SSL training speed.
+
+Run:  .venv/bin/python benchmarks/bench_cluster.py                        # 128 px, 20 per class, 5 epochs
+      .venv/bin/python benchmarks/bench_cluster.py --size 512 --epochs 15 --n-per-class 72   # the paper's setting
+      .venv/bin/python benchmarks/bench_cluster.py --speed-only --size 512
+
+Part 1 (quality): the same preprocessed images go through every method and the same k-means
+(k = 7 classes); it prints silhouette and NMI per method, the NMI of a random assignment, and
+the NMI of the clusters against the synthetic *background* pattern (lines, contacts, routing,
+film): a method that clusters by background rather than by defect scores high there.
+
+Part 2 (speed): training images/s of the SSL model (one image = its whole 3-level pyramid,
+forward and backward) for memory layout (channels_last or not), precision (fp32, bf16
+autocast) and torch threads (1, 2). Wall images/s is what a user waits for; CPU seconds per
+image counts only the CPU this process got, so it stays meaningful on a shared machine (the
+load average printed beside it says how busy the machine was). The best of the repeats is
+the least disturbed.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+from semnb import metrics
+from semnb.clustering import evaluate_methods
+from semnb.data.synth_sem import CLASSES, generate_sem_set
+from semnb.ssl import SSLConfig, prepare_images, train_ssl
+
+
+def synthetic_images(n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Preprocessed images, class labels and background names of a synthetic SEM set made in memory."""
+    samples = list(generate_sem_set(n_per_class, size=size, seed=seed, progress=False))
+    images = prepare_images([s.image for s in samples], size=size)
+    labels = np.array([CLASSES.index(s.cls) for s in samples])
+    return images, labels, [s.background for s in samples]
+
+
+def quality(args) -> None:
+    start = time.perf_counter()
+    images, labels, backgrounds = synthetic_images(args.n_per_class, args.size, args.seed)
+    print(f"\n# quality: {len(images)} synthetic SEM images, {args.size} px, {args.epochs} SSL epochs, "
+          f"seeds {args.seeds} (made in {time.perf_counter() - start:.0f} s)")
+    methods = args.methods.split(",") if args.methods else None
+    evaluation = evaluate_methods(images, labels, CLASSES, methods=methods, seeds=args.seeds,
+                                  ssl_config=SSLConfig(epochs=args.epochs, threads=args.threads),
+                                  data="synthetic SEM (in memory)", progress=False)
+    result = evaluation.result
+    background_codes = pd.factorize(pd.Series(backgrounds))[0]
+    rows = []
+    for method, scores in result.results.items():
+        rows.append({"method": method, "silhouette": scores["silhouette"], "nmi": scores["nmi"],
+                     "nmi_std": scores["nmi_std"],
+                     "nmi_background (seed 0)": metrics.nmi(background_codes, evaluation.clusters[method]),
+                     "seconds": result.timing[f"{method}_s"]})
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"NMI of a random assignment into k={result.extra['k']}: {result.extra['nmi_random_assignment']:.3f}")
+    if evaluation.ssl_run is not None:
+        h = evaluation.ssl_run.history
+        print(f"SSL seed {args.seeds[0]}: loss {h.loss[0]:.3f} -> {h.loss[-1]:.3f}, collapse watch (z) "
+              f"{h.std_projection[-1]:.3f} vs healthy {1 / np.sqrt(128):.3f}, {h.images_per_second:.1f} images/s")
+    for warning in result.warnings:
+        print("note:", warning[:160])
+
+
+def speed(args) -> None:
+    images = np.random.default_rng(0).random((args.speed_images, args.size, args.size)).astype(np.float32)
+    print(f"\n# speed: SSL training, {args.speed_images} images of {args.size} px, batch 32, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    train_ssl(images[:4], SSLConfig(epochs=1, batch_size=4), progress=False)  # one-time start-up costs
+    rows = []
+    for channels_last, precision, threads in itertools.product((True, False), ("fp32", "bf16"), (1, 2)):
+        walls, cpus = [], []
+        for _ in range(args.repeats):
+            cpu = time.process_time()
+            run = train_ssl(images, SSLConfig(epochs=1, channels_last=channels_last, precision=precision,
+                                              threads=threads), progress=False)
+            walls.append(run.history.images_per_second)
+            cpus.append((time.process_time() - cpu) / run.history.images_seen)
+        rows.append({"channels_last": channels_last, "precision": precision, "threads": threads,
+                     "best images/s": max(walls), "median images/s": float(np.median(walls)),
+                     "CPU s per image": min(cpus)})
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--n-per-class", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
+    parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for SSL training")
+    parser.add_argument("--speed-images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--quality-only", action="store_true")
+    args = parser.parse_args()
+    if not args.speed_only:
+        quality(args)
+    if not args.quality_only:
+        speed(args)
+
+
+if __name__ == "__main__":
+    main()
