@@ -9,49 +9,53 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from threadpoolctl import threadpool_limits
 
-from semnb.clustering import standardize
+from semnb.clustering import UNSCALED_METHODS, clustering_space
 from semnb.viz import show_image
 
 PROJECTIONS = ("umap", "tsne")
 
 
-def project_2d(features: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
-    """[N, D] features -> [N, 2] map points (UMAP or t-SNE, seeded), from the same standardised space k-means saw.
+def project_2d(features: np.ndarray, method: str = "umap", seed: int = 0, standardized: bool = True) -> np.ndarray:
+    """[N, D] features -> [N, 2] map points (UMAP or t-SNE, seeded), from the space k-means saw (`clustering_space`).
 
     Only a picture: distances in a UMAP or t-SNE map are not those of the feature space.
+    Runs on one thread (t-SNE of 42 points: about 1 s, against 8-40 s with two OpenMP threads
+    on a shared CPU, measured).
 
     Taught in: 06_ssl_clustering.
     """
-    x = standardize(features)
+    if method not in PROJECTIONS:
+        raise ValueError(f"unknown projection {method!r}; use one of {PROJECTIONS}")
+    x = clustering_space(features, standardized)
     n = len(x)
-    if method == "umap":
-        import umap  # slow to import; only here
+    with threadpool_limits(1):
+        if method == "umap":
+            import umap  # slow to import (numba); only here
 
-        return umap.UMAP(n_neighbors=max(2, min(15, n - 1)), random_state=seed, init="random" if n < 10 else "spectral",
-                         n_jobs=1).fit_transform(x)
-    if method == "tsne":
+            return umap.UMAP(n_neighbors=max(2, min(15, n - 1)), random_state=seed,
+                             init="random" if n < 10 else "spectral", n_jobs=1).fit_transform(x)
         from sklearn.manifold import TSNE
 
         return TSNE(perplexity=max(1.0, min(30.0, (n - 1) / 3)), init="pca", random_state=seed).fit_transform(x)
-    raise ValueError(f"unknown projection {method!r}; use one of {PROJECTIONS}")
 
 
 def embedding_views(features: np.ndarray, clusters: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-                    projections: Sequence[str] = PROJECTIONS, seed: int = 0, title: str = "") -> Figure:
+                    projections: Sequence[str] = PROJECTIONS, seed: int = 0, method: str = "ssl") -> Figure:
     """One row per projection (UMAP, t-SNE): points coloured by k-means cluster (left) and by true label (right).
+
+    `method` names whose features these are (it decides whether they are standardised, as for k-means).
 
     Taught in: 06_ssl_clustering.
     """
     fig, axes = plt.subplots(len(projections), 2, figsize=(9, 4.2 * len(projections)), squeeze=False)
     labels = np.asarray(labels)
-    for row, method in enumerate(projections):
-        points = project_2d(features, method, seed)
+    for row, projection in enumerate(projections):
+        points = project_2d(features, projection, seed, standardized=method not in UNSCALED_METHODS)
         _scatter(axes[row, 0], points, clusters, [f"cluster {c}" for c in range(int(np.max(clusters)) + 1)],
-                 f"{method.upper()}: k-means clusters")
-        _scatter(axes[row, 1], points, labels, list(class_names), f"{method.upper()}: true labels")
-    if title:
-        fig.suptitle(title)
+                 f"{method}, {projection.upper()}: k-means clusters")
+        _scatter(axes[row, 1], points, labels, list(class_names), f"{method}, {projection.upper()}: true labels")
     fig.tight_layout()
     return fig
 

@@ -8,9 +8,18 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import normalized_mutual_info_score, silhouette_score
 
+from semnb import metrics
 from semnb.cli import main
-from semnb.clustering import (METHODS, baseline_specs, eval_cluster, evaluate_methods, kmeans_clusters,
-                              random_assignment_nmi, score_clusters, standardize)
+from semnb.clustering import (
+    METHODS,
+    baseline_specs,
+    eval_cluster,
+    evaluate_methods,
+    kmeans_clusters,
+    random_assignment_nmi,
+    score_clusters,
+    standardize,
+)
 from semnb.data import load_dataset
 from semnb.errors import SemnbInputError
 from semnb.ssl import SSLConfig
@@ -92,6 +101,16 @@ def test_evaluate_methods_runs_every_method_in_order_and_is_reproducible():
     again = evaluate_methods(images, labels, ["dots", "stripes"], methods=methods, seeds=(0, 1),
                              ssl_config=config, progress=False)
     assert again.result.results == result.results
+
+
+def test_pca_is_clustered_as_it_is_and_the_other_features_standardised():
+    images, labels = _two_morphologies(12)
+    single = evaluate_methods(images, labels, ["dots", "stripes"], methods=["pca", "lbp"], progress=False)
+    scores = single.result.results
+    assert scores["pca"]["silhouette"] == pytest.approx(
+        metrics.silhouette(single.features["pca"], single.clusters["pca"]))
+    assert scores["lbp"]["silhouette"] == pytest.approx(
+        metrics.silhouette(standardize(single.features["lbp"]), single.clusters["lbp"]))
 
 
 def test_clip_is_left_out_without_weights_unless_asked_for_by_name(monkeypatch):

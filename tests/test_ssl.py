@@ -8,8 +8,19 @@ import torch.nn.functional as F
 
 from semnb.data import preprocess, resize
 from semnb.errors import SemnbInputError
-from semnb.ssl import (LEVEL_PAIRS, SSLConfig, build_pyramid, create_model, cross_scale_loss, embed,
-                       embed_pyramid, embedding_std, negative_cosine, prepare_images, train_ssl)
+from semnb.ssl import (
+    LEVEL_PAIRS,
+    SSLConfig,
+    build_pyramid,
+    create_model,
+    cross_scale_loss,
+    embed,
+    embed_pyramid,
+    embedding_std,
+    negative_cosine,
+    prepare_images,
+    train_ssl,
+)
 
 
 def _images(n: int = 12, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -7,8 +7,17 @@ import pywt
 from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 
 from semnb.errors import SemnbInputError
-from semnb.texture_features import (GLCM_ANGLES, GLCM_DISTANCES, GLCM_PROPERTIES, backbone_features, glcm_features,
-                                    lbp_histograms, pca_features, quantize, wavelet_energies)
+from semnb.texture_features import (
+    GLCM_ANGLES,
+    GLCM_DISTANCES,
+    GLCM_PROPERTIES,
+    backbone_features,
+    glcm_features,
+    lbp_histograms,
+    pca_features,
+    quantize,
+    wavelet_energies,
+)
 
 
 def _images(n: int = 6, size: int = 32, seed: int = 0) -> np.ndarray:

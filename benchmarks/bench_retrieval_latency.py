@@ -1,0 +1,135 @@
+"""Retrieval speed: embedding throughput and query latency, exact vs approximate faiss search.
+
+Prints
+1. embedding throughput (images/s) of the retrieval embedding (EfficientNet-Lite0, GAP,
+   projection, standardising layer) on synthetic TEM images, per image size;
+2. per-query latency of exact search (`IndexFlatL2`, the baseline) against approximate
+   search (HNSW graph, IVF inverted lists) over N stored M-dim vectors (random standardised
+   vectors: the issue allows them; real embeddings are clustered, on which approximate
+   search keeps a higher recall), with build time, batch throughput, recall@10 against exact
+   search and the latency with query expansion (two searches);
+3. where approximate search becomes worth it: the smallest N at which it answers a single
+   query at least 2x faster than exact search with recall@10 >= 0.9.
+
+Run:  .venv/bin/python benchmarks/bench_retrieval_latency.py [--sizes 10000,1000000] [--threads 1]
+The machine is shared: run it when it is quiet, and report the thread count it prints.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import faiss
+import numpy as np
+import torch
+
+from semnb.data.synth_tem import ALL_CLASSES, generate_tem_image
+from semnb.retrieval import RetrievalConfig, TrainedEmbedding, EmbeddingNet, load_split_backbone
+from semnb.retrieval_index import build_faiss_index
+
+
+def embedding_throughput(image_size: int, n_images: int, batch_size: int, seed: int) -> float:
+    """Images per second through every layer of the (untrained) retrieval embedding, images already in memory."""
+    rng = np.random.default_rng(seed)
+    images = [generate_tem_image(ALL_CLASSES[i % len(ALL_CLASSES)], 10 ** rng.uniform(4, 6), 256, seed=i).image / 255.0
+              for i in range(n_images)]
+    backbone = load_split_backbone("efficientnet-lite0")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = EmbeddingNet(backbone, 1280, RetrievalConfig().dims)
+    model = TrainedEmbedding("ours", net, image_size)
+    model.encode(images[:batch_size], batch_size=batch_size)  # warm-up
+    start = time.perf_counter()
+    model.encode(images, batch_size=batch_size)
+    return n_images / (time.perf_counter() - start)
+
+
+def standardised_random(n: int, dims: int, rng: np.random.Generator) -> np.ndarray:
+    """Random vectors with zero mean and unit std per row, like the embeddings (built in chunks)."""
+    out = np.empty((n, dims), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        block = rng.standard_normal((min(100_000, n - start), dims), dtype=np.float32)
+        block -= block.mean(axis=1, keepdims=True)
+        block /= block.std(axis=1, keepdims=True)
+        out[start:start + len(block)] = block
+    return out
+
+
+def time_queries(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[float, float, np.ndarray]:
+    """(median ms per single query, ms per query in one batch, ids of the batch search)."""
+    singles = []
+    for q in queries:
+        start = time.perf_counter()
+        index.search(q[None], k)
+        singles.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    _, ids = index.search(queries, k)
+    batch = (time.perf_counter() - start) / len(queries)
+    return 1e3 * float(np.median(singles)), 1e3 * batch, ids
+
+
+def query_latency(sizes: list[int], dims: int, n_queries: int, k: int, kinds: list[str], seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in sizes:
+        stored = standardised_random(n, dims, rng)
+        queries = stored[rng.choice(n, n_queries, replace=False)] + 0.3 * standardised_random(n_queries, dims, rng)
+        truth = None
+        for kind in kinds:
+            start = time.perf_counter()
+            index = build_faiss_index(stored, None if kind == "exact" else kind, seed=seed)
+            build_s = time.perf_counter() - start
+            single_ms, batch_ms, ids = time_queries(index, queries, k)
+            if kind == "exact":
+                truth = ids
+            recall = float(np.mean([len(set(t) & set(f)) / k for t, f in zip(truth, ids)]))
+            rows.append({"n": n, "kind": kind, "build_s": build_s, "single_ms": single_ms, "batch_ms": batch_ms,
+                         "expanded_ms": 2 * single_ms, f"recall_at_{k}": recall})
+            print(f"N={n:>9,d} {kind:>5}: build {build_s:7.2f} s | single query {single_ms:8.3f} ms "
+                  f"(with query expansion {2 * single_ms:8.3f} ms) | batched {batch_ms:7.3f} ms/query | "
+                  f"recall@{k} {recall:.3f}", flush=True)
+            del index
+        del stored
+    return rows
+
+
+def crossover(rows: list[dict], k: int) -> str:
+    """The smallest N where an approximate index is >= 2x faster per single query at recall >= 0.9."""
+    for n in sorted({r["n"] for r in rows}):
+        exact = next(r for r in rows if r["n"] == n and r["kind"] == "exact")
+        for r in rows:
+            if r["n"] == n and r["kind"] != "exact" and r[f"recall_at_{k}"] >= 0.9 and r["single_ms"] * 2 <= exact["single_ms"]:
+                return (f"approximate search ({r['kind']}) is worth it from N={n:,d}: {r['single_ms']:.3f} ms vs exact "
+                        f"{exact['single_ms']:.3f} ms per query at recall@{k} {r[f'recall_at_{k}']:.3f}")
+    return "approximate search was not worth it at the sizes measured (exact search was fast enough or recall too low)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="Stored vectors, comma-separated.")
+    parser.add_argument("--dims", type=int, default=RetrievalConfig().dims)
+    parser.add_argument("--kinds", default="exact,ivf,hnsw", help="exact is the baseline and must come first.")
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--image-sizes", default="128,224")
+    parser.add_argument("--n-images", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch and faiss threads (default: their own).")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
+    print(f"threads: torch {torch.get_num_threads()}, faiss {faiss.omp_get_max_threads()} (shared CPU: figures vary)")
+
+    for size in [int(s) for s in args.image_sizes.split(",") if s]:
+        rate = embedding_throughput(size, args.n_images, 32, args.seed)
+        print(f"embedding throughput, efficientnet-lite0 at {size}px: {rate:6.1f} images/s "
+              f"({args.n_images} images, batch 32)", flush=True)
+
+    kinds = [k for k in args.kinds.split(",") if k]
+    rows = query_latency([int(float(s)) for s in args.sizes.split(",") if s], args.dims, args.queries, args.k, kinds, args.seed)
+    print(crossover(rows, args.k))
+
+
+if __name__ == "__main__":
+    main()
