@@ -110,8 +110,8 @@ def score_clusters(features: np.ndarray, clusters: np.ndarray, labels: np.ndarra
 def random_assignment_nmi(labels: np.ndarray, k: int, seed: int = 0, draws: int = RANDOM_DRAWS) -> float:
     """Mean NMI of assigning the labelled images to k clusters uniformly at random: NMI's floor here.
 
-    NMI is not zero for a random partition, and it grows with k / N (with one image per
-    cluster it reaches about H(labels) / mean entropy), so read every NMI against this.
+    NMI is not zero for a random partition, and it grows with k / N (with about one image
+    per cluster any clustering gets a high NMI), so read every NMI against this.
 
     Taught in: 06_ssl_clustering.
     """
@@ -155,9 +155,8 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
         elif method == "pca":
             specs[method] = FeatureSpec(lambda x, seed: pca_features(x, seed=seed), seeded=True)
         elif method == "imagenet":
-            from semnb.models import (
-                load_backbone,  # imports open_clip: only when a network is asked for
-            )
+            # semnb.models imports open_clip (seconds): only when a network is asked for.
+            from semnb.models import load_backbone
 
             net = load_backbone(IMAGENET_BACKBONE, image_size=IMAGENET_SIZE)
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),

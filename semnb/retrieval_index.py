@@ -193,7 +193,7 @@ def build_faiss_index(embeddings: np.ndarray, approximate: str | None = None, hn
                       ivf_lists: int | None = None, seed: int = 0) -> faiss.Index:
     """An exact (`IndexFlatL2`) or approximate ("hnsw": `IndexHNSWFlat`; "ivf": `IndexIVFFlat`) faiss index.
 
-    IVF: about 4*sqrt(N) lists (k-means trained on the vectors, seeded), probing 1/16 of them.
+    IVF: `ivf_lists` lists (default about 4*sqrt(N); k-means on the vectors, seeded), probing 1/16 of them.
     HNSW: `hnsw_links` neighbours per node, efSearch 64.
 
     Taught in: 07_retrieval.

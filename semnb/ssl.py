@@ -193,9 +193,11 @@ def embedding_std(embeddings: torch.Tensor | np.ndarray) -> float:
 class SSLConfig:
     """Training settings; the defaults are the paper's (Adam, lr 1e-3, batch 32, 15 epochs).
 
-    `channels_last` (a memory layout the CPU convolutions like: measured faster here),
-    `precision` ("bf16" autocast only pays on CPUs with AMX; measured slower on AVX2-only ones)
-    and `threads` (None keeps torch's setting) change speed, not the method.
+    `channels_last`, `precision` and `threads` change speed, not the method. Measured with
+    benchmarks/bench_cluster.py on a shared 2-core AVX2 CPU (256 px, images/s): channels_last
+    8.8 vs 4.1 for the default layout; bf16 autocast 1.2 (AVX2 has no bf16 arithmetic; it may
+    pay on CPUs with AMX); one thread 8.8 vs two 6.0 (two OpenMP threads spin against other
+    jobs; on an idle machine two should win). `threads=None` keeps torch's setting.
     """
 
     epochs: int = 15

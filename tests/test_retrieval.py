@@ -33,7 +33,12 @@ from semnb.retrieval import (
     phase_schedule,
     train_embedding,
 )
-from semnb.retrieval_eval import evaluate_retrieval, retrieval_scores, split_collection, withhold_class
+from semnb.retrieval_eval import (
+    evaluate_retrieval,
+    retrieval_scores,
+    split_collection,
+    withhold_class,
+)
 
 SIZE = 32
 TINY_CONFIG = RetrievalConfig(image_size=SIZE, epochs=2, views=2, dims=16, batch_size=16, per_class=4)

@@ -92,6 +92,10 @@ def test_render_result_shows_every_number_note_and_undefined_value():
         assert needle in html
     assert "NOTE: weights are random" in text and "f1: undefined" in text and "rank=1" in text
     assert result.png() == b""
+    drawn = RenderResult(plt.subplots()[0], {})
+    first = drawn.png()
+    assert first.startswith(b"\x89PNG") and drawn.figure.number not in plt.get_fignums()
+    assert drawn._repr_html_().startswith('<img src="data:image/png;base64,')  # still drawable after closing
 
 
 # ---------------------------------------------------------------- prompt editor

@@ -90,6 +90,7 @@ class FewShotData:
     patches: PatchFeatures | None = None
     warnings: list[str] = field(default_factory=list)
     encode_s: float = 0.0
+    _patchcore: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def has_text(self) -> bool:
@@ -106,6 +107,15 @@ class FewShotData:
     @property
     def is_defect(self) -> np.ndarray:
         return ~self.images.is_normal
+
+    def patchcore_features(self) -> torch.Tensor:
+        """The PatchCore-style features of every image, computed on first use and kept.
+
+        Taught in: 04_segmentation.
+        """
+        if self._patchcore is None:
+            self._patchcore = baselines.patchcore_features(self.levels.patch_z, self.levels.grid)
+        return self._patchcore
 
 
 def _prompt_class_names(images: ImageSet) -> tuple[list[str], str]:
@@ -179,8 +189,10 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
         data.patches = patch_features(levels)
     data.encode_s = time.perf_counter() - tick
     if images.normal_class is None or not images.is_normal.any():
-        data.warnings.append("no defect-free images: image AUROC is undefined (null); pixel metrics are computed"
-                             if task == "segment" else "no defect-free class: every class is a defect class")
+        hint = (f"if one of the classes ({', '.join(images.class_names)}) is defect-free, name it with "
+                "--normal-class")
+        data.warnings.append(f"no defect-free images: image AUROC is undefined (null), pixel metrics are computed; {hint}"
+                             if task == "segment" else f"no defect-free class: every class is a defect class; {hint}")
     return data
 
 
@@ -221,7 +233,7 @@ def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip"
         maps = baselines.winclip_patch_maps([t[queries] for t in patches.z], [t[support] for t in patches.z],
                                             memory, text, config.logit_scale)
     elif method == "patchcore":
-        features = baselines.patchcore_features(data.levels.patch_z, data.levels.grid)
+        features = data.patchcore_features()
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
         maps = baselines.patchcore_patch_maps(features[queries], features[support], memory, coreset_fraction,

@@ -22,7 +22,11 @@ from semnb.widgets.prompt_editor import (
     render_prompt_editor,
 )
 from semnb.widgets.retrieval_browser import render_retrieval, retrieval_browser
-from semnb.widgets.segmentation_explorer import render_segmentation, segment_setting, segmentation_explorer
+from semnb.widgets.segmentation_explorer import (
+    render_segmentation,
+    segment_setting,
+    segmentation_explorer,
+)
 
 __all__ = [
     "Explorer",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,6 @@ from matplotlib.figure import Figure
 
 from semnb.data.image_io import read_image
 from semnb.errors import SemnbInputError
-from semnb.viz import figure_png
 
 PNG_DPI = 90
 
@@ -47,18 +47,22 @@ class RenderResult:
     notes: list[str] = field(default_factory=list)
 
     def png(self, dpi: int = PNG_DPI) -> bytes:
-        """The figure as PNG bytes (empty without a figure); closes the figure."""
+        """The figure as PNG bytes (empty without a figure), then `close`: it can still be drawn again.
+
+        The figure is drawn once, at its own size (no tight bounding box, which draws twice):
+        a widget redraws on every change, so this is the explorer's main cost.
+        """
         if self.figure is None:
             return b""
-        png = figure_png(self.figure, dpi=dpi)
-        self.figure = None
-        return png
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, format="png", dpi=dpi)
+        self.close()
+        return buffer.getvalue()
 
     def close(self) -> None:
-        """Free the figure (matplotlib keeps figures made with pyplot until closed)."""
+        """Release the figure from pyplot (which keeps every figure it made until closed); it stays drawable."""
         if self.figure is not None:
             plt.close(self.figure)
-            self.figure = None
 
     def text(self) -> str:
         """Notes and numbers as plain text, one line each."""
@@ -87,7 +91,7 @@ class RenderResult:
         return "\n".join(parts)
 
     def _repr_html_(self) -> str:
-        """Notebook display: the figure (rendered now, then closed) above the notes and numbers."""
+        """Notebook display: the figure above the notes and numbers."""
         png = self.png()
         image = f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else ""
         return image + self.html()
@@ -189,5 +193,5 @@ def random_weights_note(backbone_name: str, weights: str) -> str | None:
     """
     if not str(weights).startswith("random-init"):
         return None
-    return (f"{backbone_name} has random weights ({weights}): the maps, probabilities and metrics shown test "
-            "the mechanics only and mean nothing; load real CLIP weights for meaningful ones")
+    return (f"{backbone_name} has random weights: the maps, probabilities and metrics shown here test the "
+            "mechanics only and mean nothing; load real CLIP weights for meaningful ones")

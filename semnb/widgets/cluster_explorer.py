@@ -83,7 +83,8 @@ def _cluster_figure(points: np.ndarray, groups: np.ndarray, group_names: dict, m
     """Scatter (members outlined in black, the rest faded) beside a grid of member thumbnails."""
     rows = max(1, int(np.ceil(len(thumbs) / THUMB_COLUMNS)))
     fig = Figure(figsize=(4.4 + 1.6 * THUMB_COLUMNS, max(4.0, 1.7 * rows)))
-    grid = fig.add_gridspec(rows, THUMB_COLUMNS + 1, width_ratios=[2.8] + [1] * THUMB_COLUMNS)
+    grid = fig.add_gridspec(rows, THUMB_COLUMNS + 1, width_ratios=[2.8] + [1] * THUMB_COLUMNS, wspace=0.15, hspace=0.3,
+                            left=0.02, right=0.98, top=0.92, bottom=0.03)
     ax = fig.add_subplot(grid[:, 0])
     cmap = plt.get_cmap("tab20" if len(group_names) > 10 else "tab10")
     chosen = np.zeros(len(points), bool)
@@ -91,11 +92,13 @@ def _cluster_figure(points: np.ndarray, groups: np.ndarray, group_names: dict, m
     for order, g in enumerate(group_names):
         pick = groups == g
         color = "lightgray" if g < 0 else cmap(order % cmap.N)
-        ax.scatter(points[pick & ~chosen, 0], points[pick & ~chosen, 1], s=10, color=color, alpha=0.3, linewidths=0)
+        ax.scatter(points[pick & ~chosen, 0], points[pick & ~chosen, 1], s=10, color=color, alpha=0.3, linewidths=0,
+                   label=group_names[g])
         ax.scatter(points[pick & chosen, 0], points[pick & chosen, 1], s=22, color=color, edgecolors="black",
-                   linewidths=0.8, label=group_names[g])
+                   linewidths=0.8)
     if len(group_names) <= 20:
-        ax.legend(fontsize=7, frameon=False, loc="best")
+        for handle in ax.legend(fontsize=7, frameon=False, loc="best").legend_handles:
+            handle.set_alpha(1)
     ax.set_title(f"cluster {cluster}: {len(members)} images (outlined)", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])

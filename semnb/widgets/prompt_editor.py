@@ -29,7 +29,13 @@ from matplotlib.figure import Figure
 from semnb import metrics
 from semnb.data.preprocess import resize
 from semnb.errors import SemnbInputError
-from semnb.fewshot.segmentation import PatchFeatures, patch_features, upsample_and_smooth, v_path_map, z_path_map
+from semnb.fewshot.segmentation import (
+    PatchFeatures,
+    patch_features,
+    upsample_and_smooth,
+    v_path_map,
+    z_path_map,
+)
 from semnb.models import Backbone, FeatureCache, cached_text_embeddings, encode_images
 from semnb.prompts import PromptKB, compose, ensemble, load_prompt_kb, state_phrases, zero_shot
 from semnb.viz import show_image
@@ -217,8 +223,9 @@ def render_prompt_editor(data: PromptEditorData, image: int, states: Mapping[str
 def _prompt_figure(pixels: np.ndarray, mask: np.ndarray | None, defect_map: np.ndarray, class_names: Sequence[str],
                    proba: np.ndarray, title: str, true_class: str) -> Figure:
     """Image with its mask, the defect map over it, and the class probabilities as bars."""
-    fig = Figure(figsize=(10, 3.2))
-    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1.3])
+    fig = Figure(figsize=(11, 3.2))
+    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1.2], gridspec_kw={"wspace": 0.6})
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.16)
     show_image(left, pixels, mask, f"{title} ({true_class})")
     middle.imshow(pixels, cmap="gray", vmin=0, vmax=1)
     heat = middle.imshow(defect_map, cmap="inferno", alpha=0.55, vmin=0, vmax=1)

@@ -21,6 +21,7 @@ Taught in: 04_segmentation.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
@@ -30,11 +31,17 @@ from semnb import metrics
 from semnb.errors import SemnbInputError
 from semnb.fewshot.episodes import Episode, sample_episode
 from semnb.fewshot.evaluate import FewShotData, segmentation_scores
-from semnb.fewshot.segmentation import PatchFeatures, SegmentationConfig, SegmentationOutput, SemClipSegmenter
+from semnb.fewshot.segmentation import (
+    PatchFeatures,
+    SegmentationConfig,
+    SegmentationOutput,
+    SemClipSegmenter,
+)
 from semnb.viz import MASK_COLOR, show_image
 from semnb.widgets.base import Explorer, RenderResult, random_weights_note
 
 PATHS = ("both", "z", "v")
+MAP_NAMES = {"both": "A_Z + A_V", "z": "A_Z", "v": "A_V"}
 PREDICTION_COLOR = "#00c7ff"
 MAX_SHOTS = 10
 
@@ -144,26 +151,29 @@ def render_segmentation(data: FewShotData, image: int, shots: int = 1, threshold
     note = random_weights_note(data.backbone, data.weights)
     if note and not any("random weights" in w for w in notes):
         notes.insert(0, note)
+    level_name = "all levels" if level == "all" else f"level {level}"
     figure = _segmentation_figure(data.pixels[image], mask, defect_map, predicted,
                                   f"{summary['image']} ({summary['class']}, {role.split(' ')[0]})",
+                                  f"{shots}-shot map {MAP_NAMES[path]}, {level_name}",
                                   summary["F1 at threshold (this image)"], threshold)
     return RenderResult(figure, summary, notes)
 
 
 def _title(data: FewShotData, i: int) -> str:
-    return data.images.paths[i].name if len(data.images.paths) == len(data.pixels) else f"image {i}"
+    return Path(data.images.paths[i]).name
 
 
 def _segmentation_figure(pixels: np.ndarray, mask: np.ndarray, defect_map: np.ndarray, predicted: np.ndarray,
-                         title: str, f1: float, threshold: float) -> Figure:
+                         title: str, map_title: str, f1: float, threshold: float) -> Figure:
     """Image with its mask, the defect map, and the predicted region (cyan) against the mask (red)."""
     fig = Figure(figsize=(10, 3.3))
-    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1])
+    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1], gridspec_kw={"wspace": 0.25})
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.04)
     show_image(left, pixels, mask, title)
     heat = middle.imshow(defect_map, cmap="inferno", vmin=0, vmax=1)
     if mask.any():
         middle.contour(mask.astype(float), levels=[0.5], colors=[MASK_COLOR], linewidths=0.8)
-    middle.set_title("defect map A = A_Z + A_V (per term)", fontsize=8)
+    middle.set_title(map_title, fontsize=8)
     middle.set_axis_off()
     fig.colorbar(heat, ax=middle, shrink=0.8, label="defect probability")
     right.imshow(pixels, cmap="gray", vmin=0, vmax=1)
