@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/semnb demo --out semnb-demo
 
+# Two pytest workers with one torch thread each: oversubscribed threads make small torch work
+# (few-shot training, notebook smoke runs) many times slower on a 2-core machine.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q --nbval-lax tests notebooks
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -q --nbval-lax tests notebooks
 
 # Headless Chromium renders the HTML reports in the tests; installed from Debian's packages when
 # we may (root with apt), otherwise those tests skip.

@@ -5,6 +5,7 @@ import csv
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from semnb.data import load_dataset
 from semnb.data.synth_tem import (
@@ -33,9 +34,11 @@ def test_same_seed_same_pixels_other_seed_other_pixels():
 
 @pytest.mark.parametrize("cls", ALL_CLASSES)
 def test_every_class_renders_structure_not_a_blank_frame(cls):
-    # at 30kx every class shows several materials: the image is far from uniform
-    image = generate_tem_image(cls, 3e4, size=64, seed=1).image.astype(float)
-    assert image.std() > 10
+    # smoothing removes the pixel noise (pure noise keeps a std of about 3 grey levels) but
+    # not the structure: at 30kx the typical image of every class spans many grey levels
+    spreads = [ndimage.gaussian_filter(generate_tem_image(cls, 3e4, size=64, seed=s).image.astype(float), 1.5).std()
+               for s in range(5)]
+    assert np.median(spreads) > 10
 
 
 def test_field_of_view_follows_magnification():
