@@ -183,7 +183,7 @@ def load_split_backbone(name: str = EFFICIENTNET, tuned_blocks: int = 3, seed: i
         weights = f"random-init tiny CNN ({TINY}, seed {seed}): NOT ImageNet, for tests only"
         return SplitBackbone(name, weights, frozen, tuned, (0.5,) * 3, (0.25,) * 3, stride=16)
     raise SemnbInputError(f"--backbone {name}", "is not a convolutional backbone retrieval can use",
-                          f"use {EFFICIENTNET} (ImageNet, offline) or {TINY} (random, tests only)")
+                          f"use one of {', '.join(BACKBONES)} ({EFFICIENTNET}: ImageNet, offline; {TINY}: random, tests only)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,11 +336,6 @@ class ViewBank:
         return len(self.clean)
 
 
-def gray_batch(images, image_size: int) -> torch.Tensor:
-    """Images (arrays HxW in [0, 1], any size) -> [B, 1, S, S] float32 gray."""
-    return resize_gray(images, image_size)
-
-
 def build_view_bank(backbone: SplitBackbone, images, image_size: int, n_views: int = 0, seed: int = 0,
                     config: RetrievalConfig | None = None, batch_size: int = 32, progress: bool = False) -> ViewBank:
     """Run the frozen layers once over every image (and over `n_views` augmented copies of each).
@@ -355,7 +350,7 @@ def build_view_bank(backbone: SplitBackbone, images, image_size: int, n_views: i
     clean, views, targets = [], [], []
     n = len(images)
     for start in tqdm(range(0, n, batch_size), desc="frozen layers", disable=not progress):
-        gray = gray_batch(images[start:start + batch_size], image_size)
+        gray = resize_gray(images[start:start + batch_size], image_size)
         clean.append(backbone.frozen_features(gray).half())
         if n_views:
             stacked = torch.stack([augment(gray, generator, config.max_shift, config.scale_range)

@@ -44,6 +44,15 @@ SIZE = 32
 TINY_CONFIG = RetrievalConfig(image_size=SIZE, epochs=2, views=2, dims=16, batch_size=16, per_class=4)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core CPU: one thread is several times faster than two (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ------------------------------------------------------------------ semi-hard mining
 
 
