@@ -13,12 +13,23 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from semnb import viz, viz_embedding, viz_fewshot
+from semnb import viz, viz_embedding, viz_fewshot, viz_retrieval
 from semnb.data import CLASSES, ImageSet, load_dataset, write_sem_dataset
+from semnb.fewshot import (
+    FewShotData,
+    evaluate_classification,
+    evaluate_segmentation,
+    prepare_fewshot,
+    sample_episode,
+)
+from semnb.fewshot.evaluate import segment_episode
 from semnb.html_page import HtmlPage
 from semnb.io_utils import write_text_atomic
 from semnb.models import registry
 from semnb.results import EvalResult
+
+TEM_PER_CLASS = 24  # 168 TEM images: a query has 11 same-class images in the gallery, so K=10 can reach 1
+RETRIEVAL_K = 10
 
 
 def choose_backbone() -> tuple[str, str]:
@@ -48,13 +59,14 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
     page.paragraph(f"Data: {data_dir.resolve()} ({len(dataset)} images, seed {seed}). {backbone_note}", css="note")
     _gallery_section(page, test)
 
-    steps = tqdm(total=4, desc="semnb demo", disable=not progress)
-    from semnb.fewshot.evaluate import evaluate_classification, evaluate_segmentation
-
-    segment = evaluate_segmentation(dataset, backbone=backbone, shots=shots, seeds=[seed])
+    steps = tqdm(total=4, desc="demo: few-shot segmentation", disable=not progress)
+    few_shot = prepare_fewshot(dataset, "segment", backbone)
+    segment = evaluate_segmentation(few_shot, shots=shots, seeds=[seed])
     _result_section(page, "Few-shot defect segmentation", segment,
                     ["image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"])
+    page.figure(viz.figure_png(_defect_map_figure(few_shot, shots, seed)), alt="defect maps")
     steps.update()
+    steps.set_description("demo: few-shot classification")
     classify = evaluate_classification(dataset, backbone=backbone, shots=shots, seeds=[seed])
     _result_section(page, "Few-shot defect classification", classify,
                     ["accuracy", "macro_precision", "macro_recall", "macro_f1"])
@@ -63,6 +75,7 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
         classify.extra["confusion_matrix"][first], classify.extra["class_names"], title=first)),
         alt="confusion matrix")
     steps.update()
+    steps.set_description("demo: self-supervised clustering")
 
     from semnb.clustering import eval_cluster
 
@@ -73,19 +86,55 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
         cluster.features["ssl"], cluster.clusters["ssl"], cluster.labels, cluster.class_names)),
         alt="embedding views")
     steps.update()
+    steps.set_description("demo: retrieval (TEM archive)")
 
-    from semnb.retrieval import RetrievalConfig
-    from semnb.retrieval_eval import evaluate_retrieval
-
-    retrieve = evaluate_retrieval(test, k=10, seeds=[seed], config=RetrievalConfig(epochs=3, image_size=96))
-    _result_section(page, "Semi-supervised retrieval (precision@10, mAP@10)", retrieve,
-                    ["precision_at_k", "map_at_k"])
+    _retrieval_section(page, out_dir / "tem", seed)
     steps.update()
     steps.close()
 
     page.paragraph(f"Wall time {time.perf_counter() - started:.0f} s. Each table is one seed; "
                    "`semnb eval TASK --seeds 0,1,2` gives means and spreads.", css="note")
     return write_text_atomic(out_dir / "report.html", page.render())
+
+
+def _defect_map_figure(data: FewShotData, shots: int, seed: int, n_show: int = 4):
+    """The first episode's defect maps by each method on query images of different defect classes."""
+    episode = sample_episode(data.labels, shots, seed, data.class_names)
+    queries = [int(i) for i in episode.queries]
+    first_of_class = {}
+    for i in queries:
+        if data.is_defect[i]:
+            first_of_class.setdefault(int(data.labels[i]), i)
+    show = list(first_of_class.values())[:n_show]
+    rows = [queries.index(i) for i in show]
+    maps = {method: segment_episode(data, episode, method)[0].maps[rows] for method in ("semclip", "winclip", "patchcore")}
+    titles = [f"query: {data.class_names[data.labels[i]]}" for i in show]
+    return viz_fewshot.defect_map_overlays(data.pixels[show], list(data.masks[show]), maps, titles)
+
+
+def _retrieval_section(page: HtmlPage, tem_dir: Path, seed: int) -> None:
+    """Retrieval on the synthetic TEM archive: its two unlabelled classes are what the method is for."""
+    from semnb.data.synth_tem import UNLABELLED_CLASSES, write_tem_dataset
+    from semnb.retrieval import RetrievalConfig
+    from semnb.retrieval_eval import evaluate_retrieval
+
+    if not (tem_dir / "manifest.csv").exists():
+        write_tem_dataset(tem_dir, n_per_class=TEM_PER_CLASS, size=256, seed=seed)
+    archive = load_dataset(tem_dir, layout="csv")
+    result = evaluate_retrieval(archive, "efficientnet-lite0", k=RETRIEVAL_K, seeds=[seed], loco=True,
+                                config=RetrievalConfig(image_size=128))
+    page.heading(f"Semi-supervised retrieval on a synthetic TEM archive (precision@{RETRIEVAL_K}, mAP@{RETRIEVAL_K})")
+    page.paragraph(f"{len(archive)} cross-sections from 10kx to 1Mx; {', '.join(UNLABELLED_CLASSES)} carry no "
+                   "label. Half of each labelled class queries; the rest trains together with every unlabelled "
+                   "image. scale_std: the magnification spread (std of log10) of a query's correct results.",
+                   css="note")
+    _result_section(page, "", result, ["precision_at_k", "map_at_k", "scale_std"])
+    page.figure(viz.figure_png(viz_retrieval.training_curves(result.extra["history"])), alt="training curves")
+    page.paragraph("Leave-one-class-out: each labelled class in turn has its labels hidden (its images stay, "
+                   "unlabelled); only its queries are scored. This is retrieval of a class nobody labelled.",
+                   css="note")
+    page.figure(viz.figure_png(viz_retrieval.loco_bars(result.extra["loco"], "precision_at_k", RETRIEVAL_K)),
+                alt="leave-one-class-out bars")
 
 
 def _gallery_section(page: HtmlPage, test: ImageSet) -> None:
@@ -98,9 +147,10 @@ def _gallery_section(page: HtmlPage, test: ImageSet) -> None:
 
 
 def _result_section(page: HtmlPage, title: str, result: EvalResult, metrics: list[str]) -> None:
-    page.heading(title)
-    page.paragraph(f"backbone {result.backbone}; weights: {result.weights}; shots {result.shots}; "
-                   f"{result.n_images} images", css="note")
+    if title:
+        page.heading(title)
+    shots = f"shots {result.shots}; " if result.shots else ""
+    page.paragraph(f"backbone {result.backbone}; weights: {result.weights}; {shots}{result.n_images} images", css="note")
     page.table([{"method": method, **{m: values.get(m) for m in metrics}}
                 for method, values in result.results.items()])
     for warning in result.warnings:
