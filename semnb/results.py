@@ -53,7 +53,9 @@ def format_table(results: Mapping[str, Mapping[str, float]], metrics: Sequence[s
     if not results:
         return "(no results)"
     if metrics is None:
-        metrics = [k for k in next(iter(results.values())) if not k.endswith("_std")]
+        first = next(iter(results.values()))
+        # "x_std" is shown as x's spread, unless it is a metric of its own (e.g. retrieval's scale_std)
+        metrics = [k for k in first if not (k.endswith("_std") and k[: -len("_std")] in first)]
     header = ["method", *metrics]
     rows = [header]
     for method, values in results.items():

@@ -6,7 +6,7 @@ import pytest
 
 from semnb.html_page import HtmlPage
 from semnb.io_utils import atomic_path, write_json_atomic
-from semnb.results import EvalResult
+from semnb.results import EvalResult, format_table
 
 
 def test_failed_write_leaves_earlier_file_untouched(tmp_path):
@@ -49,3 +49,11 @@ def test_html_page_escapes_user_supplied_names():
     html = page.render()
     assert "<script>" not in html and "<img src=x" not in html
     assert "&lt;script&gt;" in html and "a &amp; b" in html
+
+
+def test_table_keeps_a_metric_whose_name_ends_in_std():
+    # scale_std (retrieval) is a metric of its own; precision_at_k_std is precision_at_k's spread
+    results = {"ours": {"precision_at_k": 0.5, "precision_at_k_std": 0.1, "scale_std": 0.42, "scale_std_std": 0.02}}
+    table = format_table(results)
+    assert table.splitlines()[0].split() == ["method", "precision_at_k", "scale_std"]
+    assert table.splitlines()[2].split() == ["ours", "0.500±0.100", "0.420±0.020"]
