@@ -87,10 +87,10 @@ def _run_precision(backbone, batches: list[torch.Tensor], repeats: int) -> tuple
         "dual_path_images_per_s": round(n / wall["dual"], 3),
         "dual_path_cost_ratio": round(wall["dual"] / wall["plain"], 3),
         "dual_path_cost_ratio_cpu_time": round(cpu["dual"] / cpu["plain"], 3),
-        "plain_seconds": round(wall["plain"], 4),
-        "dual_path_seconds": round(wall["dual"], 4),
-        "plain_cpu_seconds": round(cpu["plain"], 4),
-        "dual_path_cpu_seconds": round(cpu["dual"], 4),
+        "plain_seconds": round(wall["plain"], 6),
+        "dual_path_seconds": round(wall["dual"], 6),
+        "plain_cpu_seconds": round(cpu["plain"], 6),
+        "dual_path_cpu_seconds": round(cpu["dual"], 6),
     }
     return figures, (torch.cat(outputs["plain"]), EncodedLevels.concat(outputs["dual"]))
 

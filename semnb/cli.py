@@ -5,6 +5,7 @@ results are. Bad input becomes one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -95,6 +96,15 @@ def eval_options(func):
                      default="auto", show_default=True),
         click.option("--normal-class", default="good", show_default=True,
                      help="Name of the defect-free class."),
+        click.option("--path-column", default=None,
+                     help="csv layout: the manifest's column of image paths  [default: path]"),
+        click.option("--label-column", default=None,
+                     help="csv layout: the column of class labels, '' for an unlabelled set  [default: label]"),
+        click.option("--magnification-column", default=None,
+                     help="csv layout: the column of magnifications  [default: magnification, if present]"),
+        click.option("--image-folder", type=click.Path(path_type=Path), default=None,
+                     help="csv layout: the folder the image paths start in, relative to the CSV  "
+                          "[default: the CSV's folder]"),
         click.option("--backbone", default=None, help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED or clip:/path."),
         click.option("--shots", type=click.IntRange(min=1), default=None, help="Labelled examples per class."),
         click.option("--seeds", default="0,1,2", show_default=True, callback=_parse_seeds,
@@ -102,9 +112,26 @@ def eval_options(func):
         click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
                      help="Write the results object here."),
     ]
+    func = _with_csv_options(func)
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def _with_csv_options(func):
+    """Hand the csv-layout options to the command as one dict, `csv_options`, holding only those
+    given, so that `load_dataset(..., **csv_options)` keeps the loader's own defaults."""
+
+    @functools.wraps(func)
+    def command(*args, path_column, label_column, magnification_column, image_folder, **kwargs):
+        given = {"path_column": path_column, "label_column": label_column,
+                 "magnification_column": magnification_column, "image_folder": image_folder}
+        csv_options = {name: value for name, value in given.items() if value is not None}
+        if label_column == "":
+            csv_options["label_column"] = None  # --label-column '': an unlabelled collection
+        return func(*args, csv_options=csv_options, **kwargs)
+
+    return command
 
 
 def _parse_seeds(ctx, param, value: str) -> list[int]:
@@ -153,22 +180,34 @@ def _echo_ablations(result) -> None:
         click.echo("")
 
 
+def _run_fewshot_eval(evaluate, data_dir: Path, layout: str, normal_class: str, csv_options: dict,
+                      backbone: str | None, shots: int | None, seeds: list[int], precision: str,
+                      image_size: int | None, ablations: bool, max_per_class: int | None):
+    """Load the data and run `evaluate` (segmentation or classification) as `eval segment` and
+    `eval classify` both do: the same defaults, a feature cache, the ablation table when asked."""
+    from semnb.data import load_dataset
+    from semnb.fewshot.evaluate import DEFAULT_BACKBONE, DEFAULT_SHOTS
+    from semnb.models import FeatureCache
+
+    images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
+    result = evaluate(images, backbone or DEFAULT_BACKBONE, shots or DEFAULT_SHOTS, seeds, precision,
+                      image_size, ablations, max_per_class, cache=FeatureCache(), progress=True)
+    _echo_ablations(result)
+    return result
+
+
 @eval_.command("segment")
 @eval_options
 @_fewshot_options
 def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                  seeds: list[int], json_path: Path | None, image_size: int | None, precision: str,
-                 ablations: bool, max_per_class: int | None) -> None:
+                 ablations: bool, max_per_class: int | None, csv_options: dict) -> None:
     """SEM-CLIP few-shot defect segmentation vs WinCLIP+-style and PatchCore-style baselines (default: 5 shots,
     efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
-    from semnb.data import load_dataset
-    from semnb.fewshot.evaluate import DEFAULT_BACKBONE, DEFAULT_SHOTS, evaluate_segmentation
-    from semnb.models import FeatureCache
+    from semnb.fewshot.evaluate import evaluate_segmentation
 
-    images = load_dataset(data_dir, layout=layout, normal_class=normal_class)
-    result = evaluate_segmentation(images, backbone or DEFAULT_BACKBONE, shots or DEFAULT_SHOTS, seeds, precision,
-                                   image_size, ablations, max_per_class, cache=FeatureCache(), progress=True)
-    _echo_ablations(result)
+    result = _run_fewshot_eval(evaluate_segmentation, data_dir, layout, normal_class, csv_options, backbone, shots,
+                               seeds, precision, image_size, ablations, max_per_class)
     click.echo(f"{result.shots}-shot, {len(seeds)} seed(s), {result.extra['n_queries']} queries per episode, "
                f"{result.timing['episode_s']:.1f} s per episode (semclip training {result.timing['semclip_fit_s']:.1f} s)")
     finish_eval(result, json_path)
@@ -179,19 +218,15 @@ def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str |
 @_fewshot_options
 def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                   seeds: list[int], json_path: Path | None, image_size: int | None, precision: str,
-                  ablations: bool, max_per_class: int | None) -> None:
+                  ablations: bool, max_per_class: int | None, csv_options: dict) -> None:
     """SEM-CLIP few-shot defect classification (P = 0.2 P_S + 0.8 P_C) vs linear probe and prototype baselines
     (default: 5 shots, efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     import pandas as pd
 
-    from semnb.data import load_dataset
-    from semnb.fewshot.evaluate import DEFAULT_BACKBONE, DEFAULT_SHOTS, evaluate_classification
-    from semnb.models import FeatureCache
+    from semnb.fewshot.evaluate import evaluate_classification
 
-    images = load_dataset(data_dir, layout=layout, normal_class=normal_class)
-    result = evaluate_classification(images, backbone or DEFAULT_BACKBONE, shots or DEFAULT_SHOTS, seeds, precision,
-                                     image_size, ablations, max_per_class, cache=FeatureCache(), progress=True)
-    _echo_ablations(result)
+    result = _run_fewshot_eval(evaluate_classification, data_dir, layout, normal_class, csv_options, backbone, shots,
+                               seeds, precision, image_size, ablations, max_per_class)
     names = result.extra["class_names"]
     confusion = pd.DataFrame(result.extra["confusion_matrix"]["semclip"], index=names, columns=names)
     click.echo(f"semclip confusion matrix (rows: true class, columns: predicted; summed over {len(seeds)} seed(s)):")
@@ -216,12 +251,12 @@ def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str 
               help="Pixels cropped off every side before resizing (the info banner is found and cut automatically).")
 def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                          seeds: list[int], json_path: Path | None, epochs: int, image_size: int, k: int | None,
-                         methods: str | None, border: int) -> None:
+                         methods: str | None, border: int, csv_options: dict) -> None:
     """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
     from semnb.clustering import eval_cluster
     from semnb.data import load_dataset
 
-    dataset = load_dataset(data_dir, layout=layout, normal_class=normal_class)
+    dataset = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     evaluation = eval_cluster(dataset, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
                               backbone=backbone, border=border, progress=True)
@@ -244,13 +279,14 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=128, show_default=True,
               help="Side in pixels the images are resized to.")
 def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
-                  seeds: list[int], json_path: Path | None, k: int, loco: bool, epochs: int, image_size: int) -> None:
+                  seeds: list[int], json_path: Path | None, k: int, loco: bool, epochs: int, image_size: int,
+                  csv_options: dict) -> None:
     """Semi-supervised retrieval (classifier, then triplet/autoencoder) vs autoencoder, siamese, classifier, frozen."""
     from semnb.data import load_dataset
     from semnb.retrieval import EFFICIENTNET, RetrievalConfig
     from semnb.retrieval_eval import evaluate_retrieval, loco_text
 
-    images = load_dataset(data_dir, layout=layout, normal_class=normal_class)
+    images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     config = RetrievalConfig(epochs=epochs, image_size=image_size)
     result = evaluate_retrieval(images, backbone or EFFICIENTNET, k=k, seeds=seeds, config=config, loco=loco,
                                 shots=shots, progress=True)
@@ -264,7 +300,7 @@ def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str 
 @click.option("--episodes", type=click.IntRange(min=1), default=300, show_default=True,
               help="ProtoNet training episodes (per target surface and seed) for the defect classes.")
 def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
-             seeds: list[int], json_path: Path | None, episodes: int) -> None:
+             seeds: list[int], json_path: Path | None, episodes: int, csv_options: dict) -> None:
     """STM scans X.npy with masks X_mask.npy: few-shot vs unsupervised vs raw-brightness defect maps
     (--shots = labelled defects per scan, default 1) and, with defects.csv, defect classes."""
     from semnb.stm_eval import evaluate_stm
@@ -272,6 +308,8 @@ def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | Non
     result = evaluate_stm(data_dir, shots=shots or 1, seeds=seeds, episodes=episodes, progress=True)
     if layout != "auto":
         result.warnings.append(f"--layout {layout} is not used: stm reads scans X.npy with masks X_mask.npy")
+    for name in csv_options:
+        result.warnings.append(f"--{name.replace('_', '-')} is not used: stm reads no CSV manifest")
     if backbone is not None:
         result.warnings.append(f"--backbone {backbone} is not used: stm works on the lattice, not on an image backbone")
     finish_eval(result, json_path)

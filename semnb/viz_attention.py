@@ -133,6 +133,15 @@ def _arrow(ax, start, end, style="-|>", dashed=False):
                                  linestyle="--" if dashed else "-"))
 
 
+def _column(ax, x, boxes):
+    """(text, colour) boxes stacked one unit apart, the last at y = 0.2, each arrowed to the next."""
+    ys = [0.2 + step for step in range(len(boxes) - 1, -1, -1)]
+    for y, (text, color) in zip(ys, boxes):
+        _box(ax, (x, y), text, color)
+    for y in ys[:-1]:
+        _arrow(ax, (x, y - 0.3), (x, y - 0.7))
+
+
 def draw_dual_path_block() -> Figure:
     """The dual-path block as a diagram: the vanilla path beside the V-V branch sharing its weights.
 
@@ -140,22 +149,13 @@ def draw_dual_path_block() -> Figure:
     """
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     vanilla, vvx = 1.5, 5.0
-    _box(ax, (vanilla, 6.2), "block input x", "#eeeeee")
-    _box(ax, (vanilla, 5.2), "ln_1", "#dfe9f7")
-    _box(ax, (vanilla, 4.2), "Q, K, V = in_proj", "#dfe9f7")
-    _box(ax, (vanilla, 3.2), "softmax(QKᵀ/√d) V", "#dfe9f7")
-    _box(ax, (vanilla, 2.2), "out_proj, + x", "#dfe9f7")
-    _box(ax, (vanilla, 1.2), "ln_2, MLP, +", "#dfe9f7")
-    _box(ax, (vanilla, 0.2), "Z (after n blocks: Z_j)", "#eeeeee")
-    _box(ax, (vvx, 4.2), "V = in_proj (V rows)", "#fde2cf")
-    _box(ax, (vvx, 3.2), "softmax(VVᵀ/√d) V", "#fde2cf")
-    _box(ax, (vvx, 2.2), "out_proj", "#fde2cf")
-    _box(ax, (vvx, 1.2), "Σ over the n blocks", "#fde2cf")
-    _box(ax, (vvx, 0.2), "V_j of level j", "#eeeeee")
-    for y in (6.2, 5.2, 4.2, 3.2, 2.2, 1.2):
-        _arrow(ax, (vanilla, y - 0.3), (vanilla, y - 0.7))
-    for y in (4.2, 3.2, 2.2, 1.2):
-        _arrow(ax, (vvx, y - 0.3), (vvx, y - 0.7))
+    _column(ax, vanilla, [("block input x", "#eeeeee"), ("ln_1", "#dfe9f7"),
+                          ("Q, K, V = in_proj", "#dfe9f7"), ("softmax(QKᵀ/√d) V", "#dfe9f7"),
+                          ("out_proj, + x", "#dfe9f7"), ("ln_2, MLP, +", "#dfe9f7"),
+                          ("Z (after n blocks: Z_j)", "#eeeeee")])
+    _column(ax, vvx, [("V = in_proj (V rows)", "#fde2cf"), ("softmax(VVᵀ/√d) V", "#fde2cf"),
+                      ("out_proj", "#fde2cf"), ("Σ over the n blocks", "#fde2cf"),
+                      ("V_j of level j", "#eeeeee")])
     _arrow(ax, (vanilla + 0.9, 5.2), (vvx, 4.5))
     for y in (4.2, 2.2):  # the two weight matrices both paths use
         _arrow(ax, (vanilla + 0.9, y), (vvx - 0.9, y), style="-", dashed=True)

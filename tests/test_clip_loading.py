@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import socket
 
+import open_clip
 import pytest
 import torch
 
 from semnb.errors import SemnbInputError
-from semnb.models import available_weights, clip_loader, load_backbone
+from semnb.models import available_weights, load_backbone
 from semnb.models.registry import _split_clip_name
 
 SIZE = 64
@@ -108,7 +109,7 @@ def test_available_weights_reports_without_downloading():
 
 
 def test_clip_weights_in_the_open_clip_cache_are_found(tmp_path):
-    cfg = clip_loader.open_clip.get_pretrained_cfg("ViT-B-16-plus-240", "laion400m_e32")
+    cfg = open_clip.get_pretrained_cfg("ViT-B-16-plus-240", "laion400m_e32")
     cache = tmp_path / "home" / ".cache" / "clip"
     cache.mkdir(parents=True)
     (cache / cfg["url"].rsplit("/", 1)[-1]).write_bytes(b"x")

@@ -27,20 +27,19 @@ def private_cache(tmp_path, monkeypatch):
 
 
 def _run(args):
-    result = CliRunner().invoke(main, args)
-    return result
+    return CliRunner().invoke(main, args)
 
 
-def _json(path):
-    return json.loads(path.read_text())
+def _run_json(args, out):
+    """Run `semnb ... --json out`, insist it succeeded, and return the run and the object it wrote."""
+    run = _run([*args, "--json", str(out)])
+    assert run.exit_code == 0, run.output
+    return run, json.loads(out.read_text())
 
 
 def test_segment_cli_writes_the_contract_with_semclip_first(sem_dir, tmp_path):
-    out = tmp_path / "seg.json"
-    run = _run(["eval", "segment", "--data", str(sem_dir), "--backbone", "semnb-tiny", "--image-size", "64",
-                "--shots", "1", "--seeds", "0,1", "--ablations", "--json", str(out)])
-    assert run.exit_code == 0, run.output
-    data = _json(out)
+    run, data = _run_json(["eval", "segment", "--data", str(sem_dir), "--backbone", "semnb-tiny", "--image-size", "64",
+                           "--shots", "1", "--seeds", "0,1", "--ablations"], tmp_path / "seg.json")
     assert CONTRACT <= set(data)
     assert data["task"] == "segment" and data["shots"] == 1 and data["seeds"] == [0, 1] and data["n_images"] == 22
     assert list(data["results"]) == ["semclip", "winclip", "patchcore"]
@@ -55,13 +54,10 @@ def test_segment_cli_writes_the_contract_with_semclip_first(sem_dir, tmp_path):
 
 
 def test_classify_cli_writes_confusion_matrix_and_per_class(sem_dir, tmp_path):
-    out = tmp_path / "cls.json"
-    run = _run(["eval", "classify", "--data", str(sem_dir), "--backbone", "semnb-tiny", "--image-size", "64",
-                "--shots", "2", "--seeds", "0", "--ablations", "--json", str(out)])
-    assert run.exit_code == 0, run.output
-    data = _json(out)
+    _, data = _run_json(["eval", "classify", "--data", str(sem_dir), "--backbone", "semnb-tiny", "--image-size", "64",
+                         "--shots", "2", "--seeds", "0", "--ablations"], tmp_path / "cls.json")
     assert CONTRACT <= set(data)
-    assert list(data["results"]) == ["semclip", "linear_probe", "prototype"]
+    assert list(data["results"]) == ["semclip", "linear_probe", "prototype", "defect_pooled"]
     assert set(data["results"]["semclip"]) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
     matrix = np.array(data["confusion_matrix"]["semclip"])
     assert matrix.shape == (7, 7) and matrix.sum() == 22 - 7 * 2
@@ -79,11 +75,8 @@ def test_same_seeds_same_numbers(sem_dir, tmp_path):
 
 
 def test_efficientnet_runs_without_text_and_says_what_replaced_it(sem_dir, tmp_path):
-    out = tmp_path / "eff.json"
-    run = _run(["eval", "segment", "--data", str(sem_dir), "--backbone", "efficientnet-lite0", "--image-size", "64",
-                "--shots", "1", "--seeds", "0", "--ablations", "--json", str(out)])
-    assert run.exit_code == 0, run.output
-    data = _json(out)
+    _, data = _run_json(["eval", "segment", "--data", str(sem_dir), "--backbone", "efficientnet-lite0",
+                         "--image-size", "64", "--shots", "1", "--seeds", "0", "--ablations"], tmp_path / "eff.json")
     assert any("no text tower" in w and "learned anchors" in w for w in data["warnings"])
     assert list(data["ablations"]) == ["semclip_no_transform", "semclip_last_level"]
     assert "ImageNet" in data["weights"]
@@ -105,11 +98,8 @@ def test_missing_masks_are_refused_before_any_work(tmp_images):
 
 def test_no_defect_free_images_gives_undefined_image_auroc_and_real_pixel_metrics(tmp_images, tmp_path):
     root = tmp_images("folders", {"crack": 3, "pit": 3}, size=32)
-    out = tmp_path / "no_normal.json"
-    run = _run(["eval", "segment", "--data", str(root), "--backbone", "semnb-tiny", "--image-size", "64",
-                "--shots", "1", "--seeds", "0,1", "--json", str(out)])
-    assert run.exit_code == 0, run.output
-    data = _json(out)
+    run, data = _run_json(["eval", "segment", "--data", str(root), "--backbone", "semnb-tiny", "--image-size", "64",
+                           "--shots", "1", "--seeds", "0,1"], tmp_path / "no_normal.json")
     for values in data["results"].values():
         assert values["image_auroc"] is None and 0 <= values["pixel_auroc"] <= 1
     assert any("no defect-free images" in w for w in data["warnings"])
@@ -120,15 +110,12 @@ def test_shot_sweep_reuses_prepared_features(sem_dir):
     data = prepare_fewshot(load_dataset(sem_dir), "classify", "semnb-tiny", image_size=64)
     table = shot_sweep(data, shots=(1, 2, 5), seeds=(0,))
     assert table["shots"].unique().tolist() == [1, 2]  # 5 shots: more than a class has
-    assert table[table.shots == 1]["method"].tolist() == ["semclip", "linear_probe", "prototype"]
+    assert table[table.shots == 1]["method"].tolist() == ["semclip", "linear_probe", "prototype", "defect_pooled"]
 
 
 @pytest.mark.shared_data
 def test_magnetic_tile_class_folders(shared_data, tmp_path):
-    out = tmp_path / "mt.json"
-    run = _run(["eval", "segment", "--data", str(shared_data / "magnetic_tile"), "--layout", "folders",
-                "--normal-class", "free", "--backbone", "efficientnet-lite0", "--image-size", "64",
-                "--max-per-class", "3", "--shots", "1", "--seeds", "0", "--json", str(out)])
-    assert run.exit_code == 0, run.output
-    data = _json(out)
+    _, data = _run_json(["eval", "segment", "--data", str(shared_data / "magnetic_tile"), "--layout", "folders",
+                         "--normal-class", "free", "--backbone", "efficientnet-lite0", "--image-size", "64",
+                         "--max-per-class", "3", "--shots", "1", "--seeds", "0"], tmp_path / "mt.json")
     assert data["n_images"] == 18 and not math.isnan(data["results"]["semclip"]["image_auroc"])

@@ -101,6 +101,85 @@ def test_csv_missing_file_is_named_or_skipped(tmp_path, write_png):
     assert len(ds) == 1 and ds.skipped[0][0] == tmp_path / "missing.png"
 
 
+def _archive_csv(tmp_path, write_png):
+    """An archive manifest in its own column names (as emps: filename,doi), images in images/."""
+    for name in ("a", "b", "c", "d"):
+        write_png(tmp_path / "images" / f"{name}.png", np.full((8, 10), 0.5))
+    csv_path = tmp_path / "metadata.csv"
+    csv_path.write_text(
+        "filename,DOI,Mag,locator\n"
+        "a.png,10.1016.j.x,50000,gr1\n"
+        "b.png,10.1016.j.y,20000,gr2\n"
+        "c.png,10.1016.j.x,50000,gr3\n"
+        "d.png,,1000,gr4\n"
+    )
+    return csv_path
+
+
+def test_csv_with_other_column_names_loads_with_column_options(tmp_path, write_png):
+    csv_path = _archive_csv(tmp_path, write_png)
+    options = dict(path_column="filename", label_column="doi", image_folder="images")
+    for root, layout in ((csv_path, "csv"), (csv_path, "auto"), (tmp_path, "auto")):
+        ds = load_dataset(root, layout=layout, magnification_column="Mag", **options)
+        assert ds.layout == "csv" and [p.stem for p in ds.paths] == ["a", "b", "c", "d"]
+        assert ds.class_names == ["10.1016.j.x", "10.1016.j.y"]
+        assert ds.labels.tolist() == [0, 1, 0, -1]
+        assert ds.meta["magnification"].tolist() == [50000, 20000, 50000, 1000]
+        assert ds.meta["locator"].tolist() == ["gr1", "gr2", "gr3", "gr4"]
+        assert not {"filename", "doi", "mag"} & set(ds.meta.columns)
+    assert detect_layout(tmp_path, path_column="filename", label_column="doi") == "csv"
+
+
+def test_csv_label_column_none_is_an_unlabelled_collection(tmp_path, write_png):
+    csv_path = _archive_csv(tmp_path, write_png)
+    ds = load_dataset(csv_path, path_column="filename", label_column=None, image_folder="images")
+    assert len(ds) == 4 and ds.labels.tolist() == [-1] * 4 and ds.class_names == []
+    assert ds.meta["doi"].tolist()[:2] == ["10.1016.j.x", "10.1016.j.y"]  # kept as metadata
+
+
+def test_csv_label_column_keeps_codes_as_written(tmp_path, write_png):
+    write_png(tmp_path / "a.png", np.zeros((8, 8)))
+    write_png(tmp_path / "b.png", np.zeros((8, 8)))
+    (tmp_path / "list.csv").write_text("file,code\na.png,01\nb.png,10\n")
+    ds = load_dataset(tmp_path / "list.csv", path_column="file", label_column="code")
+    assert ds.class_names == ["01", "10"]
+
+
+@pytest.mark.parametrize(
+    "options, column, option",
+    [
+        ({"label_column": "doi"}, "'path'", "path_column= (--path-column)"),
+        ({"path_column": "filename"}, "'label'", "label_column= (--label-column)"),
+        (
+            {"path_column": "filename", "label_column": "doi", "magnification_column": "zoom"},
+            "'zoom'",
+            "magnification_column= (--magnification-column)",
+        ),
+    ],
+)
+def test_csv_missing_column_names_csv_column_columns_and_option(
+    tmp_path, write_png, options, column, option
+):
+    csv_path = _archive_csv(tmp_path, write_png)
+    with pytest.raises(SemnbInputError) as error:
+        load_dataset(csv_path, layout="csv", image_folder="images", **options)
+    message = str(error.value)
+    assert str(csv_path) in message and f"lacks the column {column}" in message
+    assert "its columns are 'filename', 'doi', 'mag', 'locator'" in message
+    assert option in message
+
+
+def test_csv_paths_not_found_point_to_image_folder(tmp_path, write_png):
+    csv_path = _archive_csv(tmp_path, write_png)
+    with pytest.raises(SemnbInputError, match=r"a\.png.*row 2.*--image-folder"):
+        load_dataset(csv_path, path_column="filename", label_column="doi")
+
+
+def test_column_options_are_refused_by_other_layouts(tmp_images):
+    with pytest.raises(SemnbInputError, match="path_column.*'folders'"):
+        load_dataset(tmp_images("folders"), path_column="filename")
+
+
 def test_carinthia_csv_with_tolerant_paths_and_label_names(tmp_path, write_png):
     write_png(tmp_path / "defects" / "d1.png", np.full((8, 8), 0.1))
     write_png(tmp_path / "defects" / "d2.png", np.full((8, 8), 0.2))
@@ -304,3 +383,21 @@ def test_magnetic_tile_real_folder(shared_data):
     img, mask = ds.image(crack), ds.mask(crack)
     assert img.shape == mask.shape and 0 < mask.mean() < 0.5
     assert load_dataset(shared_data / "magnetic_tile").normal_class is None  # default "good" absent
+
+
+def test_emps_metadata_loads_with_column_options(shared_data):
+    emps = shared_data / "emps"
+    if not (emps / "metadata.csv").is_file():
+        pytest.skip(f"{emps / 'metadata.csv'} is absent")
+    table = pd.read_csv(emps / "metadata.csv", dtype=str, keep_default_na=False)
+    listed = [name for name in table["filename"] if (emps / "images" / name).is_file()]
+    ds = load_dataset(
+        emps / "metadata.csv",
+        path_column="filename",
+        label_column="doi",
+        image_folder="images",
+        skip_bad=True,
+    )
+    assert ds.layout == "csv" and len(ds) == len(listed) == len(table) - len(ds.skipped)
+    assert set(ds.class_names) == set(table["doi"]) - {""}
+    assert (ds.labels >= 0).all() and ds.image(0).ndim == 2

@@ -8,6 +8,7 @@ Taught in: 01_sem_data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,18 +64,7 @@ def read_image(path: str | Path) -> np.ndarray:
     Taught in: 01_sem_data.
     """
     path = Path(path)
-    suffix = _check_supported(path)
-    try:
-        if suffix in TIFF_EXTENSIONS:
-            array = _read_tiff(path)
-        elif suffix in NUMPY_EXTENSIONS:
-            array = np.load(path, allow_pickle=False)
-        else:
-            array = _read_pil(path)
-    except _READ_ERRORS as error:
-        raise SemnbInputError(
-            path, f"cannot read the image ({error})", f"replace the file or {_CONVERT_FIX}"
-        ) from error
+    array = _read_array(path, _read_pil, "the image", "the file")
     return _to_gray_unit(_to_unit_range(array, path), path)
 
 
@@ -91,21 +81,7 @@ def read_mask(
     Taught in: 01_sem_data.
     """
     path = Path(path)
-    suffix = _check_supported(path)
-    try:
-        if suffix in TIFF_EXTENSIONS:
-            array = _read_tiff(path)
-        elif suffix in NUMPY_EXTENSIONS:
-            array = np.load(path, allow_pickle=False)
-        else:
-            with Image.open(path) as image:
-                # A palette mask holds class indices; other colour masks are mixed to gray.
-                keep = image.mode in ("1", "L", "P", "I", "F") or image.mode.startswith("I;16")
-                array = np.asarray(image if keep else image.convert("L"))
-    except _READ_ERRORS as error:
-        raise SemnbInputError(
-            path, f"cannot read the mask ({error})", f"replace the mask file or {_CONVERT_FIX}"
-        ) from error
+    array = _read_array(path, _read_pil_mask, "the mask", "the mask file")
     if array.ndim == 3:
         array = array[..., :3].max(axis=-1)
     if array.ndim != 2:
@@ -189,6 +165,27 @@ def _check_supported(path: Path) -> str:
     return suffix
 
 
+def _read_array(
+    path: Path, read_pil: Callable[[Path], np.ndarray], what: str, replace: str
+) -> np.ndarray:
+    """Decode a TIFF, .npy or Pillow file as stored; a file that will not decode is one error.
+
+    Images and masks differ only in how Pillow files are read (`read_pil`) and in the words
+    of the error (`what` could not be read; `replace` names what to replace).
+    """
+    suffix = _check_supported(path)
+    try:
+        if suffix in TIFF_EXTENSIONS:
+            return _read_tiff(path)
+        if suffix in NUMPY_EXTENSIONS:
+            return np.load(path, allow_pickle=False)
+        return read_pil(path)
+    except _READ_ERRORS as error:
+        raise SemnbInputError(
+            path, f"cannot read {what} ({error})", f"replace {replace} or {_CONVERT_FIX}"
+        ) from error
+
+
 def _read_pil(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         image.load()
@@ -197,6 +194,13 @@ def _read_pil(path: Path) -> np.ndarray:
         if image.mode in ("LA", "La"):
             return np.asarray(image.getchannel("L"))
         return np.asarray(image.convert("RGB"))  # palette, RGBA, CMYK, ...: alpha is dropped here
+
+
+def _read_pil_mask(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        # A palette mask holds class indices; other colour masks are mixed to gray.
+        keep = image.mode in ("1", "L", "P", "I", "F") or image.mode.startswith("I;16")
+        return np.asarray(image if keep else image.convert("L"))
 
 
 def _read_tiff(path: Path) -> np.ndarray:

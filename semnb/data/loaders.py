@@ -4,7 +4,11 @@ Layouts:
 - "mvtec": train/good/, test/<class>/, ground_truth/<class>/<stem>_mask.png (+ manifest.csv);
 - "folders": one folder per class, optional X_mask.png beside X.ext (images lying directly
   in the folder are unlabelled);
-- "csv": a manifest with columns path, label[, mask][, split], paths relative to the CSV;
+- "csv": a manifest with columns path, label[, mask][, split][, magnification], paths relative
+  to the CSV's folder; other archives' column names are mapped with `path_column`,
+  `label_column` (None = an unlabelled collection) and `magnification_column`, and
+  `image_folder` names the folder their paths are relative to (e.g. emps: filename,doi with
+  the images in images/);
 - "carinthia": the Carinthia SEM defect CSV, `image_path;file_name;label`, labels 1-6.
 "auto" tells them apart by what the folder holds.
 
@@ -14,7 +18,7 @@ Taught in: 01_sem_data.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +44,7 @@ MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".npy")
 _LAYOUT_HELP = (
     "mvtec = train/<class>/ and test/<class>/ (+ ground_truth/<class>/X_mask.png); "
     "folders = one folder per class (+ X_mask.png beside X.ext); "
-    "csv = a CSV with columns path,label[,mask]; "
+    "csv = a CSV with columns path,label[,mask] (or --path-column/--label-column); "
     "carinthia = a ';' CSV with columns image_path;file_name;label"
 )
 
@@ -54,6 +58,32 @@ class _Entry:
     mask_path: Path | None = None
     split: str = ""
     extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _CsvColumns:
+    """Which columns of a csv-layout manifest hold what, and where its image paths start."""
+
+    path_column: str = "path"
+    label_column: str | None = "label"
+    magnification_column: str = "magnification"
+    image_folder: Path | None = None
+
+    def given(self) -> dict:
+        """The options that differ from the defaults, by name."""
+        default = _CsvColumns()
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(default, f.name)
+        }
+
+
+_COLUMN_ROLES = {
+    "path_column": "the image paths",
+    "label_column": "the class labels",
+    "magnification_column": "the magnifications",
+}
 
 
 class _BadFiles:
@@ -76,6 +106,10 @@ def load_dataset(
     skip_bad: bool = False,
     check: bool = True,
     label_names: dict | None = None,
+    path_column: str = "path",
+    label_column: str | None = "label",
+    magnification_column: str = "magnification",
+    image_folder: str | os.PathLike | None = None,
 ) -> ImageSet:
     """Load an image data set from `root` (a folder, or a CSV file for "csv"/"carinthia").
 
@@ -87,13 +121,22 @@ def load_dataset(
     has none (real review sets are often all defective). `label_names` renames raw labels,
     e.g. {"1": "particle"} for the Carinthia codes.
 
+    The column options let a "csv" manifest from another archive load as it is: `path_column`,
+    `label_column` (None: every image unlabelled, label -1) and `magnification_column` name
+    its columns (case does not matter; a default "label" falls back to "class", and the
+    default magnification column is optional), and `image_folder` (relative to the CSV's
+    folder) is where the paths start when not the CSV's own folder. A named column that is
+    missing is one error listing the columns the CSV does have. "auto" uses them to
+    recognise the manifest; other layouts refuse them rather than ignore them.
+
     Taught in: 01_sem_data.
     """
     root = Path(root).expanduser()
     if not root.exists():
         raise SemnbInputError(root, "does not exist", "check the data path")
+    columns = _csv_columns(path_column, label_column, magnification_column, image_folder)
     if layout == "auto":
-        layout = detect_layout(root)
+        layout = detect_layout(root, path_column=path_column, label_column=label_column)
     if layout not in LAYOUTS:
         raise SemnbInputError(
             "--layout", f"unknown layout {layout!r}", f"use auto or one of: {_LAYOUT_HELP}"
@@ -102,8 +145,18 @@ def load_dataset(
         raise SemnbInputError(
             root, f"is a file, but layout {layout!r} reads a folder", "pass the data folder"
         )
+    if layout != "csv" and columns.given():
+        option = next(iter(columns.given()))
+        raise SemnbInputError(
+            option,
+            f"only the csv layout reads it, but the data is in layout {layout!r}",
+            f"pass a CSV manifest with layout csv, or leave {option} out",
+        )
     bad = _BadFiles(skip_bad)
-    entries, fixed_classes = _READERS[layout](root, bad)
+    if layout == "csv":
+        entries, fixed_classes = _read_csv(root, bad, columns)
+    else:
+        entries, fixed_classes = _READERS[layout](root, bad)
     if check:
         entries = [entry for entry in entries if _headers_ok(entry, bad)]
     if not entries:
@@ -117,17 +170,21 @@ def load_dataset(
     )
 
 
-def detect_layout(root: str | os.PathLike) -> str:
+def detect_layout(
+    root: str | os.PathLike, path_column: str = "path", label_column: str | None = "label"
+) -> str:
     """Which of `LAYOUTS` the folder (or CSV file) `root` is in.
 
     mvtec when train/ and test/ exist; carinthia or csv when a CSV in the folder has their
-    header; folders when the folder or its subfolders hold images.
+    header (for csv: `path_column` and `label_column`, as `load_dataset` takes them);
+    folders when the folder or its subfolders hold images.
 
     Taught in: 01_sem_data.
     """
     root = Path(root)
+    columns = _CsvColumns(path_column.strip().lower(), _lower(label_column))
     if root.is_file():
-        kind = _csv_kind(root) if root.suffix.lower() == ".csv" else None
+        kind = _csv_kind(root, columns) if root.suffix.lower() == ".csv" else None
         if kind is None:
             raise SemnbInputError(
                 root,
@@ -137,7 +194,7 @@ def detect_layout(root: str | os.PathLike) -> str:
         return kind
     if (root / "train").is_dir() and (root / "test").is_dir():
         return "mvtec"
-    kinds = {_csv_kind(path) for path in _csv_files(root)}
+    kinds = {_csv_kind(path, columns) for path in _csv_files(root)}
     for kind in ("carinthia", "csv"):
         if kind in kinds:
             return kind
@@ -187,28 +244,90 @@ def _read_folders(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, 
     return entries, ()
 
 
-def _read_csv(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
-    csv_path = root if root.is_file() else _single_csv(root, "csv")
-    table = _read_table(csv_path, sep=",")
-    label_column = "label" if "label" in table.columns else "class"
-    if "path" not in table.columns or label_column not in table.columns:
-        raise SemnbInputError(
-            csv_path,
-            f"has columns {list(table.columns)}, not path and label",
-            "name the columns path,label[,mask] (paths relative to the CSV's folder)",
-        )
-    extra_columns = [c for c in table.columns if c not in CORE_COLUMNS]
+def _read_csv(
+    root: Path, bad: _BadFiles, columns: _CsvColumns
+) -> tuple[list[_Entry], tuple[str, ...]]:
+    csv_path = root if root.is_file() else _single_csv(root, "csv", columns)
+    path_column, label_column = columns.path_column, columns.label_column
+    table = _read_table(csv_path, sep=",", text_columns=(path_column, label_column))
+    if label_column == "label" and "label" not in table.columns and "class" in table.columns:
+        label_column = "class"
+    _require_columns(csv_path, table, columns, label_column)
+    magnification_column = columns.magnification_column
+    # the chosen magnification column becomes meta["magnification"] (it replaces any other)
+    used = {path_column, label_column} | ({"magnification"} - {magnification_column})
+    extra_columns = [c for c in table.columns if c not in CORE_COLUMNS and c not in used]
+    extra_names = {c: "magnification" if c == magnification_column else c for c in extra_columns}
+    image_base = None if columns.image_folder is None else csv_path.parent / columns.image_folder
+    image_hint = (
+        ", or pass image_folder= (--image-folder) naming the folder the paths start in"
+        if image_base is None
+        else ""
+    )
     entries = []
     for row_number, row in enumerate(table.to_dict("records"), start=2):
-        path = _listed_file(csv_path, row_number, row["path"], bad)
+        path = _listed_file(csv_path, row_number, row[path_column], bad, image_base, image_hint)
         mask_text = row.get("mask", "").strip()
         mask = _listed_file(csv_path, row_number, mask_text, bad) if mask_text else None
         if path is None or (mask_text and mask is None):
             continue
-        label = row[label_column].strip() or None
-        extra = {c: row[c] for c in extra_columns}
+        label = (row[label_column].strip() or None) if label_column else None
+        extra = {name: row[c] for c, name in extra_names.items()}
         entries.append(_Entry(path, label, mask, row.get("split", "").strip(), extra))
     return entries, ()
+
+
+def _csv_columns(path_column, label_column, magnification_column, image_folder) -> _CsvColumns:
+    """The column options, lower-cased as `_read_table` reads the header; an empty name refused."""
+    for option, name in (
+        ("path_column", path_column),
+        ("magnification_column", magnification_column),
+    ):
+        if not isinstance(name, str) or not name.strip():
+            raise SemnbInputError(
+                option,
+                f"must name a column, got {name!r}",
+                f"pass the column's name, e.g. {option}='filename'",
+            )
+    if label_column is not None and (not isinstance(label_column, str) or not label_column.strip()):
+        raise SemnbInputError(
+            "label_column",
+            f"must name a column or be None, got {label_column!r}",
+            "pass the column's name, or None for an unlabelled collection",
+        )
+    return _CsvColumns(
+        path_column.strip().lower(),
+        _lower(label_column),
+        magnification_column.strip().lower(),
+        None if image_folder is None else Path(image_folder).expanduser(),
+    )
+
+
+def _require_columns(
+    csv_path: Path, table: pd.DataFrame, columns: _CsvColumns, label_column: str | None
+) -> None:
+    """One error naming every missing column, the columns the CSV has, and the option to pass."""
+    wanted = {"path_column": columns.path_column, "label_column": label_column}
+    if columns.magnification_column != _CsvColumns.magnification_column:
+        wanted["magnification_column"] = columns.magnification_column
+    missing = {
+        option: name for option, name in wanted.items() if name and name not in table.columns
+    }
+    if not missing:
+        return
+    options = " and ".join(
+        f"{option}= (--{option.replace('_', '-')}) naming the column with {_COLUMN_ROLES[option]}"
+        for option in missing
+    )
+    if "label_column" in missing:
+        options += ", or label_column=None (--label-column '') for an unlabelled collection"
+    raise SemnbInputError(
+        csv_path,
+        f"lacks the column{'s' if len(missing) > 1 else ''} "
+        f"{' and '.join(map(repr, missing.values()))}; "
+        f"its columns are {', '.join(map(repr, table.columns))}",
+        f"pass {options}",
+    )
 
 
 def _read_carinthia(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
@@ -398,20 +517,22 @@ def _csv_files(folder: Path) -> list[Path]:
     )
 
 
-def _csv_kind(path: Path) -> str | None:
+def _csv_kind(path: Path, columns: _CsvColumns = _CsvColumns()) -> str | None:
     """Which layout a CSV's header line announces: "carinthia", "csv", or None."""
     with open(path, encoding="utf-8-sig", errors="replace") as handle:
         header = handle.readline().strip().lower()
     if set(CARINTHIA_COLUMNS) <= {c.strip() for c in header.split(";")}:
         return "carinthia"
-    columns = {c.strip() for c in header.split(",")}
-    if "path" in columns and ("label" in columns or "class" in columns):
+    names = {c.strip().strip('"') for c in header.split(",")}
+    label = columns.label_column
+    labels_found = label is None or label in names or (label == "label" and "class" in names)
+    if columns.path_column in names and labels_found:
         return "csv"
     return None
 
 
-def _single_csv(folder: Path, kind: str) -> Path:
-    found = [p for p in _csv_files(folder) if _csv_kind(p) == kind]
+def _single_csv(folder: Path, kind: str, columns: _CsvColumns = _CsvColumns()) -> Path:
+    found = [p for p in _csv_files(folder) if _csv_kind(p, columns) == kind]
     if len(found) != 1:
         problem = (
             f"holds no {kind} CSV"
@@ -422,9 +543,9 @@ def _single_csv(folder: Path, kind: str) -> Path:
     return found[0]
 
 
-def _read_table(csv_path: Path, sep: str) -> pd.DataFrame:
+def _read_table(csv_path: Path, sep: str, text_columns: tuple = ()) -> pd.DataFrame:
     """A CSV with lower-case column names, read as text ("" where empty) so that labels such
-    as "01" stay as written; extra columns become numbers where they all are."""
+    as "01" stay as written; extra columns (not `text_columns`) become numbers where they all are."""
     try:
         table = pd.read_csv(
             csv_path, sep=sep, encoding="utf-8-sig", dtype=str, keep_default_na=False
@@ -437,7 +558,7 @@ def _read_table(csv_path: Path, sep: str) -> pd.DataFrame:
         ) from error
     table.columns = [str(c).strip().lower() for c in table.columns]
     for column in table.columns:
-        if column not in CORE_COLUMNS + CARINTHIA_COLUMNS:
+        if column not in CORE_COLUMNS + CARINTHIA_COLUMNS + tuple(text_columns):
             table[column] = _numbers_if_possible(table[column])
     return table
 
@@ -448,7 +569,18 @@ def _numbers_if_possible(column: pd.Series) -> pd.Series:
     return converted if converted.notna().sum() == filled.sum() else column
 
 
-def _listed_file(csv_path: Path, row_number: int, relative: str, bad: _BadFiles) -> Path | None:
+_CSV_FOLDER = "the CSV's folder"
+
+
+def _listed_file(
+    csv_path: Path,
+    row_number: int,
+    relative: str,
+    bad: _BadFiles,
+    base: Path | None = None,
+    hint: str = "",
+) -> Path | None:
+    """The file a CSV row lists, relative to `base` (default: the CSV's folder), or None if bad."""
     if not relative.strip():
         bad.report(
             SemnbInputError(
@@ -458,13 +590,13 @@ def _listed_file(csv_path: Path, row_number: int, relative: str, bad: _BadFiles)
             )
         )
         return None
-    path = csv_path.parent / _portable(relative)
+    path = (base or csv_path.parent) / _portable(relative)
     if not path.is_file():
         bad.report(
             SemnbInputError(
                 path,
                 f"listed in {csv_path} (row {row_number}) but not found",
-                "fix the path, relative to the CSV's folder",
+                f"fix the path, relative to {base or _CSV_FOLDER}{hint}",
             )
         )
         return None
@@ -487,6 +619,10 @@ def _carinthia_label(raw: str, csv_path: Path, row_number: int) -> str | None:
             "use the codes 1-6 (or leave it empty for unlabelled)",
         )
     return str(int(value))
+
+
+def _lower(name: str | None) -> str | None:
+    return None if name is None else name.strip().lower()
 
 
 def _portable(text: str) -> str:

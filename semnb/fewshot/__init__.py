@@ -3,12 +3,14 @@
 - `episodes`: N-way K-shot support/query draws;
 - `segmentation`: the transformation layer and the defect map A = A_Z + A_V;
 - `classification`: P = (1 - a) P_S + a P_C;
+- `defect_pooling`: classify the defect region the segmenter finds (an addition to the paper);
 - `baselines`: WinCLIP+-style, PatchCore-style, linear probe, prototype;
 - `evaluate`: `semnb eval segment|classify`, shot sweeps.
 
 Taught in: 04_segmentation and 05_classification.
 """
 from semnb.fewshot.classification import ClassificationConfig, SemClipClassifier
+from semnb.fewshot.defect_pooling import DefectPooledClassifier, DefectPoolingConfig
 from semnb.fewshot.episodes import PAPER_SHOTS, Episode, sample_episode
 from semnb.fewshot.evaluate import (
     FewShotData,
@@ -22,6 +24,8 @@ from semnb.fewshot.segmentation import SegmentationConfig, SemClipSegmenter, pat
 __all__ = [
     "PAPER_SHOTS",
     "ClassificationConfig",
+    "DefectPooledClassifier",
+    "DefectPoolingConfig",
     "Episode",
     "FewShotData",
     "SegmentationConfig",

@@ -105,12 +105,20 @@ def subsample_per_class(labels: Sequence[int] | np.ndarray, max_per_class: int |
     return np.sort(np.concatenate(keep))
 
 
+def missing_masks(mask_paths: Sequence[object], is_normal: np.ndarray) -> list[int]:
+    """Indices of the defect images without a mask file (a normal image needs none: its mask is empty).
+
+    Taught in: 04_segmentation.
+    """
+    return [i for i, (m, normal) in enumerate(zip(mask_paths, is_normal)) if m is None and not normal]
+
+
 def require_masks(mask_paths: Sequence[object], is_normal: np.ndarray, paths: Sequence[object]) -> None:
     """Refuse segmentation when a defect image has no mask file (a normal image needs none: its mask is empty).
 
     Taught in: 04_segmentation.
     """
-    missing = [i for i, (m, normal) in enumerate(zip(mask_paths, is_normal)) if m is None and not normal]
+    missing = missing_masks(mask_paths, is_normal)
     if missing:
         raise SemnbInputError(str(paths[missing[0]]), f"has no defect mask ({len(missing)} defect image(s) lack one)",
                               "put X_mask.png beside image X (layout folders) or under ground_truth/ (mvtec), "

@@ -10,7 +10,10 @@ Protocol:
   queries' maps at S x S, image AUROC of the image scores (normal queries vs defect queries;
   undefined when the data set has no defect-free image);
 - classification: each method predicts the class of every query (all classes, normal
-  included); accuracy, macro precision/recall/F1, confusion matrix;
+  included); accuracy, macro precision/recall/F1, confusion matrix. Next to the paper's
+  method and its baselines, `defect_pooled` (semnb.fewshot.defect_pooling) classifies the
+  defect region the segmenter finds; it needs a mask for every defect image and is skipped,
+  with a warning, on data sets without them;
 - figures: the mean over seeds and the sample std (`semnb.metrics.mean_std_over_seeds`);
   timing: seconds per episode of each method's fitting and predicting.
 
@@ -32,7 +35,14 @@ from semnb.data.dataset import ImageSet
 from semnb.errors import SemnbInputError
 from semnb.fewshot import baselines
 from semnb.fewshot.classification import ClassificationConfig, SemClipClassifier
-from semnb.fewshot.episodes import Episode, require_masks, sample_episode, subsample_per_class
+from semnb.fewshot.defect_pooling import DefectPooledClassifier, DefectPoolingConfig
+from semnb.fewshot.episodes import (
+    Episode,
+    missing_masks,
+    require_masks,
+    sample_episode,
+    subsample_per_class,
+)
 from semnb.fewshot.segmentation import (
     PatchFeatures,
     SegmentationConfig,
@@ -51,7 +61,7 @@ from semnb.results import EvalResult
 DEFAULT_BACKBONE = "efficientnet-lite0"
 DEFAULT_SHOTS = 5
 SEGMENT_METHODS = ("semclip", "winclip", "patchcore")
-CLASSIFY_METHODS = ("semclip", "linear_probe", "prototype")
+CLASSIFY_METHODS = ("semclip", "linear_probe", "prototype", "defect_pooled")
 SEGMENT_METRICS = ("image_auroc", "pixel_auroc", "pixel_f1_max", "aupro")
 CLASSIFY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 # The paper's Table 3, as changes to the method's settings (prompt style handled apart).
@@ -78,6 +88,7 @@ class FewShotData:
     """
 
     images: ImageSet
+    task: str
     backbone: str
     weights: str
     precision: str
@@ -152,7 +163,9 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
                     progress: bool = False) -> FewShotData:
     """Read, encode (once, cached) and embed the prompts of a data set for few-shot episodes.
 
-    `task` is "segment" (masks required for every defect image) or "classify".
+    `task` is "segment" (masks required for every defect image) or "classify". For "classify"
+    the masks, patch features and (CLIP) normal/defect text are kept too when every defect
+    image has a mask, for `defect_pooled`; otherwise `masks` is None.
 
     Taught in: 04_segmentation and 05_classification.
     """
@@ -172,20 +185,21 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
     size = model.image_size
     tick = time.perf_counter()
     pixels = np.stack([images.image(i, size) for i in tqdm(range(len(images)), desc="read images", disable=not progress)])
-    masks = np.stack([images.mask(i, size) for i in range(len(images))]) if task == "segment" else None
+    with_masks = task == "segment" or not missing_masks(images.mask_paths, images.is_normal)
+    masks = np.stack([images.mask(i, size) for i in range(len(images))]) if with_masks else None
     levels = encode_images(model, pixels, cache, progress=progress)
-    data = FewShotData(images=images, backbone=model.name, weights=model.weights, precision=model.precision,
+    data = FewShotData(images=images, task=task, backbone=model.name, weights=model.weights, precision=model.precision,
                        image_size=size, levels=levels, pixels=pixels, masks=masks,
                        warnings=backbone_warnings(model.name, model.has_text, task))
     if model.has_text:
         names, normal = _prompt_class_names(images)
         for style in prompt_styles:
-            if task == "segment":
+            if with_masks:
                 data.text[style] = normal_defect_embeddings(model, names, normal, style=style, cache=cache)
-            else:
+            if task == "classify":
                 data.class_text[style] = class_text_embeddings(model, images.class_names, normal, style=style,
                                                                cache=cache).embeddings
-    if task == "segment":
+    if with_masks:
         data.patches = patch_features(levels)
     data.encode_s = time.perf_counter() - tick
     if images.normal_class is None or not images.is_normal.any():
@@ -261,13 +275,15 @@ def segmentation_scores(out: SegmentationOutput, masks: np.ndarray, is_defect: n
 
 
 def classify_episode(data: FewShotData, episode: Episode, method: str = "semclip",
-                     config: ClassificationConfig | None = None,
+                     config: ClassificationConfig | DefectPoolingConfig | None = None,
                      prompt_style: str = "expert") -> tuple[np.ndarray, dict[str, float]]:
     """One method's class probabilities [Q, C] for the episode's queries, and its seconds fitting and predicting.
 
+    `config`: a `DefectPoolingConfig` for "defect_pooled", a `ClassificationConfig` for "semclip".
+
     Taught in: 05_classification.
     """
-    config = config or ClassificationConfig()
+    config = config or (DefectPoolingConfig() if method == "defect_pooled" else ClassificationConfig())
     n_classes = len(data.class_names)
     support, queries, labels = episode.support, episode.queries, episode.support_labels
     tick = time.perf_counter()
@@ -289,6 +305,19 @@ def classify_episode(data: FewShotData, episode: Episode, method: str = "semclip
         emb = data.levels.embedding
         proba = baselines.prototype_proba(emb[support], labels, emb[queries], n_classes)
         fit_s = 0.0
+    elif method == "defect_pooled":
+        if data.masks is None or data.patches is None:
+            raise SemnbInputError("defect_pooled", "needs a defect mask for every defect image, and this data set "
+                                  "lacks some", "add X_mask.png beside each defect image X, or use another method")
+        text = data.text.get(prompt_style) if data.has_text else None
+        if data.has_text and text is None:
+            raise SemnbInputError("prompt_style", f"{prompt_style!r} was not prepared",
+                                  "pass it in prepare_fewshot(prompt_styles=...)")
+        model = DefectPooledClassifier(config).fit(data.patches.subset(support), data.masks[support], labels,
+                                                   n_classes, text, seed=episode.seed)
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        proba = model.predict_proba(data.patches.subset(queries))
     else:
         raise SemnbInputError("method", f"got {method!r}", f"use one of {', '.join(CLASSIFY_METHODS)}")
     return proba, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
@@ -319,7 +348,9 @@ def _segment_variants(data: FewShotData, config: SegmentationConfig, ablations: 
 
 
 def _classify_variants(data: FewShotData, config: ClassificationConfig, ablations: bool) -> tuple[list[_Variant], list[str]]:
-    variants = [_Variant(m, m, config) for m in CLASSIFY_METHODS]
+    variants = [_Variant(m, m, config) for m in CLASSIFY_METHODS if m != "defect_pooled"]
+    if data.masks is not None:
+        variants.append(_Variant("defect_pooled", "defect_pooled", DefectPoolingConfig()))
     skipped = []
     if ablations:
         for name, change in CLASSIFY_ABLATIONS.items():
@@ -429,7 +460,10 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
                             image_size: int | None = None, ablations: bool = False,
                             max_per_class: int | None = None, config: ClassificationConfig | None = None,
                             cache: FeatureCache | None = None, progress: bool = False) -> EvalResult:
-    """SEM-CLIP classification, linear-probe and prototype baselines (and, with `ablations`, Table 3).
+    """SEM-CLIP classification, linear-probe and prototype baselines, defect_pooled (and, with `ablations`, Table 3).
+
+    defect_pooled runs when the data set has a mask for every defect image; otherwise it is
+    left out of `results` and a warning says why.
 
     `extra` holds: confusion_matrix (method -> counts summed over seeds, rows = true class),
     per_class (method -> class -> precision/recall/f1 means over seeds), ablations when asked,
@@ -457,18 +491,24 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
     per_seed, times, episodes = _run(data, "classify", shots, seeds, variants, score, progress)
     result = _result(data, "classify", shots, seeds)
     aggregated = {name: metrics.mean_std_over_seeds(values) for name, values in per_seed.items()}
-    result.results = {m: aggregated[m] for m in CLASSIFY_METHODS}
-    result.timing = _timing(times, CLASSIFY_METHODS, data.encode_s, time.perf_counter() - started)
+    methods = [m for m in CLASSIFY_METHODS if m in aggregated]
+    result.results = {m: aggregated[m] for m in methods}
+    result.timing = _timing(times, methods, data.encode_s, time.perf_counter() - started)
     result.warnings += _query_warnings(data, episodes)
+    if "defect_pooled" not in methods:
+        result.warnings.append("defect_pooled skipped: it needs a defect mask for every defect image and this data "
+                               "set lacks some (put X_mask.png beside image X, layout folders, or use mvtec's "
+                               "ground_truth/)")
     if skipped:
         result.warnings.append(f"ablations not applicable to {data.backbone} (no text): {', '.join(skipped)}")
     result.extra = {
         "class_names": data.class_names, "normal_class": data.images.normal_class, "image_size": data.image_size,
         "n_queries": int(np.mean([len(e.queries) for e in episodes])),
-        "settings": asdict(config),
+        "settings": {**asdict(config),
+                     **({"defect_pooled": asdict(DefectPoolingConfig())} if "defect_pooled" in methods else {})},
         "confusion_matrix": {m: np.sum([r["confusion_matrix"] for r in reports[m]], axis=0).tolist()
-                             for m in CLASSIFY_METHODS},
-        "per_class": {m: _per_class_means(reports[m]) for m in CLASSIFY_METHODS},
+                             for m in methods},
+        "per_class": {m: _per_class_means(reports[m]) for m in methods},
     }
     if ablations:
         result.extra["ablations"] = {name: aggregated[name] for name in aggregated if name not in CLASSIFY_METHODS}
@@ -489,7 +529,7 @@ def shot_sweep(data: FewShotData, shots: Sequence[int] = (1, 2, 5, 10), seeds: S
 
     Taught in: 04_segmentation and 05_classification.
     """
-    evaluate = evaluate_segmentation if data.masks is not None else evaluate_classification
+    evaluate = evaluate_segmentation if data.task == "segment" else evaluate_classification
     counts = np.bincount(data.labels[data.labels >= 0], minlength=len(data.class_names))
     rows = []
     for k in shots:

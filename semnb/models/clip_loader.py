@@ -7,6 +7,9 @@ the default model); the model hub when the machine is online. If none has them, 
 fallback to random weights: random weights only come from the explicit tag `random`,
 and the returned label says so.
 
+open_clip is imported inside the functions that use it: importing it costs seconds, and
+most of semnb (and every `semnb --help`) never builds a CLIP model.
+
 Taught in: 02_prompts (loading real weights is the `backbone` parameter).
 """
 from __future__ import annotations
@@ -15,11 +18,10 @@ import os
 import socket
 from pathlib import Path
 
-import open_clip
 import torch
 
 from semnb.errors import SemnbInputError
-from semnb.models.tiny_clip import quiet_random_init_warning
+from semnb.models.tiny_clip import TINY_NAME, quiet_random_init_warning, register_tiny_config
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_TAG = "laion400m_e32"
@@ -61,6 +63,8 @@ def cached_checkpoint(model: str, tag: str) -> Path | None:
 
     Taught in: 02_prompts.
     """
+    import open_clip
+
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg:
         return None
@@ -99,6 +103,8 @@ def env_checkpoint() -> Path | None:
 
 
 def _create(model: str, pretrained: str | None, image_size: int | None) -> torch.nn.Module:
+    import open_clip
+
     try:
         clip = open_clip.create_model(model, pretrained=pretrained, force_image_size=image_size)
     except RuntimeError as err:  # a checkpoint that does not fit the architecture
@@ -116,6 +122,10 @@ def load_open_clip(model: str, pretrained: str, image_size: int | None = None,
 
     Taught in: 02_prompts.
     """
+    import open_clip
+
+    if model == TINY_NAME:  # "semnb-tiny:random" names the tiny config through open_clip's own factory
+        register_tiny_config()
     if model not in open_clip.list_models():
         raise SemnbInputError(f"backbone {model}:{pretrained}", f"{model} is not an open_clip model name",
                               f"use one of open_clip.list_models(), e.g. {DEFAULT_MODEL}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -172,6 +171,8 @@ class ClipBackbone(Backbone):
 
     def __init__(self, model: nn.Module, name: str, weights: str, model_name: str,
                  precision: str = "fp32", groups: tuple[int, int] | None = None):
+        import open_clip  # here, not at the top: importing it costs seconds (see clip_loader)
+
         visual = model.visual
         check_dual_path_support(visual)
         super().__init__(name, weights, visual.image_size[0], precision)

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import open_clip
 import torch
 
 TINY_NAME = "semnb-tiny"
@@ -27,6 +26,8 @@ def register_tiny_config() -> None:
 
     Taught in: 03_vv_attention.
     """
+    import open_clip  # here, not at the top: importing it costs seconds (see clip_loader)
+
     if TINY_NAME not in open_clip.list_models():
         open_clip.add_model_config(TINY_CONFIG)
 
@@ -44,6 +45,8 @@ def create_tiny_clip(seed: int = 0, image_size: int | None = None) -> torch.nn.M
 
     Taught in: 03_vv_attention.
     """
+    import open_clip
+
     register_tiny_config()
     with torch.random.fork_rng(devices=[]), quiet_random_init_warning():
         torch.manual_seed(seed)
