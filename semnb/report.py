@@ -18,6 +18,8 @@ from semnb.errors import SemnbInputError
 from semnb.io_utils import write_text_atomic
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+TEMPLATES = Path(__file__).resolve().parent / "report_template"  # nbconvert template "semnb_report"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def find_notebook(name: str | Path) -> Path:
@@ -69,10 +71,21 @@ def run_report(notebook: str | Path, out_dir: str | Path, parameters: dict | Non
 
 
 def notebook_to_html(path: str | Path) -> str:
-    """A self-contained HTML page of an executed notebook: outputs only, figures embedded."""
+    """A self-contained HTML page of an executed notebook: outputs only, figures embedded, no script.
+
+    Live widgets cannot work in a static page, so their outputs are dropped (each explorer
+    cell also displays its current view as a picture) and the template loads nothing from
+    the internet (`report_template/`).
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = exporter.from_notebook_node(nbformat.read(str(path), as_version=4))
+    notebook = nbformat.read(str(path), as_version=4)
+    notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs if WIDGET_VIEW not in o.get("data", {})]
+    exporter = HTMLExporter(template_name="semnb_report", extra_template_basedirs=[str(TEMPLATES)],
+                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(notebook)
     return body

@@ -54,3 +54,20 @@ def test_unknown_notebook_lists_the_known_ones():
                                           ("[1, 2]", "[1, 2]")])
 def test_parameters_parse_like_yaml_scalars(text, value):
     assert parse_parameter(text) == value
+
+
+def test_report_html_loads_nothing_and_drops_live_widgets(tmp_path):
+    source = tmp_path / "widget.ipynb"
+    nb = new_notebook(cells=[
+        new_code_cell("n = 1", metadata={"tags": ["parameters"]}),
+        new_code_cell("import ipywidgets\nfrom IPython.display import display\n"
+                      "display(ipywidgets.IntSlider(value=n, description='shots'))\nprint('static view', n)"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, source)
+    ipynb, html = run_report(source, tmp_path / "out", {"n": 4})
+    executed = nbformat.read(ipynb, as_version=4)
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in executed.cells[-1].outputs)
+    page = html.read_text()
+    assert "static view 4" in page
+    assert "IntSlider" not in page and "widget-view" not in page  # the dead widget is gone, its text/plain too
+    assert "<script" not in page and "https://cdn" not in page  # opens offline, contacts nobody
