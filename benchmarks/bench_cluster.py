@@ -1,13 +1,17 @@
 """Multi-resolution SSL clustering vs its baselines on synthetic wafer-SEM images, and SSL training speed.
 
 Run:  .venv/bin/python benchmarks/bench_cluster.py                        # 128 px, 20 per class, 5 epochs
+      .venv/bin/python benchmarks/bench_cluster.py --crop defect --quality-only   # on located defect windows
       .venv/bin/python benchmarks/bench_cluster.py --size 512 --epochs 15 --n-per-class 72   # the paper's setting
       .venv/bin/python benchmarks/bench_cluster.py --speed-only --size 512
 
 Part 1 (quality): the same preprocessed images go through every method and the same k-means
 (k = 7 classes); it prints silhouette and NMI per method, the NMI of a random assignment, and
 the NMI of the clusters against the synthetic *background* pattern (lines, contacts, routing,
-film): a method that clusters by background rather than by defect scores high there.
+film): a method that clusters by background rather than by defect scores high there. With
+`--crop defect` every method sees a window (1/4 of the side) around each image's most
+anomalous place instead (`semnb.defect_crop`, 20 defect-free train images as the normal
+memory), and it also prints how often the window holds the true defect (the hit rate).
 
 Part 2 (speed): training images/s of the SSL model (one image = its whole 3-level pyramid,
 forward and backward) for memory layout (channels_last or not), precision (fp32, bf16
@@ -28,23 +32,48 @@ import pandas as pd
 
 from semnb import metrics
 from semnb.clustering import evaluate_methods
+from semnb.data.preprocess import crop_border
 from semnb.data.synth_sem import CLASSES, generate_sem_set
+from semnb.defect_crop import crop_images, crop_window, locate_defects, window_hits
 from semnb.ssl import SSLConfig, prepare_images, train_ssl
 
 
-def synthetic_images(n_per_class: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Preprocessed images, class labels and background names of a synthetic SEM set made in memory."""
+def synthetic_images(n_per_class: int, size: int, seed: int, crop: str | None = None,
+                     n_normal: int = 20) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Preprocessed images, class labels and background names of a synthetic SEM set made in memory.
+
+    crop "defect": each image (banner cut) is cropped around its located defect, and the hit rate is printed;
+    "oracle": around the true mask's centroid instead (images without a defect: the located window), the
+    figure a perfect locator would give.
+    """
     samples = list(generate_sem_set(n_per_class, size=size, seed=seed, progress=False))
-    images = prepare_images([s.image for s in samples], size=size)
     labels = np.array([CLASSES.index(s.cls) for s in samples])
-    return images, labels, [s.background for s in samples]
+    backgrounds = [s.background for s in samples]
+    if crop is None:
+        return prepare_images([s.image for s in samples], size=size), labels, backgrounds
+    normal = generate_sem_set(n_normal, size=size, seed=seed, classes=("good",), progress=False, split="train")
+    cut = [crop_border(s.image / 255.0, 0, s.banner_rows) for s in samples]
+    masks = [None if s.mask is None else crop_border(s.mask.astype(np.float32), 0, s.banner_rows) > 0.5
+             for s in samples]
+    start = time.perf_counter()
+    found = locate_defects(cut, [crop_border(s.image / 255.0, 0, s.banner_rows) for s in normal])
+    hits = window_hits(found.windows, masks)
+    print(f"defect windows ({found.reference}, located in {time.perf_counter() - start:.0f} s): hold a defect "
+          f"pixel in {hits['hit_rate']:.3f} of {hits['n_scored']} defect images, {hits['covered']:.3f} of its "
+          "pixels on average")
+    windows = found.windows.copy()
+    if crop == "oracle":
+        for i, mask in enumerate(masks):
+            if mask is not None and mask.any():
+                windows[i] = crop_window(np.argwhere(mask).mean(axis=0), mask.shape, 0.25)
+    return prepare_images(crop_images(cut, windows), size=size, banner=0), labels, backgrounds
 
 
 def quality(args) -> None:
     start = time.perf_counter()
-    images, labels, backgrounds = synthetic_images(args.n_per_class, args.size, args.seed)
+    images, labels, backgrounds = synthetic_images(args.n_per_class, args.size, args.seed, args.crop)
     print(f"\n# quality: {len(images)} synthetic SEM images, {args.size} px, {args.epochs} SSL epochs, "
-          f"seeds {args.seeds} (made in {time.perf_counter() - start:.0f} s)")
+          f"seeds {args.seeds}, crop {args.crop or 'none'} (made in {time.perf_counter() - start:.0f} s)")
     methods = args.methods.split(",") if args.methods else None
     evaluation = evaluate_methods(images, labels, CLASSES, methods=methods, seeds=args.seeds,
                                   ssl_config=SSLConfig(epochs=args.epochs, threads=args.threads),
@@ -96,6 +125,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0])
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
     parser.add_argument("--methods", default=None, help="comma-separated subset (default: all)")
+    parser.add_argument("--crop", choices=["defect", "oracle"], default=None,
+                        help="cluster located defect windows (oracle: windows on the true masks)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for SSL training")
     parser.add_argument("--speed-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)

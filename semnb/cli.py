@@ -249,9 +249,12 @@ def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str 
               help="Comma-separated subset of ssl,glcm,lbp,wavelet,pca,imagenet,clip,ssl_untrained  [default: all; clip only with weights]")
 @click.option("--border", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pixels cropped off every side before resizing (the info banner is found and cut automatically).")
+@click.option("--crop", type=click.Choice(["defect"]), default=None,
+              help="Cluster a window (1/4 of the side) around each image's most anomalous place, found without "
+                   "labels (distance to the patches of the train/ defect-free images)  [default: whole images]")
 def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                          seeds: list[int], json_path: Path | None, epochs: int, image_size: int, k: int | None,
-                         methods: str | None, border: int, csv_options: dict) -> None:
+                         methods: str | None, border: int, crop: str | None, csv_options: dict) -> None:
     """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
     from semnb.clustering import eval_cluster
     from semnb.data import load_dataset
@@ -259,10 +262,14 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
     dataset = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     evaluation = eval_cluster(dataset, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
-                              backbone=backbone, border=border, progress=True)
+                              backbone=backbone, border=border, crop=crop, progress=True)
     result = evaluation.result
     if shots is not None:
         result.warnings.append("--shots is not used by clustering (no labels are used to train)")
+    if crop:
+        click.echo(f"defect windows: {result.extra['crop']['reference']}; hold the true defect in "
+                   f"{result.extra['crop']['hit_rate']:.2f} of the {result.extra['crop']['n_scored']} images with a "
+                   "defect mask")
     click.echo(f"k = {result.extra['k']} clusters on {result.n_images} images; NMI of a random assignment: "
                f"{result.extra['nmi_random_assignment']:.3f}")
     finish_eval(result, json_path)

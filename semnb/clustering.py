@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from sklearn.cluster import KMeans
@@ -25,6 +25,15 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from semnb import metrics
+from semnb.data.preprocess import crop_border, detect_banner
+from semnb.defect_crop import (
+    LOCATOR_BACKBONE,
+    NORMAL_AND_SELF,
+    CropConfig,
+    crop_images,
+    locate_defects,
+    window_hits,
+)
 from semnb.errors import SemnbInputError
 from semnb.results import EvalResult
 from semnb.ssl import (
@@ -50,6 +59,7 @@ initial weights (seeded), untrained. When the control scores like `ssl`, trainin
 encoder nothing the clustering can use."""
 IMAGENET_BACKBONE = "efficientnet-lite0"
 IMAGENET_SIZE = 224
+CROPS = (None, "defect")  # what eval_cluster clusters: whole images, or windows around the located defect
 UNSCALED_METHODS = ("pca",)  # clustered on the features as they are (see the module docstring)
 KMEANS_N_INIT = 10
 RANDOM_DRAWS = 20
@@ -279,28 +289,83 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
 def eval_cluster(dataset, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
                  epochs: int = 15, image_size: int = PAPER_IMAGE_SIZE, k: int | None = None,
                  backbone: str | None = None, border: int = 0, banner: int | str = "auto",
-                 threads: int | None = None, progress: bool = True) -> ClusterEvaluation:
+                 threads: int | None = None, crop: str | None = None, crop_config: CropConfig | None = None,
+                 progress: bool = True) -> ClusterEvaluation:
     """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
 
     In the MVTec layout only the test split is clustered: train/ holds defect-free images
     only and would make that class dominate. Unlabelled images are clustered but not scored.
+    `crop="defect"` clusters, for every method, a window around each image's most anomalous
+    place instead of the whole image (`semnb.defect_crop`; the train/ defect-free images, when
+    there are any, are the locator's normal memory); `extra["crop"]` says how the windows were
+    found and how often they hold the true defect, where masks exist.
 
     Taught in: 06_ssl_clustering (the CLI runs the same function).
     """
+    if crop not in CROPS:
+        raise SemnbInputError("--crop", f"got {crop!r}", "leave it out (whole images) or use --crop defect")
     notes = []
     test = [i for i, split in enumerate(dataset.splits) if split == "test"]
+    reference = [i for i in range(len(dataset)) if dataset.splits[i] == "train" and dataset.is_normal[i]]
     if dataset.layout == "mvtec" and 0 < len(test) < len(dataset):
         notes.append(f"mvtec layout: clustered the {len(test)} test images only (train/ holds defect-free images only)")
-        dataset = dataset.subset(test)
+        reference_set, dataset = dataset.subset(reference), dataset.subset(test)
+    else:
+        reference_set = dataset.subset([])  # normal images among those clustered would place crops by label
+    crop_extra = None
+    if crop == "defect":
+        source, crop_extra = _defect_crops(dataset, reference_set, border, banner, crop_config, progress)
+        notes.append(crop_extra.pop("note"))
+        border, banner = 0, 0  # already cut before locating
+    else:
+        source = _LazyImages(dataset)
     start = time.perf_counter()
-    images = prepare_images(_LazyImages(dataset), size=image_size, border=border, banner=banner, progress=progress)
+    images = prepare_images(source, size=image_size, border=border, banner=banner, progress=progress)
     preprocess_s = time.perf_counter() - start
     evaluation = evaluate_methods(images, dataset.labels, dataset.class_names, methods=methods, seeds=seeds, k=k,
                                   ssl_config=SSLConfig(epochs=epochs, threads=threads), backbone=backbone,
                                   data=str(dataset.root), progress=progress)
     evaluation.result.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.result.timing}
     evaluation.result.warnings[:0] = notes
+    if crop_extra is not None:
+        evaluation.result.timing = {"locate_defects_s": crop_extra.pop("locate_s"), **evaluation.result.timing}
+        evaluation.result.extra["crop"] = crop_extra
     return evaluation
+
+
+def _defect_crops(dataset, reference_set, border: int, banner: int | str, config: CropConfig | None,
+                  progress: bool) -> tuple[list[np.ndarray], dict]:
+    """Border- and banner-cut images cropped around their located defect, and the record of how (see eval_cluster)."""
+    config = config or CropConfig()
+    tick = time.perf_counter()
+    images, masks = [], []
+    for i in tqdm(range(len(dataset)), desc="cut borders", disable=not progress):
+        image, mask = _cut(dataset.image(i), dataset.mask(i), border, banner)
+        images.append(image)
+        masks.append(mask)
+    normal = [_cut(reference_set.image(i), None, border, banner)[0] for i in range(len(reference_set))]
+    found = locate_defects(images, normal, config, progress=progress)
+    hits = window_hits(found.windows, masks)
+    side = found.windows[:, 2] - found.windows[:, 0]
+    own = f"the image's own patches beyond {config.exclude_radius} grid steps"
+    how = (f"PatchCore-style distance to the nearest of the {found.memory_patches} patches of {len(normal)} "
+           f"defect-free train/ images and {own}" if found.reference == NORMAL_AND_SELF else
+           f"self-referential distance, to {own} (no defect-free train/ images)")
+    note = (f"crop=defect: every method clustered a {side.min()}-{side.max()} px window ({config.fraction:g} of the "
+            f"shorter side) around each image's most anomalous place, not the whole image; located by {how}, "
+            f"{LOCATOR_BACKBONE} at {config.encode_size} px")
+    extra = {"mode": "defect", "reference": found.reference, "n_normal_images": len(normal),
+             "memory_patches": found.memory_patches, "locator_backbone": LOCATOR_BACKBONE,
+             "config": asdict(config), "windows": found.windows.tolist(), **hits,
+             "locate_s": round(time.perf_counter() - tick, 3), "note": note}
+    return crop_images(images, found.windows), extra
+
+
+def _cut(image: np.ndarray, mask: np.ndarray | None, border: int, banner: int | str):
+    """Image and mask with the same banner rows and border cut off (the banner is found on the image)."""
+    rows = detect_banner(image) if banner == "auto" else banner
+    return (crop_border(image, border, rows),
+            None if mask is None else crop_border(mask.astype(np.float32), border, rows) > 0.5)
 
 
 class _LazyImages(Sequence):
