@@ -409,6 +409,16 @@ def _query_warnings(data: FewShotData, episodes: list[Episode]) -> list[str]:
     return out
 
 
+def _prepared(images: ImageSet | FewShotData, task: str, backbone: str, precision: str, image_size: int | None,
+              max_per_class: int | None, cache: FeatureCache | None, ablations: bool, progress: bool) -> FewShotData:
+    """`images` ready for episodes: as given when already prepared, else read and encoded once
+    (with the generic prompts too when the ablations need them)."""
+    if isinstance(images, FewShotData):
+        return images
+    styles = ("expert", "generic") if ablations else ("expert",)
+    return prepare_fewshot(images, task, backbone, precision, image_size, max_per_class, cache, styles, progress)
+
+
 def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAULT_BACKBONE, shots: int = DEFAULT_SHOTS,
                           seeds: Sequence[int] = (0, 1, 2), precision: str = "fp32", image_size: int | None = None,
                           ablations: bool = False, max_per_class: int | None = None,
@@ -426,9 +436,7 @@ def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAUL
     started = time.perf_counter()
     seeds = _check_seeds(seeds)
     config = config or SegmentationConfig()
-    data = images if isinstance(images, FewShotData) else prepare_fewshot(
-        images, "segment", backbone, precision, image_size, max_per_class, cache,
-        ("expert", "generic") if ablations else ("expert",), progress)
+    data = _prepared(images, "segment", backbone, precision, image_size, max_per_class, cache, ablations, progress)
     variants, skipped = _segment_variants(data, config, ablations)
 
     def score(variant: _Variant, episode: Episode) -> tuple[dict, dict]:
@@ -474,9 +482,7 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
     started = time.perf_counter()
     seeds = _check_seeds(seeds)
     config = config or ClassificationConfig()
-    data = images if isinstance(images, FewShotData) else prepare_fewshot(
-        images, "classify", backbone, precision, image_size, max_per_class, cache,
-        ("expert", "generic") if ablations else ("expert",), progress)
+    data = _prepared(images, "classify", backbone, precision, image_size, max_per_class, cache, ablations, progress)
     if len(data.class_names) < 2:
         raise SemnbInputError(str(data.images.root), "has only one class", "classification needs two classes or more")
     variants, skipped = _classify_variants(data, config, ablations)
