@@ -4,6 +4,7 @@ Run:  .venv/bin/python benchmarks/bench_cluster.py                        # 128 
       .venv/bin/python benchmarks/bench_cluster.py --crop defect --quality-only   # on located defect windows
       .venv/bin/python benchmarks/bench_cluster.py --size 512 --epochs 15 --n-per-class 72   # the paper's setting
       .venv/bin/python benchmarks/bench_cluster.py --speed-only --size 512
+      .venv/bin/python benchmarks/bench_cluster.py --quality-only --methods ssl,ssl_untrained --ssl-augment
 
 Part 1 (quality): the same preprocessed images go through every method and the same k-means
 (k = 7 classes); it prints silhouette and NMI per method, the NMI of a random assignment, and
@@ -12,6 +13,7 @@ film): a method that clusters by background rather than by defect scores high th
 `--crop defect` every method sees a window (1/4 of the side) around each image's most
 anomalous place instead (`semnb.defect_crop`, 20 defect-free train images as the normal
 memory), and it also prints how often the window holds the true defect (the hit rate).
+`--ssl-augment` trains the SSL encoder on randomly augmented pyramid levels (not the paper's).
 
 Part 2 (speed): training images/s of the SSL model (one image = its whole 3-level pyramid,
 forward and backward) for memory layout (channels_last or not), precision (fp32, bf16
@@ -73,10 +75,10 @@ def quality(args) -> None:
     start = time.perf_counter()
     images, labels, backgrounds = synthetic_images(args.n_per_class, args.size, args.seed, args.crop)
     print(f"\n# quality: {len(images)} synthetic SEM images, {args.size} px, {args.epochs} SSL epochs, "
-          f"seeds {args.seeds}, crop {args.crop or 'none'} (made in {time.perf_counter() - start:.0f} s)")
+          f"seeds {args.seeds}, crop {args.crop or 'none'}, ssl augment {args.ssl_augment} (made in {time.perf_counter() - start:.0f} s)")
     methods = args.methods.split(",") if args.methods else None
     evaluation = evaluate_methods(images, labels, CLASSES, methods=methods, seeds=args.seeds,
-                                  ssl_config=SSLConfig(epochs=args.epochs, threads=args.threads),
+                                  ssl_config=SSLConfig(epochs=args.epochs, threads=args.threads, augment_levels=args.ssl_augment),
                                   data="synthetic SEM (in memory)", progress=False)
     result = evaluation.result
     background_codes = pd.factorize(pd.Series(backgrounds))[0]
@@ -128,6 +130,7 @@ def main() -> None:
     parser.add_argument("--crop", choices=["defect", "oracle"], default=None,
                         help="cluster located defect windows (oracle: windows on the true masks)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for SSL training")
+    parser.add_argument("--ssl-augment", action="store_true", help="augment every pyramid level while training SSL")
     parser.add_argument("--speed-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--speed-only", action="store_true")

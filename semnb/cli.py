@@ -252,9 +252,13 @@ def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str 
 @click.option("--crop", type=click.Choice(["defect"]), default=None,
               help="Cluster a window (1/4 of the side) around each image's most anomalous place, found without "
                    "labels (distance to the patches of the train/ defect-free images)  [default: whole images]")
+@click.option("--ssl-augment", is_flag=True, default=False,
+              help="Train ssl on randomly augmented pyramid levels (crop, turn, blur, contrast, noise per level); "
+                   "not the paper's  [default: off, the paper's method]")
 def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                          seeds: list[int], json_path: Path | None, epochs: int, image_size: int, k: int | None,
-                         methods: str | None, border: int, crop: str | None, csv_options: dict) -> None:
+                         methods: str | None, border: int, crop: str | None, ssl_augment: bool,
+                         csv_options: dict) -> None:
     """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
     from semnb.clustering import eval_cluster
     from semnb.data import load_dataset
@@ -262,7 +266,7 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
     dataset = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     evaluation = eval_cluster(dataset, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
-                              backbone=backbone, border=border, crop=crop, progress=True)
+                              backbone=backbone, border=border, crop=crop, ssl_augment=ssl_augment, progress=True)
     result = evaluation.result
     if shots is not None:
         result.warnings.append("--shots is not used by clustering (no labels are used to train)")

@@ -290,7 +290,7 @@ def eval_cluster(dataset, methods: Sequence[str] | None = None, seeds: Sequence[
                  epochs: int = 15, image_size: int = PAPER_IMAGE_SIZE, k: int | None = None,
                  backbone: str | None = None, border: int = 0, banner: int | str = "auto",
                  threads: int | None = None, crop: str | None = None, crop_config: CropConfig | None = None,
-                 progress: bool = True) -> ClusterEvaluation:
+                 ssl_augment: bool = False, progress: bool = True) -> ClusterEvaluation:
     """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
 
     In the MVTec layout only the test split is clustered: train/ holds defect-free images
@@ -298,7 +298,8 @@ def eval_cluster(dataset, methods: Sequence[str] | None = None, seeds: Sequence[
     `crop="defect"` clusters, for every method, a window around each image's most anomalous
     place instead of the whole image (`semnb.defect_crop`; the train/ defect-free images, when
     there are any, are the locator's normal memory); `extra["crop"]` says how the windows were
-    found and how often they hold the true defect, where masks exist.
+    found and how often they hold the true defect, where masks exist. `ssl_augment=True` trains
+    the SSL encoder on randomly augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's).
 
     Taught in: 06_ssl_clustering (the CLI runs the same function).
     """
@@ -323,8 +324,8 @@ def eval_cluster(dataset, methods: Sequence[str] | None = None, seeds: Sequence[
     images = prepare_images(source, size=image_size, border=border, banner=banner, progress=progress)
     preprocess_s = time.perf_counter() - start
     evaluation = evaluate_methods(images, dataset.labels, dataset.class_names, methods=methods, seeds=seeds, k=k,
-                                  ssl_config=SSLConfig(epochs=epochs, threads=threads), backbone=backbone,
-                                  data=str(dataset.root), progress=progress)
+                                  ssl_config=SSLConfig(epochs=epochs, threads=threads, augment_levels=ssl_augment),
+                                  backbone=backbone, data=str(dataset.root), progress=progress)
     evaluation.result.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.result.timing}
     evaluation.result.warnings[:0] = notes
     if crop_extra is not None:
@@ -399,7 +400,7 @@ def _ssl_summary(run: SSLRun) -> dict:
     """The first seed's training curve and settings, for the JSON record."""
     h, c = run.history, run.config
     return {"epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "channels_last": c.channels_last,
-            "threads": c.threads, "loss": [round(v, 5) for v in h.loss],
+            "threads": c.threads, "augment_levels": c.augment_levels, "loss": [round(v, 5) for v in h.loss],
             "std_projection": [round(v, 5) for v in h.std_projection],
             "std_embedding": [round(v, 5) for v in h.std_embedding],
             "healthy_std": round(1 / float(np.sqrt(c.embedding_dim)), 5)}
