@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ssl_images import stripes_and_dots
 
 from semnb.data import preprocess, resize
 from semnb.errors import SemnbInputError
@@ -21,21 +22,6 @@ from semnb.ssl import (
     prepare_images,
     train_ssl,
 )
-
-
-def _images(n: int = 12, size: int = 32, seed: int = 0) -> np.ndarray:
-    """Half stripes, half dots, with noise: two morphologies a network can tell apart."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = []
-    for i in range(n):
-        if i % 2:
-            base = 0.5 + 0.4 * np.sin(2 * np.pi * (yy + rng.integers(size)) / 6)
-        else:
-            base = 0.2 + 0.6 * ((yy % 8 < 3) & (xx % 8 < 3))
-        out.append(np.clip(base + rng.normal(0, 0.05, (size, size)), 0, 1))
-    return np.asarray(out, dtype=np.float32)
-
 
 # ---------------------------------------------------------------- loss
 
@@ -67,7 +53,7 @@ def test_cross_scale_loss_is_the_symmetrised_mean_over_all_three_level_pairs():
 
 def test_stop_gradient_blocks_every_gradient_through_the_target_side():
     model = create_model(SSLConfig(seed=0, channels_last=False))
-    x = torch.from_numpy(_images(4))[:, None]
+    x = torch.from_numpy(stripes_and_dots(4))[:, None]
     levels = [level.detach().requires_grad_(True) for level in build_pyramid(x)]
     z, p, _ = model(levels)
     negative_cosine(p[0], z[1]).backward()  # level 0 predicts, level 1 is the target
@@ -111,10 +97,10 @@ def test_encoder_follows_the_paper_and_one_set_of_weights_reads_every_level():
     assert model.encoder.linear.out_features == 128
     assert [m.out_features for m in model.projector if isinstance(m, torch.nn.Linear)] == [128, 128]
     model.eval()
-    levels = build_pyramid(torch.from_numpy(_images(3))[:, None])
+    levels = build_pyramid(torch.from_numpy(stripes_and_dots(3))[:, None])
     with torch.no_grad():
         _, _, h0 = model(levels)
-        per_level = embed_pyramid(model, _images(3))
+        per_level = embed_pyramid(model, stripes_and_dots(3))
     np.testing.assert_allclose(per_level[0], h0.numpy(), atol=1e-6)
     # A loss on the coarsest level alone changes the same conv weights that read L0.
     model.train()
@@ -127,7 +113,7 @@ def test_encoder_follows_the_paper_and_one_set_of_weights_reads_every_level():
 
 
 def test_training_is_deterministic_for_a_seed_and_differs_between_seeds():
-    images = _images(10)
+    images = stripes_and_dots(10)
     runs = [train_ssl(images, SSLConfig(epochs=2, batch_size=4, seed=s, threads=1), progress=False) for s in (3, 3, 4)]
     assert runs[0].history.loss == runs[1].history.loss
     for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
@@ -140,7 +126,7 @@ def test_training_lowers_the_loss_and_watches_for_collapse_without_touching_glob
     torch.manual_seed(123)
     before = torch.get_rng_state()
     threads = torch.get_num_threads()
-    run = train_ssl(_images(16), SSLConfig(epochs=4, batch_size=8, seed=0, threads=1), progress=False)
+    run = train_ssl(stripes_and_dots(16), SSLConfig(epochs=4, batch_size=8, seed=0, threads=1), progress=False)
     assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
     history = run.history
     assert len(history.loss) == len(history.std_projection) == len(history.std_embedding) == 4
@@ -157,7 +143,7 @@ def test_collapse_watch_is_zero_for_a_constant_output_and_one_over_sqrt_d_when_s
 
 
 def test_embedding_is_the_l0_encoder_output_without_the_projection_head():
-    images = _images(5)
+    images = stripes_and_dots(5)
     model = create_model(SSLConfig(seed=1))
     features = embed(model, images, batch_size=2)
     with torch.no_grad():
@@ -184,7 +170,7 @@ def test_bad_input_names_the_option_and_the_fix():
     with pytest.raises(SemnbInputError, match="precision"):
         SSLConfig(precision="fp8")
     with pytest.raises(SemnbInputError, match="at least 2"):
-        train_ssl(_images(1), SSLConfig(epochs=1), progress=False)
+        train_ssl(stripes_and_dots(1), SSLConfig(epochs=1), progress=False)
     with pytest.raises(SemnbInputError, match="square"):
         embed(create_model(SSLConfig()), np.zeros((2, 32, 40), np.float32))
     with pytest.raises(SemnbInputError, match="--image-size"):

@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 import torch
+from ssl_images import stripes_and_dots
 
 from semnb.ssl import (
     SSLConfig,
@@ -15,20 +16,6 @@ from semnb.ssl import (
     embed,
     train_ssl,
 )
-
-
-def _images(n: int = 12, size: int = 32, seed: int = 0) -> np.ndarray:
-    """Half stripes, half dots, with noise (as in test_ssl)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = []
-    for i in range(n):
-        if i % 2:
-            base = 0.5 + 0.4 * np.sin(2 * np.pi * (yy + rng.integers(size)) / 6)
-        else:
-            base = 0.2 + 0.6 * ((yy % 8 < 3) & (xx % 8 < 3))
-        out.append(np.clip(base + rng.normal(0, 0.05, (size, size)), 0, 1))
-    return np.asarray(out, dtype=np.float32)
 
 
 def _corner_square(n: int, size: int = 64) -> torch.Tensor:
@@ -48,14 +35,14 @@ def _centroid(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_augmentation_is_deterministic_for_a_seed_and_differs_between_seeds():
-    levels = build_pyramid(torch.from_numpy(_images(6, 64))[:, None])
+    levels = build_pyramid(torch.from_numpy(stripes_and_dots(6, 64))[:, None])
     a, b, c = (augment_pyramid(levels, augmentation_generator(s)) for s in (5, 5, 6))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert all(not torch.allclose(x, y) for x, y in zip(a, c))
 
 
 def test_augmentation_keeps_shapes_and_range_and_changes_every_image_differently():
-    levels = build_pyramid(torch.from_numpy(_images(8, 64))[:, None])
+    levels = build_pyramid(torch.from_numpy(stripes_and_dots(8, 64))[:, None])
     views = augment_pyramid(levels, augmentation_generator(0))
     for level, view in zip(levels, views):
         assert view.shape == level.shape and view.dtype == torch.float32
@@ -80,7 +67,7 @@ def test_each_level_of_an_image_gets_its_own_crop_and_turn():
 def test_augmentation_is_off_by_default_and_then_training_is_unchanged():
     assert SSLConfig().augment_levels is False
     assert {f.name: f.default for f in dataclasses.fields(SSLConfig)}["augment_levels"] is False
-    images = _images(12)
+    images = stripes_and_dots(12)
     default = train_ssl(images, SSLConfig(epochs=2, batch_size=5, seed=3, threads=1), progress=False)
     off = train_ssl(images, SSLConfig(epochs=2, batch_size=5, seed=3, threads=1, augment_levels=False),
                     progress=False)
@@ -92,7 +79,7 @@ def test_augmentation_is_off_by_default_and_then_training_is_unchanged():
 
 
 def test_training_with_augmentation_is_finite_deterministic_and_embeds_unaugmented():
-    images = _images(12)
+    images = stripes_and_dots(12)
     config = SSLConfig(epochs=2, batch_size=6, seed=1, threads=1, augment_levels=True)
     runs = [train_ssl(images, config, progress=False) for _ in range(2)]
     assert np.isfinite(runs[0].history.loss).all() and len(runs[0].history.loss) == 2
