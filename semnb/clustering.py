@@ -35,6 +35,8 @@ from semnb.defect_crop import (
     window_hits,
 )
 from semnb.errors import SemnbInputError
+from semnb.models import DEFAULT_BACKBONE, available_weights, load_backbone
+from semnb.models.tiny_clip import TINY_NAME
 from semnb.results import EvalResult
 from semnb.ssl import (
     PAPER_IMAGE_SIZE,
@@ -165,16 +167,10 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
         elif method == "pca":
             specs[method] = FeatureSpec(lambda x, seed: pca_features(x, seed=seed), seeded=True)
         elif method == "imagenet":
-            # semnb.models imports open_clip (seconds): only when a network is asked for.
-            from semnb.models import load_backbone
-
             net = load_backbone(IMAGENET_BACKBONE, image_size=IMAGENET_SIZE)
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
                                         seeded=False, backbone=net.name, weights=net.weights)
         elif method == "clip":
-            from semnb.models import DEFAULT_BACKBONE, available_weights, load_backbone
-            from semnb.models.tiny_clip import TINY_NAME
-
             name = backbone if backbone not in (None, "", IMAGENET_BACKBONE) else DEFAULT_BACKBONE
             if name == DEFAULT_BACKBONE and not available_weights()[DEFAULT_BACKBONE].startswith("found"):
                 note = f"clip: left out, no CLIP weights on this machine ({available_weights()[DEFAULT_BACKBONE]})"

@@ -55,6 +55,7 @@ from semnb.data.preprocess import resize
 from semnb.errors import SemnbInputError
 from semnb.fewshot import baselines
 from semnb.fewshot.segmentation import upsample_and_smooth
+from semnb.models import encode_images, load_backbone
 
 LOCATOR_BACKBONE = "efficientnet-lite0"
 NORMAL_AND_SELF = "normal memory + self-referential"
@@ -169,8 +170,6 @@ def locate_defects(images: Sequence[np.ndarray], normal_images: Sequence[np.ndar
     if len(images) == 0:
         raise SemnbInputError("images", "is empty", "pass at least one image")
     if backbone is None:
-        from semnb.models import load_backbone
-
         backbone = load_backbone(LOCATOR_BACKBONE, image_size=config.encode_size)
     if backbone.image_size != config.encode_size:
         raise SemnbInputError("backbone", f"encodes at {backbone.image_size} px, the config asks for "
@@ -224,8 +223,6 @@ def window_hits(windows: np.ndarray, masks: Sequence[np.ndarray | None]) -> dict
 def _patch_features(images: Sequence[np.ndarray], backbone, size: int, progress: bool,
                     desc: str) -> tuple[torch.Tensor, tuple[int, int]]:
     """PatchCore-style features [B, N, d] of gray images, each resized (stretched) to size x size, and their grid."""
-    from semnb.models import encode_images
-
     pixels = np.stack([resize(np.asarray(image, dtype=np.float32), size) for image in
                        tqdm(images, desc=desc, disable=not progress)])
     levels = encode_images(backbone, pixels, progress=progress)
