@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from semnb import metrics
-from semnb.clustering import evaluate_methods
+from semnb.clustering.defect_crop import crop_images, crop_window, locate_defects, window_hits
+from semnb.clustering.evaluate import evaluate_methods
+from semnb.clustering.ssl import SSLConfig, prepare_images, train_ssl
 from semnb.data.preprocess import crop_border
 from semnb.data.synth_sem import CLASSES, generate_sem_set
-from semnb.defect_crop import crop_images, crop_window, locate_defects, window_hits
-from semnb.ssl import SSLConfig, prepare_images, train_ssl
 
 
 def synthetic_images(n_per_class: int, size: int, seed: int, crop: str | None = None,

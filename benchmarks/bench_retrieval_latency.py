@@ -28,8 +28,13 @@ import numpy as np
 import torch
 
 from semnb.data.synth_tem import ALL_CLASSES, generate_tem_image
-from semnb.retrieval import EmbeddingNet, RetrievalConfig, TrainedEmbedding, load_split_backbone
-from semnb.retrieval_index import build_faiss_index
+from semnb.retrieval.embedding import (
+    EmbeddingNet,
+    RetrievalConfig,
+    TrainedEmbedding,
+    load_split_backbone,
+)
+from semnb.retrieval.index import build_faiss_index
 
 
 def embedding_throughput(image_size: int, n_images: int, batch_size: int, seed: int) -> float:

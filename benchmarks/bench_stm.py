@@ -33,7 +33,7 @@ from semnb import metrics, stm
 from semnb.data.image_io import read_image
 from semnb.data.synth_stm import write_stm_dataset
 from semnb.results import format_table
-from semnb.stm_eval import analyse_scan, evaluate_stm, synthetic_training_crops
+from semnb.stm.evaluate import analyse_scan, evaluate_stm, synthetic_training_crops
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stm"
 

@@ -186,8 +186,8 @@ def _run_fewshot_eval(evaluate, data_dir: Path, layout: str, normal_class: str, 
     """Load the data and run `evaluate` (segmentation or classification) as `eval segment` and
     `eval classify` both do: the same defaults, a feature cache, the ablation table when asked."""
     from semnb.data import load_dataset
-    from semnb.fewshot.evaluate import DEFAULT_BACKBONE, DEFAULT_SHOTS
-    from semnb.models import FeatureCache
+    from semnb.fewshot.evaluate import DEFAULT_SHOTS
+    from semnb.models import DEFAULT_BACKBONE, FeatureCache
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     result = evaluate(images, backbone or DEFAULT_BACKBONE, shots or DEFAULT_SHOTS, seeds, precision,
@@ -260,12 +260,12 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
                          methods: str | None, border: int, crop: str | None, ssl_augment: bool,
                          csv_options: dict) -> None:
     """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
-    from semnb.clustering import eval_cluster
+    from semnb.clustering.evaluate import evaluate_clustering
     from semnb.data import load_dataset
 
     dataset = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    evaluation = eval_cluster(dataset, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
+    evaluation = evaluate_clustering(dataset, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
                               backbone=backbone, border=border, crop=crop, ssl_augment=ssl_augment, progress=True)
     result = evaluation.result
     if shots is not None:
@@ -294,8 +294,8 @@ def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str 
                   csv_options: dict) -> None:
     """Semi-supervised retrieval (classifier, then triplet/autoencoder) vs autoencoder, siamese, classifier, frozen."""
     from semnb.data import load_dataset
-    from semnb.retrieval import EFFICIENTNET, RetrievalConfig
-    from semnb.retrieval_eval import evaluate_retrieval, loco_text
+    from semnb.retrieval.embedding import EFFICIENTNET, RetrievalConfig
+    from semnb.retrieval.evaluate import evaluate_retrieval, loco_text
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     config = RetrievalConfig(epochs=epochs, image_size=image_size)
@@ -314,7 +314,7 @@ def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | Non
              seeds: list[int], json_path: Path | None, episodes: int, csv_options: dict) -> None:
     """STM scans X.npy with masks X_mask.npy: few-shot vs unsupervised vs raw-brightness defect maps
     (--shots = labelled defects per scan, default 1) and, with defects.csv, defect classes."""
-    from semnb.stm_eval import evaluate_stm
+    from semnb.stm.evaluate import evaluate_stm
 
     result = evaluate_stm(data_dir, shots=shots or 1, seeds=seeds, episodes=episodes, progress=True)
     if layout != "auto":
@@ -348,8 +348,8 @@ def bench() -> None:
 def bench_encoder_command(backbone: str, precision: str, json_path: Path | None, n_images: int,
                           image_size: int | None, batch_size: int, repeats: int, seed: int) -> None:
     """Images/s of plain vs dual-path encoding, their ratio, and bf16 drift from fp32."""
-    from semnb.bench_encoder import bench_encoder, format_report
     from semnb.io_utils import write_json_atomic
+    from semnb.models.bench import bench_encoder, format_report
 
     report = bench_encoder(backbone, precision, n_images, image_size, batch_size, repeats, seed)
     click.echo(format_report(report))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from semnb import viz, viz_embedding, viz_fewshot, viz_retrieval
+from semnb import viz
+from semnb.clustering import viz as cluster_viz
 from semnb.data import CLASSES, ImageSet, load_dataset, write_sem_dataset
 from semnb.fewshot import (
     FewShotData,
@@ -22,11 +23,13 @@ from semnb.fewshot import (
     prepare_fewshot,
     sample_episode,
 )
+from semnb.fewshot import viz as fewshot_viz
 from semnb.fewshot.evaluate import segment_episode
 from semnb.html_page import HtmlPage
 from semnb.io_utils import write_text_atomic
 from semnb.models import registry
 from semnb.results import EvalResult
+from semnb.retrieval import viz as retrieval_viz
 
 TEM_PER_CLASS = 24  # 168 TEM images: a query has 11 same-class images in the gallery, so K=10 can reach 1
 RETRIEVAL_K = 10
@@ -35,7 +38,7 @@ RETRIEVAL_K = 10
 def choose_backbone() -> tuple[str, str]:
     """The paper's CLIP when its weights are on this machine, else the offline ImageNet CNN."""
     status = registry.available_weights()
-    clip_name = f"{registry.DEFAULT_BACKBONE}"
+    clip_name = f"{registry.PAPER_CLIP}"
     if not status.get(clip_name, "missing").startswith("missing"):
         return clip_name, f"SEM-CLIP on {clip_name} ({status[clip_name]})"
     return "efficientnet-lite0", (
@@ -76,18 +79,18 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
                     ["accuracy", "macro_precision", "macro_recall", "macro_f1"])
     for method in ("semclip", "defect_pooled"):  # the paper's method, and semnb's (when masks allow it)
         if method in classify.extra["confusion_matrix"]:
-            page.figure(viz.figure_png(viz_fewshot.confusion_matrix_figure(
+            page.figure(viz.figure_png(fewshot_viz.confusion_matrix_figure(
                 classify.extra["confusion_matrix"][method], classify.extra["class_names"], title=method)),
                 alt=f"confusion matrix of {method}")
     steps.update()
     steps.set_description("demo: self-supervised clustering")
 
-    from semnb.clustering import eval_cluster
+    from semnb.clustering.evaluate import evaluate_clustering
 
-    cluster = eval_cluster(dataset, seeds=[seed], epochs=ssl_epochs, image_size=128, progress=False)
+    cluster = evaluate_clustering(dataset, seeds=[seed], epochs=ssl_epochs, image_size=128, progress=False)
     _result_section(page, "Label-free clustering (self-supervised multi-resolution vs texture features)",
                     cluster.result, ["silhouette", "nmi"])
-    page.figure(viz.figure_png(viz_embedding.embedding_views(
+    page.figure(viz.figure_png(cluster_viz.embedding_views(
         cluster.features["ssl"], cluster.clusters["ssl"], cluster.labels, cluster.class_names)),
         alt="embedding views")
     steps.update()
@@ -114,14 +117,14 @@ def _defect_map_figure(data: FewShotData, shots: int, seed: int, n_show: int = 4
     rows = [queries.index(i) for i in show]
     maps = {method: segment_episode(data, episode, method)[0].maps[rows] for method in ("semclip", "winclip", "patchcore")}
     titles = [f"query: {data.class_names[data.labels[i]]}" for i in show]
-    return viz_fewshot.defect_map_overlays(data.pixels[show], list(data.masks[show]), maps, titles)
+    return fewshot_viz.defect_map_overlays(data.pixels[show], list(data.masks[show]), maps, titles)
 
 
 def _retrieval_section(page: HtmlPage, tem_dir: Path, seed: int, per_class: int, k: int) -> None:
     """Retrieval on the synthetic TEM archive: its two unlabelled classes are what the method is for."""
     from semnb.data.synth_tem import UNLABELLED_CLASSES, write_tem_dataset
-    from semnb.retrieval import RetrievalConfig
-    from semnb.retrieval_eval import evaluate_retrieval
+    from semnb.retrieval.embedding import RetrievalConfig
+    from semnb.retrieval.evaluate import evaluate_retrieval
 
     if not (tem_dir / "manifest.csv").exists():
         write_tem_dataset(tem_dir, n_per_class=per_class, size=256, seed=seed)
@@ -134,11 +137,11 @@ def _retrieval_section(page: HtmlPage, tem_dir: Path, seed: int, per_class: int,
                    "image. scale_std: the magnification spread (std of log10) of a query's correct results.",
                    css="note")
     _result_section(page, "", result, ["precision_at_k", "map_at_k", "scale_std"])
-    page.figure(viz.figure_png(viz_retrieval.training_curves(result.extra["history"])), alt="training curves")
+    page.figure(viz.figure_png(retrieval_viz.training_curves(result.extra["history"])), alt="training curves")
     page.paragraph("Leave-one-class-out: each labelled class in turn has its labels hidden (its images stay, "
                    "unlabelled); only its queries are scored. This is retrieval of a class nobody labelled.",
                    css="note")
-    page.figure(viz.figure_png(viz_retrieval.loco_bars(result.extra["loco"], "precision_at_k", k)),
+    page.figure(viz.figure_png(retrieval_viz.loco_bars(result.extra["loco"], "precision_at_k", k)),
                 alt="leave-one-class-out bars")
 
 

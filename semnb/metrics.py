@@ -639,6 +639,22 @@ def nmi(labels_true, labels_pred) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def random_assignment_nmi(labels: np.ndarray, k: int, seed: int = 0, draws: int = 20) -> float:
+    """Mean NMI of assigning the labelled images to k clusters uniformly at random: NMI's floor here.
+
+    NMI is not zero for a random partition, and it grows with k / N (with about one image
+    per cluster any clustering gets a high NMI), so read every NMI against this.
+
+    Taught in: 06_ssl_clustering.
+    """
+    labels = np.asarray(labels)
+    labels = labels[labels >= 0]
+    if len(labels) == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([nmi(labels, rng.integers(0, k, len(labels))) for _ in range(draws)]))
+
+
 def _hits(retrieved_label_matrix, query_labels, k: int) -> np.ndarray:
     """Q x k booleans: is the j-th retrieved image of query q of the query's class?"""
     retrieved = np.asarray(retrieved_label_matrix)

@@ -1,11 +1,13 @@
-"""Figures: overlays, galleries and embedding plots. Method modules never plot; notebooks call these.
+"""Generic figures every method draws with: an image with its mask, labelled image rows, grouped bars, PNG bytes.
+
+Method modules never plot; each method package's `viz.py` builds its figures from these.
 
 Taught in: 01_sem_data (gallery, overlays); later notebooks reuse them.
 """
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,22 +27,64 @@ def show_image(ax, image: np.ndarray, mask: np.ndarray | None = None, title: str
     ax.set_axis_off()
 
 
+def image_rows(rows: Sequence[tuple[str, Sequence[int]]], draw: Callable[[object, int], None], columns: int,
+               cell: tuple[float, float] = (1.9, 1.9), label_fontsize: int = 10, rotate_labels: bool = True) -> Figure:
+    """A grid of images, one labelled row per group: `rows` = [(label, item ids)], `draw(ax, id)` draws one item.
+
+    Why one function: class galleries, cluster thumbnails and defect-crop galleries are the same
+    figure with other items; rows shorter than `columns` leave blank cells.
+    """
+    fig, axes = plt.subplots(len(rows), columns, figsize=(cell[0] * columns, cell[1] * len(rows)), squeeze=False)
+    for row, (label, items) in enumerate(rows):
+        for col in range(columns):
+            ax = axes[row, col]
+            ax.set_axis_off()
+            if col < len(items):
+                draw(ax, items[col])
+        axes[row, 0].text(-0.08, 0.5, label, transform=axes[row, 0].transAxes, rotation=90 if rotate_labels else 0,
+                          ha="right", va="center", fontsize=label_fontsize)
+    fig.tight_layout()
+    return fig
+
+
 def class_gallery(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                   class_of: Sequence[str], classes: Sequence[str], per_class: int = 4,
                   titles: Sequence[str] | None = None) -> Figure:
     """A grid with one row per class and `per_class` examples, masks outlined in red."""
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(1.9 * per_class, 1.9 * len(classes)),
-                             squeeze=False)
-    for row, cls in enumerate(classes):
-        picks = [i for i, c in enumerate(class_of) if c == cls][:per_class]
-        for col in range(per_class):
-            ax = axes[row, col]
-            ax.set_axis_off()
-            if col < len(picks):
-                i = picks[col]
-                show_image(ax, images[i], masks[i], titles[i] if titles else None)
-        axes[row, 0].text(-0.08, 0.5, cls, transform=axes[row, 0].transAxes, rotation=90,
-                          ha="right", va="center", fontsize=10)
+    rows = [(cls, [i for i, c in enumerate(class_of) if c == cls][:per_class]) for cls in classes]
+    return image_rows(rows, lambda ax, i: show_image(ax, images[i], masks[i], titles[i] if titles else None),
+                      per_class)
+
+
+def grouped_bars(values: Mapping[str, Mapping[str, float]], errors: Mapping[str, Mapping[str, float]] | None = None,
+                 ylabel: str | None = None, title: str | None = None, reference: tuple[float, str] | None = None,
+                 figsize: tuple[float, float] | None = None, legend: dict | None = None,
+                 tick_rotation: float = 0) -> Figure:
+    """Bars grouped along x: `values` = {series: {group: value}}, one colour per series, groups in first-seen
+    order; `errors` (same shape) become error bars; `reference` = (y, label) a dashed line (e.g. chance).
+
+    Why one function: method-vs-metric, method-vs-held-out-class and method-vs-surface bars are
+    the same figure. The y axis spans [0, 1]: every metric semnb plots is a fraction.
+    """
+    series = list(values)
+    groups = list(dict.fromkeys(g for s in series for g in values[s]))
+    width = 0.8 / max(1, len(series))
+    x = np.arange(len(groups))
+    fig, ax = plt.subplots(figsize=figsize or (1.6 + 1.4 * len(groups) * max(1, len(series)) / 3, 3.2))
+    for i, name in enumerate(series):
+        heights = [values[name].get(g, np.nan) for g in groups]
+        yerr = None if errors is None else np.nan_to_num([errors.get(name, {}).get(g, np.nan) for g in groups])
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, yerr=yerr, capsize=2, label=name)
+    if reference is not None:
+        ax.axhline(reference[0], color="gray", linestyle="--", linewidth=1, label=reference[1])
+    ax.set_xticks(x, groups, rotation=tick_rotation)
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(**(legend or {"fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.0, 1.0)}))
     fig.tight_layout()
     return fig
 

@@ -72,3 +72,25 @@ def tmp_images(tmp_path):
         return root
 
     return make
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on a shared 2-core CPU run several times faster on one torch thread than on two
+    spinning ones (measured); tests of small networks use this."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def no_figure_left_open():
+    """Fails a test whose code left a matplotlib figure open (explorers and figure helpers must close theirs)."""
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    yield
+    assert set(plt.get_fignums()) == before, "a matplotlib figure was left open"

@@ -32,10 +32,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from semnb.components import greedy_coreset, nearest_distance
 from semnb.errors import SemnbInputError
 from semnb.fewshot.segmentation import DEFECT, cosine
-
-_QUERY_CHUNK = 2048  # query patches per distance block
 
 
 def memory_rows(coverage: torch.Tensor, is_normal: np.ndarray) -> torch.Tensor:
@@ -47,23 +46,6 @@ def memory_rows(coverage: torch.Tensor, is_normal: np.ndarray) -> torch.Tensor:
     if bool(is_normal.any()):
         return is_normal[:, None].expand_as(coverage).clone()
     return coverage <= 0
-
-
-def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
-    """Distance [Q] of each query row [Q, d] to its nearest memory row [M, d]: Euclidean, or (1 - cos) / 2.
-
-    Taught in: 04_segmentation.
-    """
-    if memory.shape[0] == 0:
-        raise SemnbInputError("support", "holds no defect-free patch for the memory", "add defect-free support images")
-    out = []
-    for start in range(0, queries.shape[0], _QUERY_CHUNK):
-        block = queries[start:start + _QUERY_CHUNK]
-        if metric == "cosine":
-            out.append((1 - (F.normalize(block, dim=-1) @ F.normalize(memory, dim=-1).T).amax(dim=1)) / 2)
-        else:
-            out.append(torch.cdist(block, memory).amin(dim=1))
-    return torch.cat(out)
 
 
 def winclip_patch_maps(query_z: Sequence[torch.Tensor], support_z: Sequence[torch.Tensor], memory: torch.Tensor,
@@ -83,56 +65,6 @@ def winclip_patch_maps(query_z: Sequence[torch.Tensor], support_z: Sequence[torc
         return visual
     zero_shot = (logit_scale * cosine(query_z[-1], text)).softmax(dim=-1)[..., DEFECT]
     return (zero_shot + visual) / 2
-
-
-def middle_levels(num_levels: int) -> list[int]:
-    """The levels PatchCore would take: those between the first and the last (one level: itself).
-
-    Taught in: 04_segmentation.
-    """
-    inner = list(range(1, num_levels - 1))
-    return inner or [num_levels - 1]
-
-
-def locally_aware(tokens: torch.Tensor, grid: tuple[int, int], size: int = 3) -> torch.Tensor:
-    """Each patch token [B, N, d] averaged with its size x size neighbours (borders: the neighbours that exist).
-
-    Taught in: 04_segmentation.
-    """
-    b, n, d = tokens.shape
-    maps = tokens.transpose(1, 2).reshape(b, d, *grid)
-    pooled = F.avg_pool2d(maps, size, stride=1, padding=size // 2, count_include_pad=False)
-    return pooled.reshape(b, d, n).transpose(1, 2)
-
-
-def patchcore_features(patch_z: Sequence[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-    """[B, N, sum d]: the middle levels' locally aware, layer-normalised tokens, concatenated.
-
-    Taught in: 04_segmentation.
-    """
-    picked = [patch_z[j] for j in middle_levels(len(patch_z))]
-    return torch.cat([F.layer_norm(locally_aware(t, grid), t.shape[-1:]) for t in picked], dim=-1)
-
-
-def greedy_coreset(features: torch.Tensor, n_keep: int, seed: int = 0, projection_dim: int = 128) -> torch.Tensor:
-    """Indices of `n_keep` rows chosen by greedy k-center on a random projection (PatchCore's coreset).
-
-    Each step adds the row farthest from those already chosen, so the kept rows cover the memory.
-
-    Taught in: 04_segmentation.
-    """
-    m, d = features.shape
-    n_keep = int(min(max(n_keep, 1), m))
-    generator = torch.Generator().manual_seed(int(seed))
-    if d > projection_dim:
-        features = features @ (torch.randn(d, projection_dim, generator=generator) / projection_dim ** 0.5)
-    chosen = [int(torch.randint(m, (1,), generator=generator))]
-    nearest = torch.cdist(features, features[chosen]).squeeze(1)
-    for _ in range(n_keep - 1):
-        nxt = int(nearest.argmax())
-        chosen.append(nxt)
-        nearest = torch.minimum(nearest, torch.cdist(features, features[nxt:nxt + 1]).squeeze(1))
-    return torch.as_tensor(chosen)
 
 
 def patchcore_patch_maps(query_features: torch.Tensor, support_features: torch.Tensor, memory: torch.Tensor,

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semnb import metrics
+from semnb.components import image_scores, patchcore_features, upsample_and_smooth
 from semnb.data.dataset import ImageSet
 from semnb.errors import SemnbInputError
 from semnb.fewshot import baselines
@@ -48,17 +49,14 @@ from semnb.fewshot.segmentation import (
     SegmentationConfig,
     SegmentationOutput,
     SemClipSegmenter,
-    image_scores,
     mask_coverage,
     patch_features,
-    upsample_and_smooth,
 )
-from semnb.models import EncodedLevels, FeatureCache, encode_images, load_backbone
+from semnb.models import DEFAULT_BACKBONE, EncodedLevels, FeatureCache, encode_images, load_backbone
 from semnb.models.tiny_clip import TINY_NAME
 from semnb.prompts import NORMAL_KEY, class_text_embeddings, normal_defect_embeddings
 from semnb.results import EvalResult
 
-DEFAULT_BACKBONE = "efficientnet-lite0"
 DEFAULT_SHOTS = 5
 SEGMENT_METHODS = ("semclip", "winclip", "patchcore")
 CLASSIFY_METHODS = ("semclip", "linear_probe", "prototype", "defect_pooled")
@@ -125,7 +123,7 @@ class FewShotData:
         Taught in: 04_segmentation.
         """
         if self._patchcore is None:
-            self._patchcore = baselines.patchcore_features(self.levels.patch_z, self.levels.grid)
+            self._patchcore = patchcore_features(self.levels.patch_z, self.levels.grid)
         return self._patchcore
 
 

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from semnb.components import image_scores, upsample_and_smooth
 from semnb.errors import SemnbInputError
 from semnb.models.levels import EncodedLevels
 
@@ -158,34 +159,6 @@ def v_path_map(v_joint: Sequence[torch.Tensor], text: torch.Tensor, logit_scale:
             out = out + (logit_scale * (v_m - v_r).sum(dim=-1)).softmax(dim=-1)[..., DEFECT]
         total.append(out)
     return torch.cat(total)
-
-
-def upsample_and_smooth(patch_maps: torch.Tensor, grid: tuple[int, int], size: int, sigma: float = 4.0) -> torch.Tensor:
-    """Patch maps [B, h*w] or [B, h, w] -> [B, size, size]: bilinear upsampling, then a Gaussian (sigma in pixels).
-
-    Taught in: 04_segmentation.
-    """
-    maps = patch_maps.reshape(-1, 1, *grid).float()
-    maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
-    if sigma > 0:
-        radius = max(1, int(math.ceil(3 * sigma)))
-        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        maps = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
-        maps = F.conv2d(maps, kernel.view(1, 1, 1, -1))
-        maps = F.conv2d(maps, kernel.view(1, 1, -1, 1))
-    return maps[:, 0]
-
-
-def image_scores(maps: torch.Tensor, top_fraction: float = 0.01) -> torch.Tensor:
-    """Image-level defect score [B]: the mean of the top `top_fraction` of each map's pixels.
-
-    Taught in: 04_segmentation.
-    """
-    flat = maps.reshape(maps.shape[0], -1)
-    k = max(1, int(round(top_fraction * flat.shape[1])))
-    return flat.topk(k, dim=1).values.mean(dim=1)
 
 
 def mask_coverage(masks: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:

@@ -11,10 +11,11 @@ from semnb.models.feature_cache import (
     encode_images,
 )
 from semnb.models.levels import EncodedLevels
-from semnb.models.registry import DEFAULT_BACKBONE, available_weights, load_backbone
+from semnb.models.registry import DEFAULT_BACKBONE, PAPER_CLIP, available_weights, load_backbone
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "PAPER_CLIP",
     "PRECISIONS",
     "Backbone",
     "EncodedLevels",

@@ -33,8 +33,9 @@ from semnb.models.efficientnet import (
 )
 from semnb.models.tiny_clip import TINY_GROUPS, TINY_NAME, create_tiny_clip, tiny_weights_label
 
-DEFAULT_BACKBONE = f"{DEFAULT_MODEL}:{DEFAULT_TAG}"
-NAME_FORMS = (f"{TINY_NAME}, {EFFICIENTNET_NAME}, MODEL:PRETRAINED (e.g. {DEFAULT_BACKBONE}, "
+PAPER_CLIP = f"{DEFAULT_MODEL}:{DEFAULT_TAG}"  # the paper's CLIP (SEM-CLIP: ViT-B/16+ on LAION-400M)
+DEFAULT_BACKBONE = EFFICIENTNET_NAME  # what every command uses when none is named: ImageNet, works offline
+NAME_FORMS = (f"{TINY_NAME}, {EFFICIENTNET_NAME}, MODEL:PRETRAINED (e.g. {PAPER_CLIP}, "
               f"{DEFAULT_MODEL}:random for timing), MODEL:/path/to/checkpoint, clip:/path/to/checkpoint, clip")
 
 
@@ -95,6 +96,6 @@ def available_weights() -> dict[str, str]:
     return {
         TINY_NAME: "random init, for tests only (NOT CLIP)",
         EFFICIENTNET_NAME: efficientnet,
-        DEFAULT_BACKBONE: weights_status(DEFAULT_MODEL, DEFAULT_TAG),
+        PAPER_CLIP: weights_status(DEFAULT_MODEL, DEFAULT_TAG),
         CHECKPOINT_ENV: checkpoint or "unset",
     }

@@ -1,0 +1,328 @@
+"""Cluster images by morphology and score the clusters: the SSL embedding against its baselines.
+
+Every method turns the same preprocessed images into one feature vector per image; each
+feature dimension is standardised (zero mean, unit variance) so that no method wins or
+loses by the units of its features (GLCM contrast runs to hundreds, energy to hundredths),
+except raw-pixel PCA, where standardising would whiten the components and give noise
+directions the weight of the main ones. k-means (k = number of classes, fixed n_init,
+seeded) groups them. Labels are used only afterwards, to score: NMI against the labels and
+the silhouette (Euclidean) of the clusters in the space k-means saw.
+
+`evaluate_methods` runs every method on arrays; `evaluate_clustering` is `semnb eval cluster`: it
+reads an `ImageSet`, preprocesses it and returns the results contract (`EvalResult`).
+
+Taught in: 06_ssl_clustering.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from semnb import metrics
+from semnb.clustering.baselines import (
+    backbone_features,
+    glcm_features,
+    lbp_histograms,
+    pca_features,
+    wavelet_energies,
+)
+from semnb.clustering.defect_crop import (
+    LOCATOR_BACKBONE,
+    NORMAL_AND_SELF,
+    CropConfig,
+    crop_images,
+    locate_defects,
+    window_hits,
+)
+from semnb.clustering.kmeans import UNSCALED_METHODS, kmeans_clusters, score_clusters
+from semnb.clustering.ssl import (
+    PAPER_IMAGE_SIZE,
+    SSLConfig,
+    SSLRun,
+    create_model,
+    embed,
+    prepare_images,
+    train_ssl,
+)
+from semnb.data.preprocess import crop_border, detect_banner
+from semnb.errors import SemnbInputError
+from semnb.models import DEFAULT_BACKBONE, PAPER_CLIP, available_weights, load_backbone
+from semnb.models.tiny_clip import TINY_NAME
+from semnb.results import EvalResult
+
+METHODS = ("ssl", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip", "ssl_untrained")
+"""The paper's method first, then its baselines, then a control: the same encoder with its random
+initial weights (seeded), untrained. When the control scores like `ssl`, training taught the
+encoder nothing the clustering can use."""
+IMAGENET_BACKBONE = DEFAULT_BACKBONE  # the ImageNet CNN
+IMAGENET_SIZE = 224
+CROPS = (None, "defect")  # what evaluate_clustering clusters: whole images, or windows around the located defect
+# ---------------------------------------------------------------- features per method
+
+
+@dataclass
+class FeatureSpec:
+    """How one method makes features: `extract(images, seed)`, whether the seed matters, what it loaded."""
+
+    extract: Callable[[np.ndarray, int], np.ndarray]
+    seeded: bool
+    backbone: str = ""
+    weights: str = ""
+
+
+def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress: bool = False,
+                   warnings: list[str] | None = None) -> dict[str, FeatureSpec]:
+    """Feature extractors of the baselines in `methods` (everything but "ssl" and "ssl_untrained").
+
+    "imagenet" loads `efficientnet-lite0`; "clip" loads `backbone` when it names a CLIP
+    model, else the default CLIP when its weights are on this machine. When "clip" was not
+    asked for by name (`methods` is the default list) and no weights exist, it is left out
+    with a note in `warnings` instead of failing; a random model is never called CLIP.
+
+    Taught in: 06_ssl_clustering.
+    """
+    specs: dict[str, FeatureSpec] = {}
+    simple = {"glcm": glcm_features, "lbp": lbp_histograms, "wavelet": wavelet_energies}
+    for method in methods:
+        if method in simple:
+            specs[method] = FeatureSpec(lambda x, seed, f=simple[method]: f(x, progress=progress), seeded=False)
+        elif method == "pca":
+            specs[method] = FeatureSpec(lambda x, seed: pca_features(x, seed=seed), seeded=True)
+        elif method == "imagenet":
+            net = load_backbone(IMAGENET_BACKBONE, image_size=IMAGENET_SIZE)
+            specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
+                                        seeded=False, backbone=net.name, weights=net.weights)
+        elif method == "clip":
+            name = backbone if backbone not in (None, "", IMAGENET_BACKBONE) else PAPER_CLIP
+            if name == PAPER_CLIP and not available_weights()[PAPER_CLIP].startswith("found"):
+                note = f"clip: left out, no CLIP weights on this machine ({available_weights()[PAPER_CLIP]})"
+                if warnings is None:
+                    raise SemnbInputError("--methods clip", "no CLIP weights on this machine",
+                                          "give --backbone MODEL:/path/to/checkpoint or clip:/path/to/checkpoint")
+                warnings.append(note)
+                continue
+            net = load_backbone(name, image_size=224 if name == TINY_NAME else None)
+            if name == TINY_NAME and warnings is not None:
+                warnings.append("clip: semnb-tiny has random weights, NOT CLIP; its row is for tests only")
+            specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
+                                        seeded=False, backbone=net.name, weights=net.weights)
+        elif method not in ("ssl", "ssl_untrained"):
+            raise SemnbInputError("--methods", f"unknown method {method!r}", f"use some of {', '.join(METHODS)}")
+    return specs
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class ClusterEvaluation:
+    """Everything one evaluation made: the results contract plus what the notebook plots.
+
+    `features` and `clusters` hold, per method, the features and k-means clusters of the
+    first seed; `ssl_run` is that seed's trained model and history.
+    """
+
+    result: EvalResult
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    clusters: dict[str, np.ndarray] = field(default_factory=dict)
+    ssl_run: SSLRun | None = None
+
+
+def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                     methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,), k: int | None = None,
+                     ssl_config: SSLConfig | None = None, backbone: str | None = None, data: str = "arrays",
+                     progress: bool = True) -> ClusterEvaluation:
+    """Features, k-means and scores for every method on preprocessed images [N, S, S] (`prepare_images`).
+
+    For each seed: the SSL model is trained with that seed (`ssl_config.seed` is replaced)
+    and every method's k-means uses it; deterministic features (GLCM, LBP, wavelet, frozen
+    networks) are computed once. Results are means over seeds with `<metric>_std`.
+    `methods=None` runs all of `METHODS`, leaving out "clip" without weights.
+
+    Taught in: 06_ssl_clustering.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) != len(images):
+        raise SemnbInputError("labels", f"{len(labels)} labels for {len(images)} images", "give one label per image")
+    requested = list(METHODS if methods is None else methods)
+    if not requested:
+        raise SemnbInputError("--methods", "is empty", f"use some of {', '.join(METHODS)}")
+    if not seeds:
+        raise SemnbInputError("--seeds", "no seed given", "write e.g. --seeds 0,1,2")
+    k = _number_of_clusters(labels, k)
+    warnings: list[str] = []
+    load_start = time.perf_counter()
+    specs = baseline_specs(requested, backbone, progress, warnings if methods is None else None)
+    load_s = time.perf_counter() - load_start
+    order = [m for m in requested if m in ("ssl", "ssl_untrained") or m in specs]
+    ssl_config = ssl_config or SSLConfig()
+    timing: dict[str, float] = {m: 0.0 for m in order}
+    per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in order}
+    first_features: dict[str, np.ndarray] = {}
+    first_clusters: dict[str, np.ndarray] = {}
+    first_run: SSLRun | None = None
+    fixed: dict[str, np.ndarray] = {}  # features that do not depend on the seed, computed once
+    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
+        for method in order:
+            start = time.perf_counter()
+            if method == "ssl":
+                run = train_ssl(images, replace(ssl_config, seed=int(seed)), progress=progress)
+                features = embed(run.model, images, channels_last=ssl_config.channels_last)
+                first_run = first_run or run
+            elif method == "ssl_untrained":
+                features = embed(create_model(replace(ssl_config, seed=int(seed))), images,
+                                 channels_last=ssl_config.channels_last)
+            elif specs[method].seeded or method not in fixed:
+                features = fixed[method] = specs[method].extract(images, seed)
+            else:
+                features = fixed[method]
+            standardized = method not in UNSCALED_METHODS
+            clusters = kmeans_clusters(features, k, seed, standardized=standardized)
+            per_seed[method].append(score_clusters(features, clusters, labels, standardized))
+            timing[method] += time.perf_counter() - start
+            first_features.setdefault(method, features)
+            first_clusters.setdefault(method, clusters)
+    frozen = [m for m in order if m in specs and specs[m].backbone]
+    result = EvalResult(
+        task="cluster", data=data,
+        backbone=", ".join(f"{m}: {specs[m].backbone}" for m in frozen) or "none",
+        weights=", ".join(f"{m}: {specs[m].weights}" for m in frozen) or "none",
+        precision=ssl_config.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(images),
+        results={m: metrics.mean_std_over_seeds(per_seed[m]) for m in order},
+        timing={"load_models_s": round(load_s, 3), **{f"{m}_s": round(t, 3) for m, t in timing.items()}},
+        warnings=warnings,
+        extra={"k": k, "class_names": list(class_names), "image_size": int(images.shape[-1]),
+               "n_labelled": int((labels >= 0).sum()),
+               "nmi_random_assignment": metrics.random_assignment_nmi(labels, k)},
+    )
+    if first_run is not None:
+        result.timing["ssl_train_images_per_s"] = round(first_run.history.images_per_second, 2)
+        result.extra["ssl"] = _ssl_summary(first_run)
+    return ClusterEvaluation(result, images, labels, list(class_names), first_features, first_clusters, first_run)
+
+
+def evaluate_clustering(dataset, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+                 epochs: int = 15, image_size: int = PAPER_IMAGE_SIZE, k: int | None = None,
+                 backbone: str | None = None, border: int = 0, banner: int | str = "auto",
+                 threads: int | None = None, crop: str | None = None, crop_config: CropConfig | None = None,
+                 ssl_augment: bool = False, progress: bool = True) -> ClusterEvaluation:
+    """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
+
+    In the MVTec layout only the test split is clustered: train/ holds defect-free images
+    only and would make that class dominate. Unlabelled images are clustered but not scored.
+    `crop="defect"` clusters, for every method, a window around each image's most anomalous
+    place instead of the whole image (`semnb.defect_crop`; the train/ defect-free images, when
+    there are any, are the locator's normal memory); `extra["crop"]` says how the windows were
+    found and how often they hold the true defect, where masks exist. `ssl_augment=True` trains
+    the SSL encoder on randomly augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's).
+
+    Taught in: 06_ssl_clustering (the CLI runs the same function).
+    """
+    if crop not in CROPS:
+        raise SemnbInputError("--crop", f"got {crop!r}", "leave it out (whole images) or use --crop defect")
+    notes = []
+    test = [i for i, split in enumerate(dataset.splits) if split == "test"]
+    reference = [i for i in range(len(dataset)) if dataset.splits[i] == "train" and dataset.is_normal[i]]
+    if dataset.layout == "mvtec" and 0 < len(test) < len(dataset):
+        notes.append(f"mvtec layout: clustered the {len(test)} test images only (train/ holds defect-free images only)")
+        reference_set, dataset = dataset.subset(reference), dataset.subset(test)
+    else:
+        reference_set = dataset.subset([])  # normal images among those clustered would place crops by label
+    crop_extra = None
+    if crop == "defect":
+        source, crop_extra = _defect_crops(dataset, reference_set, border, banner, crop_config, progress)
+        notes.append(crop_extra.pop("note"))
+        border, banner = 0, 0  # already cut before locating
+    else:
+        source = _LazyImages(dataset)
+    start = time.perf_counter()
+    images = prepare_images(source, size=image_size, border=border, banner=banner, progress=progress)
+    preprocess_s = time.perf_counter() - start
+    evaluation = evaluate_methods(images, dataset.labels, dataset.class_names, methods=methods, seeds=seeds, k=k,
+                                  ssl_config=SSLConfig(epochs=epochs, threads=threads, augment_levels=ssl_augment),
+                                  backbone=backbone, data=str(dataset.root), progress=progress)
+    evaluation.result.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.result.timing}
+    evaluation.result.warnings[:0] = notes
+    if crop_extra is not None:
+        evaluation.result.timing = {"locate_defects_s": crop_extra.pop("locate_s"), **evaluation.result.timing}
+        evaluation.result.extra["crop"] = crop_extra
+    return evaluation
+
+
+def _defect_crops(dataset, reference_set, border: int, banner: int | str, config: CropConfig | None,
+                  progress: bool) -> tuple[list[np.ndarray], dict]:
+    """Border- and banner-cut images cropped around their located defect, and the record of how (see evaluate_clustering)."""
+    config = config or CropConfig()
+    tick = time.perf_counter()
+    images, masks = [], []
+    for i in tqdm(range(len(dataset)), desc="cut borders", disable=not progress):
+        image, mask = _cut(dataset.image(i), dataset.mask(i), border, banner)
+        images.append(image)
+        masks.append(mask)
+    normal = [_cut(reference_set.image(i), None, border, banner)[0] for i in range(len(reference_set))]
+    found = locate_defects(images, normal, config, progress=progress)
+    hits = window_hits(found.windows, masks)
+    side = found.windows[:, 2] - found.windows[:, 0]
+    own = f"the image's own patches beyond {config.exclude_radius} grid steps"
+    how = (f"PatchCore-style distance to the nearest of the {found.memory_patches} patches of {len(normal)} "
+           f"defect-free train/ images and {own}" if found.reference == NORMAL_AND_SELF else
+           f"self-referential distance, to {own} (no defect-free train/ images)")
+    note = (f"crop=defect: every method clustered a {side.min()}-{side.max()} px window ({config.fraction:g} of the "
+            f"shorter side) around each image's most anomalous place, not the whole image; located by {how}, "
+            f"{LOCATOR_BACKBONE} at {config.encode_size} px")
+    extra = {"mode": "defect", "reference": found.reference, "n_normal_images": len(normal),
+             "memory_patches": found.memory_patches, "locator_backbone": LOCATOR_BACKBONE,
+             "config": asdict(config), "windows": found.windows.tolist(), **hits,
+             "locate_s": round(time.perf_counter() - tick, 3), "note": note}
+    return crop_images(images, found.windows), extra
+
+
+def _cut(image: np.ndarray, mask: np.ndarray | None, border: int, banner: int | str):
+    """Image and mask with the same banner rows and border cut off (the banner is found on the image)."""
+    rows = detect_banner(image) if banner == "auto" else banner
+    return (crop_border(image, border, rows),
+            None if mask is None else crop_border(mask.astype(np.float32), border, rows) > 0.5)
+
+
+class _LazyImages(Sequence):
+    """The images of an ImageSet, read one at a time (a whole set of large images may not fit in memory)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < len(self.dataset):
+            raise IndexError(i)
+        return self.dataset.image(i)
+
+
+def _number_of_clusters(labels: np.ndarray, k: int | None) -> int:
+    if k is not None:
+        if not 2 <= k <= len(labels):
+            raise SemnbInputError("--k", f"got {k} for {len(labels)} images", "use 2 <= k <= number of images")
+        return int(k)
+    classes = np.unique(labels[labels >= 0])
+    if len(classes) < 2:
+        raise SemnbInputError("--k", f"the data have {len(classes)} labelled classes, so k cannot be taken from them",
+                              "pass --k (number of clusters) or use a labelled data set")
+    return len(classes)
+
+
+def _ssl_summary(run: SSLRun) -> dict:
+    """The first seed's training curve and settings, for the JSON record."""
+    h, c = run.history, run.config
+    return {"epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "channels_last": c.channels_last,
+            "threads": c.threads, "augment_levels": c.augment_levels, "loss": [round(v, 5) for v in h.loss],
+            "std_projection": [round(v, 5) for v in h.std_projection],
+            "std_embedding": [round(v, 5) for v in h.std_embedding],
+            "healthy_std": round(1 / float(np.sqrt(c.embedding_dim)), 5)}

@@ -1,0 +1,338 @@
+"""STM defects from k labelled examples: a few-shot pixel map and a few-shot defect classifier.
+
+- `fewshot_pixel_map`: a per-pixel classifier (logistic regression on `pixel_features`:
+  multi-scale filter features of the scan and of its lattice residual, oriented by the
+  contrast of the labelled defects) trained on k labelled defects of the scan and the
+  lattice around them (`sample_pixel_support`), applied to the rest of the scan; returns
+  defect log-odds.
+- `defect_crops` + `PrototypeClassifier`: classify each detected defect by its nearest class
+  prototype (mean embedding of the k labelled crops per class, each crop seen in all 8
+  rotations/reflections). Crops are cut in units of the lattice period, so surfaces imaged at
+  other scales look alike. The embedding is either the crop itself (z-scored) or a small
+  prototypical network (`ProtoNet`, Snell et al. 2017) trained episodically with
+  `train_protonet` on synthetic surfaces; adapting to a new surface needs only its k labels.
+
+Taught in: 08_stm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage.feature import multiscale_basic_features
+from skimage.measure import label
+
+from semnb.components import torch_threads
+from semnb.errors import SemnbInputError
+from semnb.stm.lattice import _check_scan
+
+# ---------------------------------------------------------------------------------------------
+# Few-shot pixel map: k labelled defects of the scan -> a defect probability for every pixel
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PixelSupport:
+    """The labelled part of a scan: `defect` pixels (inside the k labelled defects), `lattice`
+    pixels (the ring around them that the annotator saw was clean) and `region` (both, plus
+    whatever else the annotator looked at); everything outside `region` is the query."""
+
+    defect: np.ndarray
+    lattice: np.ndarray
+    region: np.ndarray
+    component_ids: np.ndarray
+
+
+def sample_pixel_support(mask: np.ndarray, shots: int, seed: int, ring: float = 12.0,
+                         min_area: int = 4) -> PixelSupport:
+    """Draw `shots` labelled defects (connected components of `mask`) and their lattice ring.
+
+    Why a ring: a person who outlines a defect also tells where it ends, so the pixels
+    within `ring` pixels around it that are not defect are labelled lattice. Components
+    smaller than `min_area` pixels (specks) are not drawn. Same seed, same support.
+
+    Taught in: 08_stm.
+    """
+    mask = np.asarray(mask, bool)
+    components = label(mask, connectivity=2)
+    sizes = np.bincount(components.ravel())
+    eligible = np.flatnonzero(sizes >= min_area)
+    eligible = eligible[eligible > 0]
+    if len(eligible) < shots:
+        raise SemnbInputError("--shots", f"the mask has {len(eligible)} defects of >= {min_area} pixels, "
+                              f"fewer than the {shots} shots asked for", "lower --shots")
+    picked = np.sort(np.random.default_rng(seed).choice(eligible, size=shots, replace=False))
+    defect = np.isin(components, picked)
+    region = ndimage.distance_transform_edt(~defect) <= ring
+    return PixelSupport(defect=defect, lattice=region & ~mask, region=region, component_ids=picked)
+
+
+def support_polarity(residual: np.ndarray, support: PixelSupport) -> str:
+    """The contrast of the labelled defects: "bright" when the labelled defects whose median
+    residual is positive hold at least 80% of the labelled defect pixels, "dark" when those
+    with a negative median do, else "both".
+
+    Why by pixels: an annotator's mask also holds small dim specks; a few of them should not
+    overrule the large, clearly bright (or dark) defects.
+
+    Taught in: 08_stm.
+    """
+    components = label(support.defect, connectivity=2)
+    index = np.arange(1, components.max() + 1)
+    medians = np.atleast_1d(ndimage.median(residual, labels=components, index=index))
+    sizes = np.atleast_1d(ndimage.sum(np.ones_like(residual), labels=components, index=index))
+    bright = sizes[medians > 0].sum() / sizes.sum()
+    return "bright" if bright >= 0.8 else "dark" if bright <= 0.2 else "both"
+
+
+def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float, polarity: str = "both") -> np.ndarray:
+    """Per-pixel features (HxWxF) for the few-shot map: intensity, gradient and Hessian
+    features (skimage multiscale_basic_features, 5 scales from 0.5 px to half a period) of
+    the scan and of its lattice residual oriented by `polarity` (r for "bright", -r for
+    "dark", |r| for "both"; `support_polarity` reads it off the labelled defects).
+
+    Why oriented: a linear model fitted on bright defects only extrapolates a dark defect
+    to "even less defect than lattice"; with |r| all deviations point the same way, and
+    when the labels show one contrast the sign carries real information.
+
+    Taught in: 08_stm.
+    """
+    z, r = _check_scan(scan), _check_scan(residual)
+    if polarity not in ("bright", "dark", "both"):
+        raise SemnbInputError("polarity", f"got {polarity!r}", "use bright, dark or both")
+    oriented = r if polarity == "bright" else -r if polarity == "dark" else np.abs(r)
+    sigma_max = max(period / 2.0, 1.0)
+
+    def features(image):
+        return multiscale_basic_features(image, sigma_min=0.5, sigma_max=sigma_max, num_sigma=5, channel_axis=None)
+
+    return np.concatenate([features(z), features(oriented)], axis=-1).astype(np.float32)
+
+
+def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0) -> np.ndarray:
+    """Defect log-odds for every pixel from a logistic regression trained on the support.
+
+    Log-odds, not probabilities: far from the support the probabilities saturate at exactly
+    0 or 1, and the ties would blur the ranking that AUROC and F1-max measure.
+
+    Why logistic regression: with one to five labelled defects (a few hundred pixels) a
+    linear model on standardised filter features is hard to over-fit and is fitted in well
+    under a second. Classes are weighted to balance; L2 strength C=0.1.
+
+    Taught in: 08_stm.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if features.shape[:2] != support.defect.shape:
+        raise SemnbInputError("features", f"shape {features.shape[:2]} differs from the support's {support.defect.shape}",
+                              "compute features and support on the same scan")
+    if not support.defect.any() or not support.lattice.any():
+        raise SemnbInputError("support", "needs both defect and lattice pixels", "label at least one defect")
+    x = np.concatenate([features[support.defect], features[support.lattice]])
+    y = np.concatenate([np.ones(int(support.defect.sum())), np.zeros(int(support.lattice.sum()))])
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=1000,
+                                                               random_state=seed))
+    model.fit(x, y)
+    h, w, f = features.shape
+    return model.decision_function(features.reshape(-1, f)).reshape(h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Few-shot defect classification: crops, embeddings, prototypes
+# ---------------------------------------------------------------------------------------------
+
+CROP_SIZE = 24
+"""Crops are resampled to CROP_SIZE x CROP_SIZE pixels."""
+
+CROP_EXTENT = 3.0
+"""A crop spans this many lattice periods, whatever the pixel size of the scan."""
+
+
+def defect_crops(scan: np.ndarray, residual: np.ndarray, centres, period: float,
+                 size: int = CROP_SIZE, extent: float = CROP_EXTENT) -> np.ndarray:
+    """Crops around defect centres, N x 2 x size x size: channel 0 the scan's local detail
+    (scan minus its Gaussian blur at one period), channel 1 the lattice residual.
+
+    Why in units of the period: Si imaged at 10 px per row and TiO2 at 32 px per row then
+    give crops of the same physical extent, which is what lets one embedding serve both.
+    Bilinear sampling; outside the scan the nearest edge value is repeated.
+
+    Taught in: 08_stm.
+    """
+    z, r = _check_scan(scan), _check_scan(residual)
+    if z.shape != r.shape:
+        raise SemnbInputError("residual", f"shape {r.shape} differs from the scan's {z.shape}", "pass the scan's own residual")
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+    detail = z - ndimage.gaussian_filter(z, period)
+    grid = (np.arange(size) - (size - 1) / 2.0) * (extent * period / size)
+    gy, gx = np.meshgrid(grid, grid, indexing="ij")
+    crops = np.empty((len(centres), 2, size, size), np.float32)
+    for i, (x, y) in enumerate(centres):
+        coords = [y + gy, x + gx]
+        crops[i, 0] = ndimage.map_coordinates(detail, coords, order=1, mode="nearest")
+        crops[i, 1] = ndimage.map_coordinates(r, coords, order=1, mode="nearest")
+    return crops
+
+
+def dihedral(crops: np.ndarray) -> np.ndarray:
+    """The 8 rotations/reflections of each crop: N x ... -> 8 x N x ... (identity first).
+
+    Taught in: 08_stm.
+    """
+    views = []
+    for flip in (False, True):
+        base = crops[..., ::-1] if flip else crops
+        for k in range(4):
+            views.append(np.rot90(base, k=k, axes=(-2, -1)))
+    return np.stack(views).copy()
+
+
+def flatten_embedding(crops: np.ndarray) -> np.ndarray:
+    """The crop itself as the embedding (each channel z-scored over the crop): the no-training
+    baseline for prototypes.
+
+    Taught in: 08_stm.
+    """
+    x = np.asarray(crops, np.float64)
+    mean = x.mean(axis=(-2, -1), keepdims=True)
+    std = x.std(axis=(-2, -1), keepdims=True)
+    return ((x - mean) / np.where(std > 0, std, 1.0)).reshape(len(x), -1)
+
+
+class PrototypeClassifier:
+    """Nearest class prototype (Snell et al. 2017): a class is the mean embedding of its
+    labelled crops, each seen in all 8 rotations/reflections; a query goes to the nearest
+    prototype (squared Euclidean distance), with softmax(-d^2) as class probabilities.
+
+    `embed` maps N x 2 x S x S crops to N x D; `flatten_embedding` or a trained
+    `ProtoNet.embed`.
+
+    Taught in: 08_stm.
+    """
+
+    def __init__(self, embed=flatten_embedding):
+        self.embed = embed
+        self.classes_: np.ndarray | None = None
+        self.prototypes_: np.ndarray | None = None
+
+    def fit(self, crops: np.ndarray, labels) -> PrototypeClassifier:
+        labels = np.asarray(labels)
+        if len(crops) != len(labels) or len(labels) == 0:
+            raise SemnbInputError("labels", f"{len(labels)} labels for {len(crops)} crops", "pass one label per support crop")
+        views = dihedral(np.asarray(crops))
+        embedded = self.embed(views.reshape(-1, *views.shape[2:])).reshape(8, len(labels), -1)
+        self.classes_ = np.unique(labels)
+        self.prototypes_ = np.stack([embedded[:, labels == c].reshape(-1, embedded.shape[-1]).mean(0)
+                                     for c in self.classes_])
+        return self
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        if self.prototypes_ is None:
+            raise SemnbInputError("PrototypeClassifier", "is not fitted", "call fit(support_crops, labels) first")
+        embedded = self.embed(np.asarray(crops))
+        d2 = ((embedded[:, None, :] - self.prototypes_[None]) ** 2).sum(-1)
+        logits = -(d2 - d2.min(axis=1, keepdims=True))
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(crops), axis=1)]
+
+
+class ProtoNet:
+    """A small prototypical network (Snell et al., NeurIPS 2017) for defect crops.
+
+    Four blocks of 3x3 convolution (32 channels), batch norm and ReLU, the first three
+    followed by 2x2 max pooling, map a 2 x 24 x 24 crop (each channel z-scored) to a
+    32 x 3 x 3 = 288-d embedding. Trained episodically by
+    `train_protonet`: each episode is a small few-shot task, so the network learns an
+    embedding in which class means separate classes it has never seen, such as the defects
+    of a new surface. Use `embed` inside a `PrototypeClassifier`.
+
+    Taught in: 08_stm.
+    """
+
+    def __init__(self, seed: int = 0):
+        import torch
+        from torch import nn
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(*block(2, 32), *block(32, 32), *block(32, 32), *block(32, 32)[:-1], nn.Flatten())
+
+    def tensor(self, crops: np.ndarray):
+        """Crops as a float tensor, each channel of each crop z-scored (as `flatten_embedding`)."""
+        import torch
+
+        x = np.asarray(crops, np.float32)
+        mean = x.mean(axis=(-2, -1), keepdims=True)
+        std = x.std(axis=(-2, -1), keepdims=True)
+        return torch.from_numpy((x - mean) / np.where(std > 0, std, 1.0))
+
+    def embed(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+        import torch
+
+        self.net.eval()
+        with torch.no_grad(), torch_threads(1):
+            parts = [self.net(self.tensor(crops[i:i + batch])).numpy() for i in range(0, len(crops), batch)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 288))
+
+
+def train_protonet(crops: np.ndarray, labels, episodes: int = 300, n_way: int = 4, max_shots: int = 5,
+                   n_query: int = 5, seed: int = 0, progress: bool = False) -> ProtoNet:
+    """Train a `ProtoNet` episodically on labelled crops (e.g. the defects of two surfaces).
+
+    Each episode draws `n_way` classes (labels should name the surface too, e.g.
+    "si001:adatom", so that classes of different surfaces stay apart), 1..`max_shots` support
+    and up to `n_query` query crops per class, each in a random rotation/reflection; the
+    loss is the cross-entropy of softmax(-squared distance to the class means) on the
+    queries (Snell et al. 2017). Adam, learning rate 1e-3. Same seed, same network.
+
+    Taught in: 08_stm.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    usable = classes[counts >= 2]
+    if len(usable) < 2:
+        raise SemnbInputError("labels", "fewer than two classes with two or more crops",
+                              "train on more labelled defects (at least two classes, two crops each)")
+    n_way = min(n_way, len(usable))
+    rng = np.random.default_rng(seed)
+    model = ProtoNet(seed)
+    optimiser = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+    views = dihedral(np.asarray(crops, np.float32))  # 8 x N x 2 x S x S
+    with torch.random.fork_rng(devices=[]), torch_threads(1):
+        torch.manual_seed(seed)
+        model.net.train()
+        for _ in tqdm(range(episodes), desc="protonet episodes", disable=not progress):
+            way = rng.choice(usable, size=n_way, replace=False)
+            shots = int(rng.integers(1, max_shots + 1))
+            support, query, query_target = [], [], []
+            for target, cls in enumerate(way):
+                members = rng.permutation(np.flatnonzero(labels == cls))
+                k = min(shots, len(members) - 1)
+                picked = members[:k + n_query]
+                chosen = views[rng.integers(0, 8, size=len(picked)), picked]
+                support.append(chosen[:k])
+                query.append(chosen[k:])
+                query_target += [target] * (len(picked) - k)
+            embedded = model.net(model.tensor(np.concatenate(support + query)))
+            n_support = sum(len(s) for s in support)
+            sizes = [len(s) for s in support]
+            prototypes = torch.stack([part.mean(0) for part in torch.split(embedded[:n_support], sizes)])
+            distances = torch.cdist(embedded[n_support:], prototypes) ** 2
+            loss = torch.nn.functional.cross_entropy(-distances, torch.as_tensor(query_target))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+    model.net.eval()
+    return model

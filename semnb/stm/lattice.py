@@ -1,0 +1,364 @@
+"""STM defects without labels: the lattice, its residual, the unsupervised defect map, the defect list.
+
+A crystal surface repeats itself: the height at x equals the height at x + t for every
+lattice translation t. So the surface a pixel should show can be predicted from the same
+pixel in neighbouring unit cells, and a defect is where the scan disagrees with that
+prediction:
+
+1. `estimate_lattice` finds the lattice translations as the strongest peaks of the scan's
+   autocorrelation (computed by FFT, refined to sub-pixel), whatever the surface: rows,
+   dimers, c(4x2) zig-zags or two rotated domains (their common translations win).
+2. `lattice_residual`: the scan minus the median of the scan shifted by those translations
+   (a local lattice template). The median ignores a neighbour cell that holds a defect.
+3. `unsupervised_defect_map`: the residual, smoothed over a tenth of a period and expressed in
+   robust z units. Its sign says bright or dark; `polarity="auto"` keeps one sign when the
+   scan's deviations are clearly one-sided and |residual| otherwise. Step edges
+   (`step_edges`) are found first; each terrace is brought to one level
+   (`level_terraces`) so that templates fit across steps, and the step pixels themselves
+   are neutralised in the map.
+4. `detect_defects` / `defect_list`: threshold, connected components
+   (skimage.measure.label) and their centres and areas (skimage.measure.regionprops), as
+   a table.
+
+Taught in: 08_stm.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from skimage.measure import label, regionprops
+
+from semnb.errors import SemnbInputError
+from semnb.stm.preprocess import MAD_TO_STD
+
+# ---------------------------------------------------------------------------------------------
+# The lattice
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lattice:
+    """Translations (dx, dy in pixels, sub-pixel) that map the scan's lattice onto itself.
+
+    `correlation[i]` is the normalised autocorrelation at translation i (1 = perfect copy);
+    `period` is the scan's dominant period (`dominant_period`), the length scale used to
+    smooth maps and to cut crops (for Ge(001) it can be half the row spacing; it is
+    consistent from scan to scan of one surface, which is what the crops need).
+    """
+
+    translations: np.ndarray
+    correlation: np.ndarray
+    period: float
+
+
+def estimate_lattice(scan: np.ndarray, max_translations: int = 16, reach: float = 3.0) -> Lattice:
+    """Find the lattice translations from the autocorrelation of the scan's lattice detail.
+
+    Why the autocorrelation (not Fourier peaks): its peaks are translations that really map
+    the scan onto itself, so a c(4x2) zig-zag or two domains rotated by 90 degrees (whose
+    common translations correlate best) need no knowledge of the surface.
+
+    Steps: `dominant_period` p0 sets the scale; the scan is band-passed at that scale and
+    clipped (`_lattice_detail`); a lag counts as a candidate when it lies between 0.4*p0
+    and `reach`*p0 and the autocorrelation dips by at least 0.25 on the straight path from
+    zero lag to it (so merely smooth directions, e.g. along a featureless row, do not count).
+    Candidates are taken greedily by correlation minus a small length penalty (0.05 per p0:
+    on a row ridge the nearest point wins), each in a +/- pair, suppressing lags within
+    0.5*p0 of one already taken, until `max_translations`.
+
+    Taught in: 08_stm.
+    """
+    z = _check_scan(scan)
+    h, w = z.shape
+    p0 = dominant_period(z)
+    acf = _autocorrelation(_lattice_detail(z, p0))
+    limit = min(reach * p0, min(h, w) / 2.0 - 2)
+    cy, cx = h // 2, w // 2
+    dy, dx = np.mgrid[-cy:h - cy, -cx:w - cx]
+    distance = np.hypot(dx, dy)
+    candidate = (distance >= 0.4 * p0) & (distance <= limit) & (_valley_depth(acf, limit) >= 0.25) & (acf > 0)
+    if not candidate.any():
+        raise SemnbInputError("scan", "no lattice found (no autocorrelation peak stands out of its surroundings)",
+                              "pass a scan that shows at least a few unit cells of the surface")
+    ys, xs = np.nonzero(candidate)
+    score = acf[ys, xs] - 0.05 * distance[ys, xs] / p0
+    chosen: list[tuple[float, float]] = []
+    values: list[float] = []
+    for i in np.argsort(-score, kind="stable"):
+        if len(chosen) + 2 > max_translations:
+            break
+        lag = (xs[i] - cx, ys[i] - cy)
+        if any(np.hypot(lag[0] - a, lag[1] - b) < 0.5 * p0 for a, b in chosen):
+            continue
+        ty, tx = _refine_peak(acf, ys[i], xs[i])
+        chosen += [(tx - cx, ty - cy), (cx - tx, cy - ty)]
+        values += [float(acf[ys[i], xs[i]])] * 2
+    translations = np.array(chosen, dtype=np.float64)
+    return Lattice(translations=translations, correlation=np.array(values), period=p0)
+
+
+def _valley_depth(acf: np.ndarray, limit: float) -> np.ndarray:
+    """For each lag: its autocorrelation minus the lowest value on the straight path from zero lag.
+
+    Computed on a polar grid (a running minimum outwards along 720 rays) and looked up per pixel.
+    """
+    h, w = acf.shape
+    cy, cx = h // 2, w // 2
+    radii = np.arange(0.0, limit + 1.0, 0.5)
+    angles = np.linspace(0.0, 2 * np.pi, 720, endpoint=False)
+    rr, aa = np.meshgrid(radii, angles)
+    polar = ndimage.map_coordinates(acf, [cy + rr * np.sin(aa), cx + rr * np.cos(aa)], order=1, mode="nearest")
+    lowest = np.minimum.accumulate(polar, axis=1)
+    dy, dx = np.mgrid[-cy:h - cy, -cx:w - cx]
+    ray = np.round(np.mod(np.arctan2(dy, dx), 2 * np.pi) / (2 * np.pi) * 720).astype(int) % 720
+    step = np.minimum(np.round(np.hypot(dx, dy) / 0.5).astype(int), len(radii) - 1)
+    return acf - lowest[ray, step]
+
+
+def dominant_period(scan: np.ndarray) -> float:
+    """The strongest lattice period of the scan (pixels), from its power spectrum.
+
+    Why not simply the highest peak: step edges, the slow background and the tip-change line
+    put power on streaks through zero frequency that fall off smoothly with |f|, whereas a
+    lattice puts it on sharp spots. Each frequency is scored by its power times its radial
+    contrast (its power over the mean power at 0.6 and 1.6 times its radius, same direction),
+    so a spot beats a streak. Periods from 4 pixels to a quarter of the smaller side count.
+    When a spot at half that frequency scores at least 20% of the best (the two lobes of a Si
+    dimer row make a strong harmonic of the row spacing), that one is taken.
+
+    Taught in: 08_stm.
+    """
+    z = _check_scan(scan)
+    h, w = z.shape
+    window = np.outer(np.hanning(h), np.hanning(w))
+    spectrum = np.fft.fft2((z - ndimage.gaussian_filter(z, min(h, w) / 16.0)) * window)
+    power = ndimage.gaussian_filter(np.fft.fftshift(np.abs(spectrum) ** 2), 0.7)
+    cy, cx = h // 2, w // 2
+    fy, fx = np.meshgrid((np.arange(h) - cy) / h, (np.arange(w) - cx) / w, indexing="ij")
+    radius = np.hypot(fx, fy)
+
+    def power_at(scale):
+        return ndimage.map_coordinates(power, [cy + scale * fy * h, cx + scale * fx * w], order=1, cval=0.0)
+
+    contrast = power / (0.5 * (power_at(0.6) + power_at(1.6)) + 1e-12 * power.max())
+    score = np.where((radius >= 4.0 / min(h, w)) & (radius <= 0.25), power * contrast, 0.0)
+    best = np.unravel_index(np.argmax(score), score.shape)
+    # the best spot may be a harmonic (two lobes per Si dimer row, dimers at half the row
+    # spacing): prefer a strong spot at half the frequency, so scans agree on the scale
+    half = (np.abs(radius - radius[best] / 2) <= 0.15 * radius[best] / 2) & (score >= 0.2 * score[best])
+    if half.any():
+        best = np.unravel_index(np.argmax(np.where(half, score, 0.0)), score.shape)
+    return float(1.0 / radius[best])
+
+
+def _lattice_detail(z: np.ndarray, period: float) -> np.ndarray:
+    """The scan band-passed at the lattice scale (negative Laplacian of Gaussian, sigma a
+    quarter period), clipped at 2.5 robust standard deviations: terraces, step edges and
+    defects are minorities that cannot dominate the autocorrelation."""
+    detail = -ndimage.gaussian_laplace(z, max(0.25 * period, 0.7))
+    detail = detail - np.median(detail)
+    spread = MAD_TO_STD * np.median(np.abs(detail))
+    return np.clip(detail, -2.5 * spread, 2.5 * spread) if spread > 0 else detail
+
+
+def _autocorrelation(image: np.ndarray) -> np.ndarray:
+    """Normalised circular-free autocorrelation, zero lag at the array centre, 1 at zero lag."""
+    h, w = image.shape
+    padded = np.zeros((2 * h, 2 * w))
+    padded[:h, :w] = image - image.mean()
+    spectrum = np.fft.rfft2(padded)
+    full = np.fft.irfft2(spectrum * np.conj(spectrum), s=padded.shape)
+    # overlap counts: each lag averages over the pixels the two copies share
+    ones = np.zeros_like(padded)
+    ones[:h, :w] = 1.0
+    o = np.fft.rfft2(ones)
+    overlap = np.fft.irfft2(o * np.conj(o), s=padded.shape)
+    full = np.fft.fftshift(full / np.maximum(overlap, 1.0))
+    full = full[h - h // 2:h - h // 2 + h, w - w // 2:w - w // 2 + w]
+    return full / full[h // 2, w // 2]
+
+
+def _refine_peak(acf: np.ndarray, y: int, x: int) -> tuple[float, float]:
+    """Sub-pixel peak position by a parabola through the peak and its two neighbours, per axis."""
+    h, w = acf.shape
+
+    def offset(minus, centre, plus):
+        curvature = minus - 2 * centre + plus
+        return 0.0 if curvature >= 0 else float(np.clip(0.5 * (minus - plus) / curvature, -0.5, 0.5))
+
+    oy = offset(acf[y - 1, x], acf[y, x], acf[y + 1, x]) if 0 < y < h - 1 else 0.0
+    ox = offset(acf[y, x - 1], acf[y, x], acf[y, x + 1]) if 0 < x < w - 1 else 0.0
+    return y + oy, x + ox
+
+
+def lattice_residual(scan: np.ndarray, lattice: Lattice) -> np.ndarray:
+    """The scan minus its lattice template: the median of the scan shifted by each translation.
+
+    Why the median: in a neighbour cell that holds another defect the shifted copy is wrong,
+    and the median ignores such minorities. Copies shifted past the border are left out.
+
+    Taught in: 08_stm.
+    """
+    z = _check_scan(scan)
+    h, w = z.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    copies = np.empty((len(lattice.translations), h, w))
+    for i, (tx, ty) in enumerate(lattice.translations):
+        copies[i] = ndimage.map_coordinates(z, [ys + ty, xs + tx], order=1, mode="constant", cval=np.nan)
+    with warnings.catch_warnings():  # pixels whose every copy falls outside: kept as they are below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        template = np.nanmedian(copies, axis=0) if np.isnan(copies).any() else np.median(copies, axis=0)
+    template = np.where(np.isnan(template), z, template)
+    return z - template
+
+
+# ---------------------------------------------------------------------------------------------
+# Unsupervised defect map and defect list
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DefectMap:
+    """The unsupervised result: `score` (HxW, robust z units, high = defect), the signed
+    `residual`, the `lattice` it used, the `polarity` it chose ("bright", "dark", "both")
+    and `steps`, the step-edge pixels whose score was neutralised."""
+
+    score: np.ndarray
+    residual: np.ndarray
+    lattice: Lattice
+    polarity: str
+    steps: np.ndarray
+
+
+def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: Lattice | None = None,
+                            smooth: float = 0.1) -> DefectMap:
+    """Defect score per pixel from the deviation from the periodic lattice, with no labels.
+
+    `scan` should be preprocessed (`semnb.stm_preprocess.preprocess_scan`). The residual is
+    smoothed by a Gaussian of `smooth` lattice periods and divided by its robust spread
+    (1.4826 * MAD). polarity: "bright" scores protrusions, "dark" depressions, "both" |z|;
+    "auto" keeps one side when it has 4 times as many pixels beyond 3 robust standard
+    deviations as the other side and 50 times as many beyond 6 (the scan's defects are then
+    all of that contrast, e.g. adsorbates on TiO2), else "both" (e.g. Si with adatoms and
+    vacancies). A heuristic: pass the polarity when you know it.
+    Pixels on step edges (`step_edges`) get the map's median score.
+
+    Taught in: 08_stm.
+    """
+    if polarity not in ("auto", "bright", "dark", "both"):
+        raise SemnbInputError("polarity", f"got {polarity!r}", "use auto, bright, dark or both")
+    z = _check_scan(scan)
+    steps = step_edges(z, dominant_period(z) if lattice is None else lattice.period)
+    z = level_terraces(z, steps)
+    lattice = estimate_lattice(z) if lattice is None else lattice
+    residual = lattice_residual(z, lattice)
+    smoothed = ndimage.gaussian_filter(residual, max(smooth * lattice.period, 0.5))
+    centred = smoothed - np.median(smoothed)
+    spread = MAD_TO_STD * np.median(np.abs(centred))
+    zres = centred / spread if spread > 0 else centred
+    if polarity == "auto":
+        polarity = _one_sided(zres) or _one_sided(-zres, "dark") or "both"
+    score = zres if polarity == "bright" else -zres if polarity == "dark" else np.abs(zres)
+    score = np.where(steps, np.median(score), score)
+    return DefectMap(score=score, residual=residual, lattice=lattice, polarity=polarity, steps=steps)
+
+
+def _one_sided(zres: np.ndarray, name: str = "bright") -> str | None:
+    """`name` when this side dominates: 4x the pixels beyond 3 robust std and 50x beyond 6."""
+    moderate, strong = np.mean(zres > 3.0), np.mean(zres > 6.0)
+    other_moderate, other_strong = np.mean(zres < -3.0), np.mean(zres < -6.0)
+    return name if moderate > 4.0 * other_moderate and strong > 50.0 * other_strong else None
+
+
+def level_terraces(scan: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Subtract from each terrace (a connected region between step edges) its median height;
+    step pixels take the level of the nearest terrace.
+
+    Why: the lattice template of a pixel near a step borrows copies from the next terrace,
+    one step height away; with every terrace at the same level those copies fit again.
+
+    Taught in: 08_stm.
+    """
+    z = _check_scan(scan)
+    if not steps.any():
+        return z
+    terraces = label(~steps, connectivity=1)
+    if terraces.max() == 0:
+        return z
+    levels = ndimage.median(z, labels=terraces, index=np.arange(1, terraces.max() + 1))
+    nearest = ndimage.distance_transform_edt(terraces == 0, return_distances=False, return_indices=True)
+    owner = terraces[nearest[0], nearest[1]]
+    return z - np.asarray(levels)[owner - 1]
+
+
+def step_edges(scan: np.ndarray, period: float, threshold: float = 3.0, min_length: float = 6.0) -> np.ndarray:
+    """Pixels on or next to a step edge between terraces (bool HxW).
+
+    Why: across a step the shifted copies of the lattice template come from another
+    terrace, so the residual lights up along every step although nothing is wrong there.
+    A step is where the scan, smoothed over one period (which averages the lattice away),
+    changes height steeply along a long line: the Gaussian gradient magnitude at sigma =
+    one period above `threshold` robust standard deviations, in connected regions at least
+    `min_length` periods long (a point defect makes a short ring, a step crosses the scan).
+    Defects sitting on a step are lost with it.
+
+    Taught in: 08_stm.
+    """
+    z = _check_scan(scan)
+    gradient = ndimage.gaussian_gradient_magnitude(z, max(period, 1.0))
+    centred = gradient - np.median(gradient)
+    spread = MAD_TO_STD * np.median(np.abs(centred))
+    if spread == 0:
+        return np.zeros(z.shape, bool)
+    regions = label(centred > threshold * spread, connectivity=2)
+    long = [r.label for r in regionprops(regions) if r.axis_major_length >= min_length * period]
+    return np.isin(regions, long)
+
+
+def defect_list(binary: np.ndarray, min_area: int = 1) -> pd.DataFrame:
+    """Connected components of a defect mask as a table: one row per defect.
+
+    Columns: defect_id (1..n, the component label), x and y (centroid column and row, in
+    pixels), area (pixels), bbox (min_row, min_col, max_row, max_col) as four columns.
+    Components smaller than `min_area` pixels are dropped (noise specks). 8-connected.
+
+    Taught in: 08_stm.
+    """
+    mask = np.asarray(binary)
+    if mask.ndim != 2:
+        raise SemnbInputError("binary", f"expected a 2-D mask, got shape {mask.shape}", "pass one HxW boolean mask")
+    labels = label(mask.astype(bool), connectivity=2)
+    rows = []
+    for region in regionprops(labels):
+        if region.area < min_area:
+            continue
+        y, x = region.centroid
+        r0, c0, r1, c1 = region.bbox
+        rows.append({"defect_id": region.label, "x": float(x), "y": float(y), "area": int(region.area),
+                     "min_row": r0, "min_col": c0, "max_row": r1, "max_col": c1})
+    return pd.DataFrame(rows, columns=["defect_id", "x", "y", "area", "min_row", "min_col", "max_row", "max_col"])
+
+
+def detect_defects(defect_map: DefectMap, threshold: float = 4.0, min_area_cells: float = 0.05) -> pd.DataFrame:
+    """The defect list of an unsupervised map: pixels with score > `threshold` (robust z),
+    components of at least `min_area_cells` unit cells (period**2).
+
+    Taught in: 08_stm.
+    """
+    min_area = max(1, int(round(min_area_cells * defect_map.lattice.period**2)))
+    return defect_list(defect_map.score > threshold, min_area=min_area)
+
+
+def _check_scan(scan) -> np.ndarray:
+    arr = np.asarray(scan)
+    if arr.ndim != 2 or min(arr.shape) < 8:
+        raise SemnbInputError("scan", f"expected a 2-D topograph of at least 8x8, got shape {arr.shape}",
+                              "pass one HxW scan")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise SemnbInputError("scan", "contains NaN or infinite values", "fill or crop the bad pixels first")
+    return arr

@@ -1,0 +1,172 @@
+"""k-means and scores per method, `evaluate_methods`, and `semnb eval cluster` end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import normalized_mutual_info_score, silhouette_score
+
+from semnb import metrics
+from semnb.cli import main
+from semnb.clustering.evaluate import METHODS, baseline_specs, evaluate_clustering, evaluate_methods
+from semnb.clustering.kmeans import kmeans_clusters, score_clusters, standardize
+from semnb.clustering.ssl import SSLConfig
+from semnb.data import load_dataset
+from semnb.errors import SemnbInputError
+from semnb.metrics import random_assignment_nmi
+
+
+def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 5]])
+    labels = np.repeat([0, 1, 2], 15)
+    return centres[labels] + rng.normal(0, 0.5, (45, 3)), labels
+
+
+def _two_morphologies(n: int = 16, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Stripes (label 0) and dots (label 1), noisy."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    images, labels = [], []
+    for i in range(n):
+        if i % 2:
+            base = 0.5 + 0.4 * np.sin(2 * np.pi * yy / 6)
+        else:
+            base = 0.2 + 0.6 * ((yy % 8 < 3) & (xx % 8 < 3))
+        images.append(np.clip(base + rng.normal(0, 0.05, (size, size)), 0, 1))
+        labels.append(1 - i % 2)
+    return np.asarray(images, np.float32), np.asarray(labels)
+
+
+def test_standardize_gives_zero_mean_unit_variance_and_zeros_for_constant_columns():
+    x = np.column_stack([np.arange(5.0), np.full(5, 3.0), 100 * np.arange(5.0)])
+    z = standardize(x)
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(z.std(axis=0), [1, 0, 1], atol=1e-12)
+    np.testing.assert_allclose(z[:, 0], z[:, 2])  # units no longer matter
+
+
+def test_kmeans_finds_separated_blobs_and_scores_match_scikit_learn():
+    features, labels = _blobs()
+    clusters = kmeans_clusters(features, 3, seed=0)
+    np.testing.assert_array_equal(clusters, kmeans_clusters(features, 3, seed=0))
+    scores = score_clusters(features, clusters, labels)
+    assert scores["nmi"] == pytest.approx(1.0)
+    assert scores["silhouette"] == pytest.approx(silhouette_score(standardize(features), clusters), abs=1e-9)
+    assert scores["silhouette"] > 0.8
+
+
+def test_unlabelled_images_are_clustered_but_not_scored_by_nmi():
+    features, labels = _blobs()
+    clusters = kmeans_clusters(features, 3)
+    partly = labels.copy()
+    partly[:5] = -1
+    scores = score_clusters(features, clusters, partly)
+    assert scores["nmi"] == pytest.approx(normalized_mutual_info_score(labels[5:], clusters[5:]))
+    assert np.isnan(score_clusters(features, clusters, np.full(45, -1))["nmi"])
+
+
+def test_nmi_of_a_random_assignment_is_small_for_few_clusters_and_grows_with_k():
+    labels = np.repeat(np.arange(4), 25)
+    few, many = random_assignment_nmi(labels, 4), random_assignment_nmi(labels, 50)
+    assert 0 <= few < 0.1 < many < 1
+    assert few == random_assignment_nmi(labels, 4)  # seeded
+
+
+def test_evaluate_methods_runs_every_method_in_order_and_is_reproducible():
+    images, labels = _two_morphologies(12)
+    methods = ["ssl", "glcm", "lbp", "wavelet", "pca", "ssl_untrained"]
+    config = SSLConfig(epochs=2, batch_size=6, threads=1)
+    first = evaluate_methods(images, labels, ["dots", "stripes"], methods=methods, seeds=(0, 1),
+                             ssl_config=config, progress=False)
+    result = first.result
+    assert list(result.results) == methods and result.task == "cluster" and result.seeds == [0, 1]
+    assert result.extra["k"] == 2 and result.n_images == 12
+    for scores in result.results.values():
+        assert -1 <= scores["silhouette"] <= 1 and 0 <= scores["nmi"] <= 1
+        assert {"silhouette_std", "nmi_std"} <= set(scores)
+    assert result.results["glcm"]["nmi"] == pytest.approx(1.0)  # stripes and dots differ in texture
+    assert first.features["glcm"].shape == (12, 15) and first.clusters["ssl"].shape == (12,)
+    assert len(first.ssl_run.history.loss) == 2
+    assert result.timing["ssl_train_images_per_s"] > 0 and "pca_s" in result.timing
+    again = evaluate_methods(images, labels, ["dots", "stripes"], methods=methods, seeds=(0, 1),
+                             ssl_config=config, progress=False)
+    assert again.result.results == result.results
+
+
+def test_pca_is_clustered_as_it_is_and_the_other_features_standardised():
+    images, labels = _two_morphologies(12)
+    single = evaluate_methods(images, labels, ["dots", "stripes"], methods=["pca", "lbp"], progress=False)
+    scores = single.result.results
+    assert scores["pca"]["silhouette"] == pytest.approx(
+        metrics.silhouette(single.features["pca"], single.clusters["pca"]))
+    assert scores["lbp"]["silhouette"] == pytest.approx(
+        metrics.silhouette(standardize(single.features["lbp"]), single.clusters["lbp"]))
+
+
+def test_clip_is_left_out_without_weights_unless_asked_for_by_name(monkeypatch):
+    import semnb.models
+
+    monkeypatch.setattr(semnb.models, "available_weights",
+                        lambda: {semnb.models.PAPER_CLIP: "missing: not in the local caches"})
+    notes: list[str] = []
+    assert "clip" not in baseline_specs(["glcm", "clip"], warnings=notes)
+    assert notes and "no CLIP weights" in notes[0]
+    with pytest.raises(SemnbInputError, match="clip"):
+        baseline_specs(["clip"], warnings=None)
+    with pytest.raises(SemnbInputError, match="--methods"):
+        baseline_specs(["sift"])
+
+
+def test_imagenet_baseline_uses_the_offline_efficientnet():
+    spec = baseline_specs(["imagenet"])["imagenet"]
+    assert spec.backbone == "efficientnet-lite0" and "ImageNet" in spec.weights
+    features = spec.extract(_two_morphologies(2, 32)[0], 0)
+    assert features.shape == (2, 1280) and np.isfinite(features).all()
+
+
+def test_eval_cluster_command_writes_the_results_contract(tmp_images, tmp_path):
+    root = tmp_images("folders", {"good": 5, "crack": 5}, size=40)
+    out = tmp_path / "cluster.json"
+    args = ["eval", "cluster", "--data", str(root), "--image-size", "32", "--epochs", "1", "--seeds", "0",
+            "--methods", "ssl,glcm,wavelet", "--json", str(out)]
+    run = CliRunner().invoke(main, args)
+    assert run.exit_code == 0, run.output
+    record = json.loads(out.read_text())
+    assert record["task"] == "cluster" and list(record["results"]) == ["ssl", "glcm", "wavelet"]
+    assert record["n_images"] == 10 and record["k"] == 2 and record["image_size"] == 32
+    assert set(record["results"]["ssl"]) >= {"silhouette", "nmi"}
+    assert record["timing"]["ssl_s"] > 0 and len(record["ssl"]["loss"]) == 1
+    assert "random assignment" in run.output
+
+
+@pytest.mark.parametrize("extra, option", [(["--image-size", "30"], "--image-size"),
+                                           (["--methods", "sift"], "--methods"),
+                                           (["--k", "99"], "--k")])
+def test_eval_cluster_bad_options_fail_with_one_line_naming_the_option(tmp_images, extra, option):
+    root = tmp_images("folders", {"good": 3, "crack": 3}, size=32)
+    run = CliRunner().invoke(main, ["eval", "cluster", "--data", str(root), "--epochs", "1", "--seeds", "0",
+                                    "--methods", "glcm", *extra])
+    assert run.exit_code == 2
+    assert option in run.output
+
+
+def test_mvtec_sets_are_clustered_on_their_test_split(tmp_images):
+    dataset = load_dataset(tmp_images("mvtec", {"good": 4, "crack": 4}, size=32), layout="mvtec")
+    evaluation = evaluate_clustering(dataset, methods=["glcm"], image_size=32, progress=False)
+    assert evaluation.result.n_images == 8 and "test images only" in evaluation.result.warnings[0]
+
+
+def test_methods_list_starts_with_the_paper_and_ends_with_the_control():
+    assert METHODS[0] == "ssl" and METHODS[-1] == "ssl_untrained"
+
+
+@pytest.mark.shared_data
+def test_magnetic_tile_classes_become_the_number_of_clusters(shared_data):
+    dataset = load_dataset(shared_data / "magnetic_tile", layout="folders", normal_class="free")
+    picks = np.concatenate([np.flatnonzero(dataset.labels == c)[:3] for c in range(len(dataset.class_names))])
+    evaluation = evaluate_clustering(dataset.subset(picks), methods=["glcm", "lbp"], image_size=64, progress=False)
+    assert evaluation.result.extra["k"] == len(dataset.class_names) == 6
+    assert evaluation.result.n_images == 18

@@ -1,0 +1,319 @@
+"""Retrieval training pieces (mining, standardising, decoder, schedule, determinism) and the eval protocol.
+
+Training tests use `semnb-tiny` (a random 4-layer CNN) on 32-px images so the file stays fast.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from pytorch_metric_learning.losses import TripletMarginLoss
+
+import semnb.retrieval.evaluate as retrieval_eval
+from semnb.cli import main
+from semnb.data import load_dataset
+from semnb.data.synth_tem import write_tem_dataset
+from semnb.errors import SemnbInputError
+from semnb.retrieval.embedding import (
+    LABEL_METHODS,
+    METHODS,
+    MirrorDecoder,
+    RetrievalConfig,
+    Standardize,
+    augment,
+    build_view_bank,
+    embedding_distances,
+    load_split_backbone,
+    mine_semihard,
+    mirror_levels,
+    phase_schedule,
+    train_embedding,
+)
+from semnb.retrieval.evaluate import (
+    evaluate_retrieval,
+    retrieval_scores,
+    split_collection,
+    withhold_class,
+)
+
+SIZE = 32
+TINY_CONFIG = RetrievalConfig(image_size=SIZE, epochs=2, views=2, dims=16, batch_size=16, per_class=4)
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ------------------------------------------------------------------ semi-hard mining
+
+
+def _at_angles(degrees):
+    radians = np.deg2rad(degrees)
+    return torch.tensor(np.stack([np.cos(radians), np.sin(radians)], axis=1), dtype=torch.float32)
+
+
+def test_semihard_miner_on_a_hand_made_example():
+    # unit vectors at these angles; chord distance d = 2 sin(angle/2); margin 0.3
+    emb = _at_angles([0, 20, 30, 90, 25])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    a, p, n = mine_semihard(emb, labels, margin=0.3)
+    picks = {(int(x), int(y)): int(z) for x, y, z in zip(a, p, n)}
+    # (0,1): d_ap=0.347; negatives 2 (0.518) and 4 (0.433) are semi-hard, 3 (1.414) is too far: closest semi-hard is 4
+    assert picks[(0, 1)] == 4
+    # (1,0): d_ap=0.347; 2 (0.174) and 4 (0.087) are harder than the positive, 3 (1.147) beyond the margin:
+    # no semi-hard negative, so the closest negative of all, 4
+    assert picks[(1, 0)] == 4
+    # (2,3): d_ap=1.0, window (1.0, 1.3) is empty (0: 0.518, 1: 0.174, 4: 0.087): closest negative, 4
+    assert picks[(2, 3)] == 4
+    assert len(picks) == 4  # two ordered pairs per two-image class; the singleton class has none
+
+
+def _brute_force_semihard(emb: np.ndarray, labels: np.ndarray, margin: float):
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    out = []
+    for a in range(len(labels)):
+        for p in range(len(labels)):
+            if a == p or labels[a] != labels[p]:
+                continue
+            d_ap = np.linalg.norm(unit[a] - unit[p])
+            negatives = [n for n in range(len(labels)) if labels[n] != labels[a]]
+            if not negatives:
+                continue
+            d = {n: np.linalg.norm(unit[a] - unit[n]) for n in negatives}
+            semi = [n for n in negatives if d_ap < d[n] < d_ap + margin]
+            pool = semi if semi else negatives
+            out.append((a, p, min(pool, key=lambda n: d[n])))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_semihard_miner_matches_a_brute_force_reference(seed):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(24, 8)).astype(np.float32)
+    labels = rng.integers(0, 4, 24)
+    a, p, n = mine_semihard(torch.from_numpy(emb), torch.from_numpy(labels), margin=0.4)
+    mined = sorted(zip(a.tolist(), p.tolist(), n.tolist()))
+    assert mined == _brute_force_semihard(emb, labels, 0.4)
+
+
+def test_triplet_loss_on_mined_triplets_is_the_hinge_averaged_over_active_triplets():
+    rng = np.random.default_rng(3)
+    emb = torch.from_numpy(rng.normal(size=(16, 6)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 3, 16))
+    triplets = mine_semihard(emb, labels, 0.2)
+    loss = TripletMarginLoss(margin=0.2, distance=__import__("pytorch_metric_learning.distances",
+                                                                fromlist=["LpDistance"]).LpDistance(normalize_embeddings=True))
+    value = float(loss(emb, labels, indices_tuple=triplets))
+    d = embedding_distances(emb)
+    hinge = torch.relu(d[triplets[0], triplets[1]] - d[triplets[0], triplets[2]] + 0.2)
+    assert value == pytest.approx(float(hinge[hinge > 0].mean()), rel=1e-5)
+
+
+# ------------------------------------------------------------------ model pieces
+
+
+def test_standardising_layer_gives_zero_mean_unit_std_per_embedding():
+    z = torch.randn(7, 32) * torch.linspace(0.1, 30, 7)[:, None] + torch.linspace(-5, 5, 7)[:, None]
+    out = Standardize()(z)
+    assert torch.allclose(out.mean(dim=1), torch.zeros(7), atol=1e-5)
+    assert torch.allclose(out.std(dim=1, unbiased=False), torch.ones(7), atol=1e-4)
+    assert torch.allclose(Standardize()(z[2:3]), out[2:3])  # alone or in a batch: the same vector
+
+
+def test_decoder_mirrors_the_backbone_resolutions_back_to_the_input_size():
+    backbone = load_split_backbone("semnb-tiny")
+    levels = mirror_levels(backbone, 64)
+    assert levels == [(32, 8), (16, 16), (8, 32), (4, 64)]
+    decoder = MirrorDecoder(levels, 64, 64)
+    with torch.no_grad():
+        out = decoder(backbone(torch.rand(2, 1, 64, 64)))
+    assert out.shape == (2, 1, 64, 64) and float(out.min()) >= 0 and float(out.max()) <= 1
+    widths = [m.out_channels for m in decoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert widths == [64, 32, 16, 8, 1]
+
+
+def test_efficientnet_split_equals_the_whole_network():
+    from semnb.models.efficientnet import MEAN, STD, create_efficientnet_lite0
+    from semnb.models.pixels import normalize
+
+    split = load_split_backbone("efficientnet-lite0", tuned_blocks=3).eval()
+    whole, _ = create_efficientnet_lite0()
+    gray = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(split(gray), whole.extract_features(normalize(gray, MEAN, STD)), atol=1e-4)
+    assert "ImageNet" in split.weights
+
+
+def test_clip_backbones_are_refused_with_a_fix():
+    with pytest.raises(SemnbInputError, match="--backbone"):
+        load_split_backbone("ViT-B-16:openai")
+
+
+def test_augment_without_shift_or_zoom_is_identity_or_a_mirror():
+    gray = torch.rand(6, 1, 16, 16)
+    out = augment(gray, torch.Generator().manual_seed(0), max_shift=0.0, scale_range=(1.0, 1.0))
+    for original, moved in zip(gray, out):
+        same, mirrored = torch.allclose(moved, original, atol=1e-5), torch.allclose(moved, original.flip(-1), atol=1e-5)
+        assert same or mirrored
+    again = augment(gray, torch.Generator().manual_seed(0))
+    assert torch.equal(again, augment(gray, torch.Generator().manual_seed(0)))
+
+
+def test_phase_schedule_warms_up_then_alternates():
+    assert phase_schedule("ours", 7, 3) == ["classifier"] * 3 + ["triplet", "autoencoder", "triplet", "autoencoder"]
+    assert phase_schedule("siamese", 2, 1) == ["triplet", "triplet"]
+    assert phase_schedule("autoencoder", 2, 1) == ["autoencoder"] * 2
+    assert phase_schedule("classifier", 2, 1) == ["classifier"] * 2
+    assert phase_schedule("frozen", 5, 1) == []
+    with pytest.raises(SemnbInputError):
+        phase_schedule("pca", 2, 1)
+
+
+# ------------------------------------------------------------------ training
+
+
+def _toy_images(n_per_class=6, seed=0):
+    """Three labelled stripe classes and unlabelled blobs, 32 px."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
+    patterns = [np.sin(12 * yy), np.sin(12 * xx), np.sin(9 * (xx + yy)), np.exp(-((xx - .5) ** 2 + (yy - .5) ** 2) * 20)]
+    images, labels = [], []
+    for cls, pattern in enumerate(patterns):
+        for _ in range(n_per_class):
+            img = 0.5 + 0.3 * np.roll(pattern, rng.integers(0, SIZE), axis=1) + rng.normal(0, 0.05, (SIZE, SIZE))
+            images.append(np.clip(img, 0, 1).astype(np.float32))
+            labels.append(cls if cls < 3 else -1)
+    return np.stack(images), np.array(labels)
+
+
+def _train(method, seed, images, labels):
+    backbone = load_split_backbone("semnb-tiny")
+    bank = build_view_bank(backbone, images, SIZE, TINY_CONFIG.views, seed, TINY_CONFIG)
+    return train_embedding(method, backbone, bank, labels, TINY_CONFIG, seed), bank
+
+
+def test_training_is_deterministic_and_keeps_the_frozen_layers():
+    images, labels = _toy_images()
+    first, bank = _train("ours", 0, images, labels)
+    second, _ = _train("ours", 0, images, labels)
+    other, _ = _train("ours", 1, images, labels)
+    a, b, c = (t.encode_frozen(bank.clean) for t in (first, second, other))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert [h["phase"] for h in first.history] == ["classifier", "triplet"]
+    assert all(math.isfinite(h["loss"]) for h in first.history)
+
+    untouched = load_split_backbone("semnb-tiny")
+    for trained_p, fresh_p in zip(first.backbone.frozen.parameters(), untouched.frozen.parameters()):
+        assert torch.equal(trained_p, fresh_p)
+    assert any(not torch.equal(t, f) for t, f in zip(first.backbone.tuned.parameters(), untouched.tuned.parameters()))
+
+
+def test_encoding_a_new_image_matches_the_stored_embedding():
+    images, labels = _toy_images()
+    trained, bank = _train("siamese", 0, images, labels)
+    stored = trained.encode_frozen(bank.clean)
+    fresh = trained.encode(images[[4, 9]])  # e.g. a query from outside: goes through every layer
+    assert np.allclose(fresh, stored[[4, 9]], atol=1e-5)
+    assert fresh.shape == (2, TINY_CONFIG.dims)
+
+
+def test_label_methods_refuse_data_without_two_labelled_classes():
+    images, labels = _toy_images()
+    only_one = np.where(labels == 0, 0, -1)
+    with pytest.raises(SemnbInputError, match="labelled"):
+        _train("siamese", 0, images, only_one)
+    assert _train("autoencoder", 0, images, only_one)[0].history  # the autoencoder needs no labels
+
+
+# ------------------------------------------------------------------ evaluation protocol
+
+
+def test_split_keeps_queries_out_of_training_and_unlabelled_in_both():
+    labels = np.array([0] * 10 + [1] * 6 + [-1] * 5 + [2] * 1)
+    split = split_collection(labels, 0.5, seed=0, shots=2)
+    assert not set(split.train) & set(split.queries)
+    assert set(split.queries) <= set(split.gallery)
+    unlabelled = set(np.flatnonzero(labels == -1))
+    assert unlabelled <= set(split.train) and unlabelled <= set(split.gallery)
+    assert 21 not in split.queries and 21 not in split.train  # a single-image class cannot be split
+    for cls in (0, 1):
+        assert np.sum(split.train_labels == cls) == 2  # shots
+        assert np.all(labels[split.train][split.train_labels == cls] == cls)
+    assert np.array_equal(split_collection(labels, 0.5, seed=0).queries, split_collection(labels, 0.5, seed=0).queries)
+    hidden = withhold_class(split, 1)
+    assert 1 not in hidden.train_labels and np.array_equal(hidden.train, split.train)
+
+
+def test_scale_std_is_averaged_over_queries_with_two_correct_results():
+    retrieved = np.array([[1, 1, 2, 1], [2, 0, 0, 2]])
+    mags = np.array([[1e4, 1e5, 1e6, 1e6], [1e4, 1e4, 1e5, 1e6]])
+    scores = retrieval_scores(retrieved, mags, np.array([1, 2]), k=4)
+    # query 0: correct at 1e4, 1e5, 1e6 -> std of (4, 5, 6) = 1; query 1: 1e4 and 1e6 -> std of (4, 6) = sqrt(2)
+    assert scores["scale_std"] == pytest.approx((1 + math.sqrt(2)) / 2)
+    assert scores["precision_at_k"] == pytest.approx((3 / 4 + 2 / 4) / 2)
+
+
+@pytest.fixture(scope="module")
+def tem_folder(tmp_path_factory):
+    return write_tem_dataset(tmp_path_factory.mktemp("tem"), n_per_class=4, size=SIZE, seed=0)
+
+
+def test_leave_one_class_out_withholds_the_class_labels(tem_folder, monkeypatch):
+    calls = []
+    real = retrieval_eval.train_embedding
+
+    def spy(method, backbone, bank, labels, config, seed=0, progress=False):
+        calls.append((method, np.array(labels)))
+        return real(method, backbone, bank, labels, config, seed, progress)
+
+    monkeypatch.setattr(retrieval_eval, "train_embedding", spy)
+    images = load_dataset(tem_folder)
+    config = RetrievalConfig(image_size=SIZE, epochs=2, views=1, dims=8, batch_size=8, per_class=2)
+    result = evaluate_retrieval(images, "semnb-tiny", methods=("ours", "frozen"), k=3, seeds=(0,), config=config, loco=True)
+
+    n_classes = len(images.class_names)
+    ours = [labels for method, labels in calls if method == "ours"]
+    assert len(ours) == 1 + n_classes  # the main run, then one run per held-out class
+    main_labels = ours[0]
+    for cls, labels in zip(range(n_classes), ours[1:]):
+        assert cls not in labels  # its labels are hidden ...
+        assert len(labels) == len(main_labels)  # ... but its images still train (unlabelled)
+        assert set(np.unique(labels[labels >= 0])) == set(range(n_classes)) - {cls}
+    assert sum(method == "frozen" for method, _ in calls) == 1  # label-free: not retrained
+    assert list(result.extra["loco"]["ours"]) == [*images.class_names, "mean"]
+
+
+def test_evaluate_retrieval_contract(tem_folder, tmp_path):
+    images = load_dataset(tem_folder)
+    config = RetrievalConfig(image_size=SIZE, epochs=2, views=1, dims=8, batch_size=8, per_class=2)
+    result = evaluate_retrieval(images, "semnb-tiny", k=3, seeds=(0, 1), config=config)
+    assert list(result.results) == list(METHODS)
+    for values in result.results.values():
+        for metric in ("precision_at_k", "map_at_k"):
+            assert 0 <= values[metric] <= 1 and f"{metric}_std" in values
+        assert values["scale_std"] >= 0 or math.isnan(values["scale_std"])
+    assert result.task == "retrieve" and "NOT ImageNet" in result.weights and result.seeds == [0, 1]
+    path = result.write(tmp_path / "r.json")
+
+    def no_nan(token):
+        raise AssertionError(f"non-JSON number {token}")
+
+    data = json.loads(path.read_text(), parse_constant=no_nan)
+    assert data["k"] == 3 and set(data["results"]) == set(METHODS)
+    assert set(LABEL_METHODS) <= set(data["history"])
+
+
+def test_cli_retrieve_writes_json_and_rejects_a_bad_k(tem_folder, tmp_path):
+    runner = CliRunner()
+    common = ["eval", "retrieve", "--data", str(tem_folder), "--backbone", "semnb-tiny", "--seeds", "0",
+              "--epochs", "1", "--image-size", str(SIZE)]
+    ok = runner.invoke(main, [*common, "--k", "3", "--json", str(tmp_path / "out.json")])
+    assert ok.exit_code == 0, ok.output
+    assert "ours" in ok.output and json.loads((tmp_path / "out.json").read_text())["task"] == "retrieve"
+    bad = runner.invoke(main, [*common, "--k", "500"])
+    assert bad.exit_code == 2
+    assert "--k" in bad.output and "Fix" in bad.output
