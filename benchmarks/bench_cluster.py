@@ -11,7 +11,7 @@ Part 1 (quality): the same preprocessed images go through every method and the s
 the NMI of the clusters against the synthetic *background* pattern (lines, contacts, routing,
 film): a method that clusters by background rather than by defect scores high there. With
 `--crop defect` every method sees a window (1/4 of the side) around each image's most
-anomalous place instead (`semnb.defect_crop`, 20 defect-free train images as the normal
+anomalous place instead (`semnb.clustering.defect_crop`, 20 defect-free train images as the normal
 memory), and it also prints how often the window holds the true defect (the hit rate).
 `--ssl-augment` trains the SSL encoder on randomly augmented pyramid levels (not the paper's).
 
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from semnb import metrics
-from semnb.clustering.defect_crop import crop_images, crop_window, locate_defects, window_hits
+from semnb.clustering.defect_crop import crop_images, crop_window, locate_defects
 from semnb.clustering.evaluate import evaluate_methods
 from semnb.clustering.ssl import SSLConfig, prepare_images, train_ssl
 from semnb.data.preprocess import crop_border
@@ -59,7 +59,7 @@ def synthetic_images(n_per_class: int, size: int, seed: int, crop: str | None = 
              for s in samples]
     start = time.perf_counter()
     found = locate_defects(cut, [crop_border(s.image / 255.0, 0, s.banner_rows) for s in normal])
-    hits = window_hits(found.windows, masks)
+    hits = metrics.window_hit_rate(found.windows, masks)
     print(f"defect windows ({found.reference}, located in {time.perf_counter() - start:.0f} s): hold a defect "
           f"pixel in {hits['hit_rate']:.3f} of {hits['n_scored']} defect images, {hits['covered']:.3f} of its "
           "pixels on average")

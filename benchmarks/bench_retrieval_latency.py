@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 import torch
 
+from semnb import metrics
 from semnb.data.synth_tem import ALL_CLASSES, generate_tem_image
 from semnb.retrieval.embedding import (
     EmbeddingNet,
@@ -101,7 +102,7 @@ def query_latency(sizes: list[int], dims: int, n_queries: int, k: int, kinds: li
             single_ms, batch_ms, ids = time_queries(index, queries, k)
             if kind == "exact":
                 truth = ids
-            recall = float(np.mean([len(set(t) & set(f)) / k for t, f in zip(truth, ids)]))
+            recall = metrics.neighbor_recall(truth, ids)
             rows.append({"n": n, "kind": kind, "build_s": build_s, "single_ms": single_ms, "batch_ms": batch_ms,
                          "expanded_ms": 2 * single_ms, f"recall_at_{k}": recall})
             print(f"N={n:>9,d} {kind:>5}: build {build_s:7.2f} s | single query {single_ms:8.3f} ms "

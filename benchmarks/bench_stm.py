@@ -30,10 +30,10 @@ import numpy as np
 from scipy import ndimage
 
 from semnb import metrics, stm
+from semnb.data import load_scans
 from semnb.data.image_io import read_image
 from semnb.data.synth_stm import write_stm_dataset
 from semnb.results import format_table
-from semnb.stm.evaluate import analyse_scan, evaluate_stm, synthetic_training_crops
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "stm"
 
@@ -42,7 +42,7 @@ def synthetic_part(n_per_surface: int, size: int, shots: int, seeds: list[int], 
     with tempfile.TemporaryDirectory() as tmp:
         tick = time.perf_counter()
         data = write_stm_dataset(Path(tmp) / "stm", n_per_class=n_per_surface, size=size, seed=0)
-        result = evaluate_stm(data, shots=shots, seeds=seeds, episodes=episodes, progress=False)
+        result = stm.evaluate_stm(load_scans(data), shots=shots, seeds=seeds, episodes=episodes)
         elapsed = time.perf_counter() - tick
     print(f"\n== synthetic: {3 * n_per_surface} scans of {size}x{size} ({n_per_surface} per surface), "
           f"shots={shots}, seeds={seeds}, {episodes} ProtoNet episodes; {elapsed:.0f} s")
@@ -59,9 +59,10 @@ def real_part(seeds: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("m235_left.npy", "m235_left_mask.npy"):
             (Path(tmp) / name).symlink_to(SHARED / name)
+        scans = load_scans(tmp)
         for shots in (1, 2, 5):
             tick = time.perf_counter()
-            result = evaluate_stm(tmp, shots=shots, seeds=seeds, progress=False)
+            result = stm.evaluate_stm(scans, shots=shots, seeds=seeds)
             print(f"\n== real m235_left (TiO2(110), 512x256), k={shots} labelled defects, seeds={seeds}; "
                   f"{time.perf_counter() - tick:.0f} s")
             print(result.table())
@@ -70,7 +71,7 @@ def real_part(seeds: list[int]) -> None:
 def silver_part(seeds: list[int], episodes: int) -> None:
     image = read_image(SHARED / "m63_ori_1.png")
     table = np.loadtxt(SHARED / "m63_coords_and_labels.csv", delimiter=",")
-    analysis = analyse_scan(image)
+    analysis = stm.analyze_scan(image)
     score = ndimage.gaussian_filter(analysis.defect_map.score, 2.0)
     h, w = score.shape
     rng = np.random.default_rng(0)
@@ -103,20 +104,18 @@ def silver_part(seeds: list[int], episodes: int) -> None:
     crops = stm.defect_crops(analysis.z, analysis.defect_map.residual, centres, period)
     bright = stm.defect_crops(image, image, centres, period)
     tick = time.perf_counter()
-    nets = {seed: stm.train_protonet(*synthetic_training_crops(seed=seed), episodes=episodes, seed=seed)
+    nets = {seed: stm.train_protonet(*stm.synthetic_training_crops(seed=seed), episodes=episodes, seed=seed)
             for seed in seeds}
     print(f"  ProtoNets trained on synthetic Si/Ge/TiO2 ({episodes} episodes, {len(seeds)} seeds): "
           f"{time.perf_counter() - tick:.0f} s")
     for shots in (1, 2, 5):
         runs = []
         for seed in seeds:
-            rng = np.random.default_rng([seed, 7])
-            classes = [c for c in np.unique(labels) if np.sum(labels == c) > shots]
-            support = np.concatenate([rng.choice(np.flatnonzero(labels == c), shots, replace=False) for c in classes])
-            query = np.setdiff1d(np.flatnonzero(np.isin(labels, classes)), support)
+            support, query, _ = stm.sample_class_support(labels, shots, seed)
+            classes = list(np.unique(labels[support]))
             run = {}
             for method, embed, x in (("fewshot", nets[seed].embed, crops), ("prototype", stm.flatten_embedding, crops),
-                                     ("brightness", lambda c: np.asarray(c, float)[:, 1:].reshape(len(c), -1), bright)):
+                                     ("brightness", stm.brightness_embedding, bright)):
                 predicted = stm.PrototypeClassifier(embed).fit(x[support], labels[support]).predict(x[query])
                 run[f"{method}_accuracy"] = metrics.accuracy(labels[query], predicted)
                 run[f"{method}_macro_f1"] = metrics.macro_f1(labels[query], predicted)

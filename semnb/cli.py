@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from semnb import evaluate
 from semnb.data import synth_writers
 from semnb.errors import SemnbInputError
 
@@ -61,7 +62,7 @@ def demo(out_dir: Path, n_per_class: int, seed: int) -> None:
     """The main job: offline, on the default synthetic SEM data, ending in one HTML report."""
     from semnb.demo import run_demo
 
-    report = run_demo(out_dir, n_per_class=n_per_class, seed=seed)
+    report = run_demo(out_dir, n_per_class=n_per_class, seed=seed, progress=True)
     click.echo(f"demo report: {report.resolve()}")
 
 
@@ -105,7 +106,7 @@ def eval_options(func):
         click.option("--image-folder", type=click.Path(path_type=Path), default=None,
                      help="csv layout: the folder the image paths start in, relative to the CSV  "
                           "[default: the CSV's folder]"),
-        click.option("--backbone", default=None, help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED or clip:/path."),
+        click.option("--backbone", default=None, help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED or clip:/path (retrieve: efficientnet-lite0 or the test CNN semnb-tiny-cnn)."),
         click.option("--shots", type=click.IntRange(min=1), default=None, help="Labelled examples per class."),
         click.option("--seeds", default="0,1,2", show_default=True, callback=_parse_seeds,
                      help="Comma-separated seeds; figures are means over them."),
@@ -180,18 +181,19 @@ def _echo_ablations(result) -> None:
         click.echo("")
 
 
-def _run_fewshot_eval(evaluate, data_dir: Path, layout: str, normal_class: str, csv_options: dict,
+def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str, csv_options: dict,
                       backbone: str | None, shots: int | None, seeds: list[int], precision: str,
                       image_size: int | None, ablations: bool, max_per_class: int | None):
-    """Load the data and run `evaluate` (segmentation or classification) as `eval segment` and
-    `eval classify` both do: the same defaults, a feature cache, the ablation table when asked."""
+    """Load the data and run `task` (segment or classify) as `eval segment` and `eval classify`
+    both do: the same defaults, a feature cache, the ablation table when asked."""
     from semnb.data import load_dataset
     from semnb.fewshot.evaluate import DEFAULT_SHOTS
     from semnb.models import DEFAULT_BACKBONE, FeatureCache
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
-    result = evaluate(images, backbone or DEFAULT_BACKBONE, shots or DEFAULT_SHOTS, seeds, precision,
-                      image_size, ablations, max_per_class, cache=FeatureCache(), progress=True)
+    result = evaluate(task, images, backbone=backbone or DEFAULT_BACKBONE, shots=shots or DEFAULT_SHOTS, seeds=seeds,
+                      precision=precision, image_size=image_size, ablations=ablations, max_per_class=max_per_class,
+                      cache=FeatureCache(), progress=True)
     _echo_ablations(result)
     return result
 
@@ -204,9 +206,7 @@ def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str |
                  ablations: bool, max_per_class: int | None, csv_options: dict) -> None:
     """SEM-CLIP few-shot defect segmentation vs WinCLIP+-style and PatchCore-style baselines (default: 5 shots,
     efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
-    from semnb.fewshot.evaluate import evaluate_segmentation
-
-    result = _run_fewshot_eval(evaluate_segmentation, data_dir, layout, normal_class, csv_options, backbone, shots,
+    result = _run_fewshot_eval("segment", data_dir, layout, normal_class, csv_options, backbone, shots,
                                seeds, precision, image_size, ablations, max_per_class)
     click.echo(f"{result.shots}-shot, {len(seeds)} seed(s), {result.extra['n_queries']} queries per episode, "
                f"{result.timing['episode_s']:.1f} s per episode (semclip training {result.timing['semclip_fit_s']:.1f} s)")
@@ -223,9 +223,7 @@ def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str 
     (default: 5 shots, efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     import pandas as pd
 
-    from semnb.fewshot.evaluate import evaluate_classification
-
-    result = _run_fewshot_eval(evaluate_classification, data_dir, layout, normal_class, csv_options, backbone, shots,
+    result = _run_fewshot_eval("classify", data_dir, layout, normal_class, csv_options, backbone, shots,
                                seeds, precision, image_size, ablations, max_per_class)
     names = result.extra["class_names"]
     confusion = pd.DataFrame(result.extra["confusion_matrix"]["semclip"], index=names, columns=names)
@@ -260,14 +258,12 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
                          methods: str | None, border: int, crop: str | None, ssl_augment: bool,
                          csv_options: dict) -> None:
     """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
-    from semnb.clustering.evaluate import evaluate_clustering
     from semnb.data import load_dataset
 
-    dataset = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
+    images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    evaluation = evaluate_clustering(dataset, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
-                              backbone=backbone, border=border, crop=crop, ssl_augment=ssl_augment, progress=True)
-    result = evaluation.result
+    result = evaluate("cluster", images, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
+                      backbone=backbone, border=border, crop=crop, ssl_augment=ssl_augment, progress=True)
     if shots is not None:
         result.warnings.append("--shots is not used by clustering (no labels are used to train)")
     if crop:
@@ -294,13 +290,14 @@ def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str 
                   csv_options: dict) -> None:
     """Semi-supervised retrieval (classifier, then triplet/autoencoder) vs autoencoder, siamese, classifier, frozen."""
     from semnb.data import load_dataset
-    from semnb.retrieval.embedding import EFFICIENTNET, RetrievalConfig
-    from semnb.retrieval.evaluate import evaluate_retrieval, loco_text
+    from semnb.models import DEFAULT_BACKBONE
+    from semnb.retrieval.embedding import RetrievalConfig
+    from semnb.retrieval.evaluate import loco_text
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     config = RetrievalConfig(epochs=epochs, image_size=image_size)
-    result = evaluate_retrieval(images, backbone or EFFICIENTNET, k=k, seeds=seeds, config=config, loco=loco,
-                                shots=shots, progress=True)
+    result = evaluate("retrieve", images, backbone=backbone or DEFAULT_BACKBONE, k=k, seeds=seeds, config=config,
+                      loco=loco, shots=shots, progress=True)
     if loco:
         click.echo(loco_text(result))
     finish_eval(result, json_path)
@@ -314,9 +311,9 @@ def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | Non
              seeds: list[int], json_path: Path | None, episodes: int, csv_options: dict) -> None:
     """STM scans X.npy with masks X_mask.npy: few-shot vs unsupervised vs raw-brightness defect maps
     (--shots = labelled defects per scan, default 1) and, with defects.csv, defect classes."""
-    from semnb.stm.evaluate import evaluate_stm
+    from semnb.data import load_scans
 
-    result = evaluate_stm(data_dir, shots=shots or 1, seeds=seeds, episodes=episodes, progress=True)
+    result = evaluate("stm", load_scans(data_dir), shots=shots or 1, seeds=seeds, episodes=episodes, progress=True)
     if layout != "auto":
         result.warnings.append(f"--layout {layout} is not used: stm reads scans X.npy with masks X_mask.npy")
     for name in csv_options:

@@ -48,7 +48,7 @@ def choose_backbone() -> tuple[str, str]:
 
 def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: int = 0, shots: int = 5,
              ssl_epochs: int = 5, tem_per_class: int = TEM_PER_CLASS, retrieval_k: int = RETRIEVAL_K,
-             progress: bool = True) -> Path:
+             progress: bool = False) -> Path:
     """Generate the default data, run every SEM method against its baselines, write `report.html`.
 
     The defaults are the README's demo (under 3 minutes on 2 quiet cores); the tests pass smaller sizes.

@@ -8,9 +8,10 @@ Groups:
 - anomaly detection: `image_auroc`, `pixel_auroc`, `pixel_f1_max`, `aupro`, `pixel_metrics`;
 - classification: `accuracy`, `macro_precision`, `macro_recall`, `macro_f1`,
   `confusion_matrix`, `classification_report`;
-- clustering: `silhouette`, `nmi`;
+- clustering: `silhouette`, `nmi`, `random_assignment_nmi`, `window_hit_rate`;
 - retrieval: `precision_at_k`, `average_precision_at_k`, `mean_precision_at_k`, `map_at_k`,
-  `scale_std`;
+  `scale_std`, `mean_scale_std`, `precision_at_k_ceiling`, `gallery_scale_std`,
+  `per_class_retrieval`, `neighbor_recall`;
 - results: `mean_std_over_seeds`.
 
 Undefined values: where a metric has no meaning for the input (AUROC when only one class is
@@ -634,11 +635,6 @@ def nmi(labels_true, labels_pred) -> float:
     return max(mi, 0.0) / ((h_u + h_v) / 2.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Retrieval (definitions of the IMAGO SEM retrieval paper)
-# ---------------------------------------------------------------------------------------------
-
-
 def random_assignment_nmi(labels: np.ndarray, k: int, seed: int = 0, draws: int = 20) -> float:
     """Mean NMI of assigning the labelled images to k clusters uniformly at random: NMI's floor here.
 
@@ -653,6 +649,36 @@ def random_assignment_nmi(labels: np.ndarray, k: int, seed: int = 0, draws: int 
         return float("nan")
     rng = np.random.default_rng(seed)
     return float(np.mean([nmi(labels, rng.integers(0, k, len(labels))) for _ in range(draws)]))
+
+
+def window_hit_rate(windows, masks: Sequence[np.ndarray | None]) -> dict[str, float]:
+    """How often crop windows hold the true defect, over the images whose mask marks one.
+
+    windows: [N, 4] (top, left, bottom, right), bottom/right exclusive, one per mask.
+    hit_rate: share of windows holding at least one defect pixel; covered: mean share of each
+    defect's pixels inside its window; n_scored: images with a non-empty mask (NaN rates when 0).
+
+    Taught in: 06_ssl_clustering.
+    """
+    windows = np.asarray(windows)
+    if len(windows) != len(masks):
+        raise SemnbInputError(
+            "windows", f"{len(windows)} windows for {len(masks)} masks", "pass one window per image"
+        )
+    hits, covered = [], []
+    for (top, left, bottom, right), mask in zip(windows, masks):
+        if mask is None or not np.any(mask):
+            continue
+        inside = int(np.count_nonzero(mask[top:bottom, left:right]))
+        hits.append(inside > 0)
+        covered.append(inside / np.count_nonzero(mask))
+    return {"hit_rate": float(np.mean(hits)) if hits else float("nan"),
+            "covered": float(np.mean(covered)) if covered else float("nan"), "n_scored": len(hits)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Retrieval (definitions of the IMAGO SEM retrieval paper)
+# ---------------------------------------------------------------------------------------------
 
 
 def _hits(retrieved_label_matrix, query_labels, k: int) -> np.ndarray:
@@ -740,6 +766,129 @@ def scale_std(magnifications_of_correct) -> float:
     if mags.size < 2:
         return float("nan")
     return float(np.std(np.log10(mags), ddof=1))
+
+
+def mean_scale_std(retrieved_label_matrix, retrieved_magnifications, query_labels, k: int) -> float:
+    """Mean over queries of `scale_std` of each query's correct results among its top k.
+
+    Why: precision@K says whether the right class comes back; this says whether it comes
+    back across magnifications or only at the query's own scale. Row q of both matrices
+    belongs to query q (ranked, the query excluded); unknown magnifications (NaN) are left
+    out. A query with fewer than two correct results of known magnification has no spread
+    and is skipped; NaN (undefined) when no query has one.
+
+    Taught in: 07_retrieval
+    """
+    hits = _hits(retrieved_label_matrix, query_labels, k)
+    mags = np.asarray(retrieved_magnifications, dtype=np.float64)
+    if mags.shape != np.shape(retrieved_label_matrix):
+        raise SemnbInputError(
+            "retrieved_magnifications",
+            f"has shape {mags.shape}, the retrieved labels {np.shape(retrieved_label_matrix)}",
+            "pass one magnification (NaN if unknown) per retrieved image",
+        )
+    spreads = []
+    for q in range(len(hits)):
+        correct = mags[q, :k][hits[q]]
+        correct = correct[np.isfinite(correct)]
+        if len(correct) >= 2:
+            spreads.append(scale_std(correct))
+    return float(np.mean(spreads)) if spreads else float("nan")
+
+
+def _query_rows(query_rows, n_gallery: int) -> np.ndarray:
+    rows = _vector(query_rows, "query_rows")
+    if not np.issubdtype(rows.dtype, np.integer) or rows.min() < 0 or rows.max() >= n_gallery:
+        raise SemnbInputError(
+            "query_rows",
+            f"must be gallery row numbers in [0, {n_gallery})",
+            "pass the row of each query in the gallery (np.searchsorted(gallery, queries))",
+        )
+    return rows
+
+
+def precision_at_k_ceiling(gallery_labels, query_rows, k: int) -> float:
+    """The best mean precision@K any ranking can reach: mean over queries of min(K, R_q) / K.
+
+    R_q is the number of other gallery images of query q's class; `query_rows[q]` is the
+    gallery row of query q (each query is a gallery image, excluded from its own results).
+    Why: when a class has fewer than K other images even a perfect ranking scores below 1,
+    so read precision@K against this.
+
+    Taught in: 07_retrieval
+    """
+    gallery_labels = _vector(gallery_labels, "gallery_labels")
+    rows = _query_rows(query_rows, len(gallery_labels))
+    if not isinstance(k, numbers.Integral) or k < 1:
+        raise SemnbInputError("k", f"got {k}", "use k >= 1")
+    relevant = np.array([np.sum(gallery_labels == gallery_labels[r]) - 1 for r in rows])
+    return float(np.mean(np.minimum(relevant, k) / k))
+
+
+def gallery_scale_std(gallery_labels, gallery_magnifications, query_rows) -> float:
+    """The ideal spread: mean over queries of `scale_std` of all other gallery images of the query's class.
+
+    A perfect retrieval of every same-class image would score this `mean_scale_std`, so it
+    is the ceiling to read that one against. `query_rows[q]` is the gallery row of query q
+    (excluded); unknown magnifications (NaN) are left out, queries with fewer than two known
+    ones skipped; NaN (undefined) when no query has two.
+
+    Taught in: 07_retrieval
+    """
+    gallery_labels = _vector(gallery_labels, "gallery_labels")
+    mags = np.asarray(gallery_magnifications, dtype=np.float64)
+    _same_length(gallery_labels, mags, "gallery_labels", "gallery_magnifications")
+    rows = _query_rows(query_rows, len(gallery_labels))
+    others = np.arange(len(gallery_labels))
+    spreads = []
+    for r in rows:
+        same = (gallery_labels == gallery_labels[r]) & (others != r)
+        values = mags[same][np.isfinite(mags[same])]
+        if len(values) >= 2:
+            spreads.append(scale_std(values))
+    return float(np.mean(spreads)) if spreads else float("nan")
+
+
+def per_class_retrieval(retrieved_label_matrix, query_labels, k: int) -> dict:
+    """precision@K and mAP@K of each query class: {label: {"precision_at_k", "map_at_k"}}.
+
+    Why: a mean over queries hides a class that is never found. Row q of
+    `retrieved_label_matrix` holds query q's ranked labels (the query excluded); keys are
+    the query labels (Python scalars), in sorted order.
+
+    Taught in: 07_retrieval
+    """
+    retrieved = np.asarray(retrieved_label_matrix)
+    query_labels = _vector(query_labels, "query_labels")
+    _hits(retrieved, query_labels, k)  # shape and k checks
+    out = {}
+    for cls in np.unique(query_labels):
+        mine = query_labels == cls
+        out[cls.item()] = {
+            "precision_at_k": mean_precision_at_k(retrieved[mine], query_labels[mine], k),
+            "map_at_k": map_at_k(retrieved[mine], query_labels[mine], k),
+        }
+    return out
+
+
+def neighbor_recall(true_ids, found_ids) -> float:
+    """Mean over queries of the fraction of the true k nearest neighbors that a search also returned.
+
+    The recall of an approximate index against exact search: row q of `true_ids` holds
+    query q's k exact neighbors (ids), row q of `found_ids` what the approximate index
+    returned, both k wide; order is ignored, and an id -1 (no result) is never a neighbor.
+
+    Taught in: 07_retrieval
+    """
+    true_ids, found_ids = np.asarray(true_ids), np.asarray(found_ids)
+    if true_ids.ndim != 2 or true_ids.shape != found_ids.shape or true_ids.size == 0:
+        raise SemnbInputError(
+            "true_ids/found_ids",
+            f"shapes {true_ids.shape} and {found_ids.shape}",
+            "pass one row of k ids per query for both searches, the same k",
+        )
+    k = true_ids.shape[1]
+    return float(np.mean([len((set(t) - {-1}) & set(f)) / k for t, f in zip(true_ids.tolist(), found_ids.tolist())]))
 
 
 # ---------------------------------------------------------------------------------------------

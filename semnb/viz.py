@@ -47,12 +47,12 @@ def image_rows(rows: Sequence[tuple[str, Sequence[int]]], draw: Callable[[object
     return fig
 
 
-def class_gallery(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+def class_gallery(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                   class_of: Sequence[str], classes: Sequence[str], per_class: int = 4,
                   titles: Sequence[str] | None = None) -> Figure:
     """A grid with one row per class and `per_class` examples, masks outlined in red."""
     rows = [(cls, [i for i, c in enumerate(class_of) if c == cls][:per_class]) for cls in classes]
-    return image_rows(rows, lambda ax, i: show_image(ax, images[i], masks[i], titles[i] if titles else None),
+    return image_rows(rows, lambda ax, i: show_image(ax, pixels[i], masks[i], titles[i] if titles else None),
                       per_class)
 
 

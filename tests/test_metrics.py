@@ -399,3 +399,87 @@ def test_mean_std_over_seeds():
     assert single["aupro"] == 0.7 and math.isnan(single["aupro_std"])
     with pytest.raises(SemnbInputError, match="'aupro' missing"):
         M.mean_std_over_seeds([runs[0], {"image_auroc": 0.5}])
+
+
+# ----------------------------------------------------------------------------- clustering: NMI floor, crop windows
+
+
+def test_nmi_of_a_random_assignment_is_small_for_few_clusters_and_grows_with_k():
+    labels = np.repeat(np.arange(4), 25)
+    few, many = M.random_assignment_nmi(labels, 4), M.random_assignment_nmi(labels, 50)
+    assert 0 <= few < 0.1 < many < 1
+    assert few == M.random_assignment_nmi(labels, 4)  # seeded
+
+
+def test_window_hit_rate_counts_only_images_with_a_defect_mask():
+    mask = np.zeros((40, 40), bool)
+    mask[10:14, 10:14] = True
+    windows = np.array([[0, 0, 12, 12], [20, 20, 30, 30], [0, 0, 5, 5], [0, 0, 5, 5]])
+    hits = M.window_hit_rate(windows, [mask, mask, None, np.zeros((40, 40), bool)])
+    assert hits["n_scored"] == 2 and hits["hit_rate"] == 0.5
+    assert hits["covered"] == pytest.approx((4 / 16 + 0) / 2)
+    assert np.isnan(M.window_hit_rate(windows[:1], [None])["hit_rate"])
+    with pytest.raises(SemnbInputError, match="windows.*one window per image"):
+        M.window_hit_rate(windows, [mask])
+
+
+# ----------------------------------------------------------------------------- retrieval: spread, ceilings, per class, ANN recall
+
+
+def test_mean_scale_std_averages_over_queries_with_two_correct_results_of_known_magnification():
+    retrieved = np.array([[1, 1, 2, 1], [2, 0, 0, 2], [0, 0, 1, 0]])
+    mags = np.array([[1e4, 1e5, 1e6, 1e6], [1e4, 1e4, 1e5, 1e6], [1e4, np.nan, 1e5, 1e6]])
+    # query 0: correct at 1e4, 1e5, 1e6 -> std of (4, 5, 6) = 1; query 1: 1e4 and 1e6 -> sqrt(2);
+    # query 2: its correct results of known magnification are 1e4 and 1e6 (NaN left out) -> sqrt(2)
+    assert M.mean_scale_std(retrieved, mags, [1, 2, 0], 4) == pytest.approx((1 + 2 * math.sqrt(2)) / 3)
+    # within the top 2 only query 0 has two correct results: 1e4 and 1e5 -> std of (4, 5)
+    assert M.mean_scale_std(retrieved, mags, [1, 2, 0], 2) == pytest.approx(math.sqrt(0.5))
+    assert math.isnan(M.mean_scale_std(retrieved, mags, [3, 3, 3], 4))  # nothing correct: undefined
+    with pytest.raises(SemnbInputError, match="retrieved_magnifications"):
+        M.mean_scale_std(retrieved, mags[:, :2], [1, 2, 0], 2)
+
+
+def test_precision_at_k_ceiling_counts_the_other_gallery_images_of_each_query_class():
+    gallery = np.array([0, 0, 0, 1, 1, -1, -1])
+    # queries at rows 0 (class 0: 2 others) and 3 (class 1: 1 other); K = 2: (2/2 + 1/2) / 2
+    assert M.precision_at_k_ceiling(gallery, [0, 3], 2) == pytest.approx(0.75)
+    assert M.precision_at_k_ceiling(gallery, [0, 3], 1) == 1.0
+    assert M.precision_at_k_ceiling(gallery, [0, 3], 4) == pytest.approx((2 / 4 + 1 / 4) / 2)
+    with pytest.raises(SemnbInputError, match="query_rows"):
+        M.precision_at_k_ceiling(gallery, [0, 7], 2)
+
+
+def test_gallery_scale_std_is_the_spread_of_all_other_same_class_gallery_images():
+    gallery = np.array([0, 0, 0, 1, 1, 2])
+    mags = np.array([1e3, 1e4, 1e6, 1e5, np.nan, 1e4])
+    # query row 0: others of class 0 at 1e4, 1e6 -> std of (4, 6) = sqrt(2); query row 1: 1e3, 1e6 -> std of (3, 6);
+    # query row 3: the other class-1 image has no magnification; query row 5: no other image of class 2
+    expected = (math.sqrt(2) + np.std([3, 6], ddof=1)) / 2
+    assert M.gallery_scale_std(gallery, mags, [0, 1, 3, 5]) == pytest.approx(expected)
+    assert math.isnan(M.gallery_scale_std(gallery, mags, [3, 5]))
+    with pytest.raises(SemnbInputError, match="lengths differ"):
+        M.gallery_scale_std(gallery, mags[:3], [0])
+
+
+def test_per_class_retrieval_scores_each_query_class_on_its_own_queries():
+    retrieved = np.array([[1, 1, 0], [1, 0, 0], [2, 2, 2], [0, 2, 2]])
+    queries = np.array([1, 1, 2, 2])
+    table = M.per_class_retrieval(retrieved, queries, 3)
+    assert list(table) == [1, 2] and all(isinstance(key, int) for key in table)
+    assert table[1]["precision_at_k"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+    assert table[2]["precision_at_k"] == pytest.approx((1 + 2 / 3) / 2)
+    for cls in (1, 2):
+        mine = queries == cls
+        assert table[cls]["map_at_k"] == M.map_at_k(retrieved[mine], queries[mine], 3)
+    with pytest.raises(SemnbInputError, match="k"):
+        M.per_class_retrieval(retrieved, queries, 4)
+
+
+def test_neighbor_recall_is_the_share_of_true_neighbors_found_in_any_order():
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[4, 3, 9, 9], [5, 6, 7, 8]])
+    assert M.neighbor_recall(truth, found) == pytest.approx((2 / 4 + 1) / 2)
+    assert M.neighbor_recall(truth, truth[:, ::-1]) == 1.0
+    assert M.neighbor_recall([[1, -1]], [[1, -1]]) == 0.5  # a missing result (-1) is no neighbor
+    with pytest.raises(SemnbInputError, match="true_ids/found_ids"):
+        M.neighbor_recall(truth, found[:, :2])

@@ -3,7 +3,7 @@
 The SSL paper measures its embedding against GLCM, LBP, wavelet-energy and raw-pixel PCA
 features put through the same k-means; we add two stronger references, a frozen ImageNet
 CNN and CLIP image embeddings. Every extractor takes preprocessed gray images [N, S, S] in
-[0, 1] (`semnb.ssl.prepare_images`) and returns float32 features [N, D]. The texture code is
+[0, 1] (`semnb.clustering.ssl.prepare_images`) and returns float32 features [N, D]. The texture code is
 scikit-image's and PyWavelets', not hand-written.
 
 Taught in: 06_ssl_clustering.
@@ -34,7 +34,7 @@ def quantize(image: np.ndarray, levels: int) -> np.ndarray:
     return np.minimum((np.clip(image, 0.0, 1.0) * levels).astype(np.int64), levels - 1).astype(np.uint8)
 
 
-def glcm_features(images: np.ndarray, distances=GLCM_DISTANCES, angles=GLCM_ANGLES, levels: int = GLCM_LEVELS,
+def glcm_features(pixels: np.ndarray, distances=GLCM_DISTANCES, angles=GLCM_ANGLES, levels: int = GLCM_LEVELS,
                   progress: bool = False) -> np.ndarray:
     """Haralick-style GLCM properties: contrast, dissimilarity, homogeneity, energy, correlation.
 
@@ -45,16 +45,16 @@ def glcm_features(images: np.ndarray, distances=GLCM_DISTANCES, angles=GLCM_ANGL
 
     Taught in: 06_ssl_clustering.
     """
-    images = _check_images(images)
+    pixels = _check_images(pixels)
     rows = []
-    for image in tqdm(images, desc="glcm", disable=not progress):
+    for image in tqdm(pixels, desc="glcm", disable=not progress):
         matrix = graycomatrix(quantize(image, levels), distances=list(distances), angles=list(angles),
                               levels=levels, symmetric=True, normed=True)
         rows.append(np.concatenate([graycoprops(matrix, prop).mean(axis=1) for prop in GLCM_PROPERTIES]))
     return np.nan_to_num(np.asarray(rows, dtype=np.float32))  # correlation is NaN on a flat image
 
 
-def lbp_histograms(images: np.ndarray, n_points: int = LBP_POINTS, radius: float = LBP_RADIUS,
+def lbp_histograms(pixels: np.ndarray, n_points: int = LBP_POINTS, radius: float = LBP_RADIUS,
                    progress: bool = False) -> np.ndarray:
     """Histogram of uniform local binary patterns (8 neighbours at radius 1): n_points + 2 bins, summing to 1.
 
@@ -63,16 +63,16 @@ def lbp_histograms(images: np.ndarray, n_points: int = LBP_POINTS, radius: float
 
     Taught in: 06_ssl_clustering.
     """
-    images = _check_images(images)
+    pixels = _check_images(pixels)
     bins = n_points + 2
     rows = []
-    for image in tqdm(images, desc="lbp", disable=not progress):
+    for image in tqdm(pixels, desc="lbp", disable=not progress):
         codes = local_binary_pattern(quantize(image, 256), n_points, radius, method="uniform")
         rows.append(np.bincount(codes.astype(np.int64).ravel(), minlength=bins)[:bins] / codes.size)
     return np.asarray(rows, dtype=np.float32)
 
 
-def wavelet_energies(images: np.ndarray, wavelet: str = WAVELET, levels: int = WAVELET_LEVELS,
+def wavelet_energies(pixels: np.ndarray, wavelet: str = WAVELET, levels: int = WAVELET_LEVELS,
                      progress: bool = False) -> np.ndarray:
     """Mean squared coefficient of every sub-band of a `levels`-level 2-D wavelet transform.
 
@@ -81,29 +81,29 @@ def wavelet_energies(images: np.ndarray, wavelet: str = WAVELET, levels: int = W
 
     Taught in: 06_ssl_clustering.
     """
-    images = _check_images(images)
+    pixels = _check_images(pixels)
     rows = []
-    for image in tqdm(images, desc="wavelet", disable=not progress):
+    for image in tqdm(pixels, desc="wavelet", disable=not progress):
         coeffs = pywt.wavedec2(image.astype(np.float64), wavelet, level=levels)
         bands = [coeffs[0]] + [band for detail in coeffs[1:] for band in detail]
         rows.append([np.mean(np.square(band)) for band in bands])
     return np.asarray(rows, dtype=np.float32)
 
 
-def pca_features(images: np.ndarray, n_components: int = PCA_COMPONENTS, seed: int = 0) -> np.ndarray:
+def pca_features(pixels: np.ndarray, n_components: int = PCA_COMPONENTS, seed: int = 0) -> np.ndarray:
     """Raw pixels projected on their first principal components (at most `n_components`, N and S*S).
 
     Fitted on the images it transforms (clustering is transductive; no labels are used).
 
     Taught in: 06_ssl_clustering.
     """
-    images = _check_images(images)
-    pixels = images.reshape(len(images), -1)
-    components = min(n_components, *pixels.shape)
-    return PCA(n_components=components, random_state=seed).fit_transform(pixels).astype(np.float32)
+    pixels = _check_images(pixels)
+    flat = pixels.reshape(len(pixels), -1)
+    components = min(n_components, *flat.shape)
+    return PCA(n_components=components, random_state=seed).fit_transform(flat).astype(np.float32)
 
 
-def backbone_features(images: np.ndarray, backbone, batch_size: int = 16, progress: bool = False) -> np.ndarray:
+def backbone_features(pixels: np.ndarray, backbone, batch_size: int = 16, progress: bool = False) -> np.ndarray:
     """Frozen-network embeddings (`backbone.encode_image`, from `semnb.models.load_backbone`).
 
     With `efficientnet-lite0` this is the pooled 1280-d ImageNet feature; with a CLIP backbone
@@ -111,15 +111,15 @@ def backbone_features(images: np.ndarray, backbone, batch_size: int = 16, progre
 
     Taught in: 06_ssl_clustering.
     """
-    images = _check_images(images)
-    parts = [backbone.encode_image(images[s:s + batch_size]).numpy()
-             for s in tqdm(range(0, len(images), batch_size), desc=f"encode {backbone.name}", disable=not progress)]
+    pixels = _check_images(pixels)
+    parts = [backbone.encode_image(pixels[s:s + batch_size]).numpy()
+             for s in tqdm(range(0, len(pixels), batch_size), desc=f"encode {backbone.name}", disable=not progress)]
     return np.concatenate(parts).astype(np.float32)
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 3 or len(images) == 0 or min(images.shape[1:]) < 4:
-        raise SemnbInputError("images", f"has shape {images.shape}",
-                              "pass preprocessed gray images [N, H, W] (semnb.ssl.prepare_images makes them)")
-    return images
+def _check_images(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 3 or len(pixels) == 0 or min(pixels.shape[1:]) < 4:
+        raise SemnbInputError("pixels", f"has shape {pixels.shape}",
+                              "pass preprocessed gray images [N, H, W] (semnb.clustering.ssl.prepare_images makes them)")
+    return pixels

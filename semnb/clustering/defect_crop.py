@@ -5,7 +5,8 @@ image describe the background pattern, and clustering groups backgrounds, not de
 window around the defect lets every clustering method see the defect's morphology.
 
 How (PatchCore-style, the machinery of `semnb.components`):
-1. every image is resized to `encode_size` and encoded by the ImageNet efficientnet-lite0;
+1. every image is resized to `encode_size` and encoded by the default backbone
+   (`semnb.models.DEFAULT_BACKBONE`, the ImageNet efficientnet-lite0);
    its middle levels' patch tokens become locally aware, layer-normalised patch features
    (`patchcore_features`);
 2. a patch's anomaly score is its Euclidean distance to the nearest patch of a memory:
@@ -59,9 +60,8 @@ from semnb.components import (
 )
 from semnb.data.preprocess import resize
 from semnb.errors import SemnbInputError
-from semnb.models import encode_images, load_backbone
+from semnb.models import DEFAULT_BACKBONE, encode_images, load_backbone
 
-LOCATOR_BACKBONE = "efficientnet-lite0"
 NORMAL_AND_SELF = "normal memory + self-referential"
 SELF_REFERENTIAL = "self-referential"
 
@@ -103,21 +103,21 @@ class CropConfig:
 class DefectLocations:
     """Where the locator put each image's defect, in that image's own pixels.
 
-    centres: [N, 2] (row, column) of the anomaly map's maximum.
+    centers: [N, 2] (row, column) of the anomaly map's maximum.
     windows: [N, 4] (top, left, bottom, right) of the crop, bottom/right exclusive.
     peak_scores: [N] the anomaly map's maximum (distance units of the features).
     reference: NORMAL_AND_SELF or SELF_REFERENTIAL; memory_patches: patches in the normal memory (0 when none).
     """
 
-    centres: np.ndarray
+    centers: np.ndarray
     windows: np.ndarray
     peak_scores: np.ndarray
     reference: str
     memory_patches: int = 0
 
 
-def crop_window(centre: Sequence[float], shape: Sequence[int], fraction: float) -> tuple[int, int, int, int]:
-    """(top, left, bottom, right) of a square of side `fraction` x the shorter side, centred on `centre`, inside the image.
+def crop_window(center: Sequence[float], shape: Sequence[int], fraction: float) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of a square of side `fraction` x the shorter side, centred on `center`, inside the image.
 
     Near a border the window is shifted inwards, not shrunk, so every crop has the same side.
 
@@ -127,17 +127,17 @@ def crop_window(centre: Sequence[float], shape: Sequence[int], fraction: float) 
         raise SemnbInputError("crop fraction", f"got {fraction}", "use a fraction of the image side in (0, 1], e.g. 0.25")
     height, width = int(shape[0]), int(shape[1])
     side = max(1, int(round(fraction * min(height, width))))
-    top = int(np.clip(round(centre[0] - side / 2), 0, height - side))
-    left = int(np.clip(round(centre[1] - side / 2), 0, width - side))
+    top = int(np.clip(round(center[0] - side / 2), 0, height - side))
+    left = int(np.clip(round(center[1] - side / 2), 0, width - side))
     return top, left, top + side, left + side
 
 
-def crop_images(images: Sequence[np.ndarray], windows: np.ndarray) -> list[np.ndarray]:
+def crop_images(pixels: Sequence[np.ndarray], windows: np.ndarray) -> list[np.ndarray]:
     """Each image cut to its window (top, left, bottom, right), at full resolution.
 
     Taught in: 06_ssl_clustering.
     """
-    return [np.asarray(image)[top:bottom, left:right] for image, (top, left, bottom, right) in zip(images, np.asarray(windows))]
+    return [np.asarray(image)[top:bottom, left:right] for image, (top, left, bottom, right) in zip(pixels, np.asarray(windows))]
 
 
 def self_referential_distance(features: torch.Tensor, grid: tuple[int, int], exclude_radius: int = 2) -> torch.Tensor:
@@ -161,24 +161,24 @@ def self_referential_distance(features: torch.Tensor, grid: tuple[int, int], exc
     return distances
 
 
-def locate_defects(images: Sequence[np.ndarray], normal_images: Sequence[np.ndarray] = (),
+def locate_defects(pixels: Sequence[np.ndarray], normal_images: Sequence[np.ndarray] = (),
                    config: CropConfig | None = None, backbone=None, progress: bool = False) -> DefectLocations:
     """The most anomalous place of each gray image and the crop window around it (see the module docstring).
 
     `normal_images`: defect-free images that are not among `images` (empty: self-referential
-    scores). `backbone`: a loaded `efficientnet-lite0` to reuse (loaded here when None).
+    scores). `backbone`: a loaded `DEFAULT_BACKBONE` to reuse (loaded here when None).
 
     Taught in: 06_ssl_clustering.
     """
     config = config or CropConfig()
-    if len(images) == 0:
-        raise SemnbInputError("images", "is empty", "pass at least one image")
+    if len(pixels) == 0:
+        raise SemnbInputError("pixels", "is empty", "pass at least one image")
     if backbone is None:
-        backbone = load_backbone(LOCATOR_BACKBONE, image_size=config.encode_size)
+        backbone = load_backbone(DEFAULT_BACKBONE, image_size=config.encode_size)
     if backbone.image_size != config.encode_size:
         raise SemnbInputError("backbone", f"encodes at {backbone.image_size} px, the config asks for "
                               f"{config.encode_size}", "load it with image_size=config.encode_size")
-    queries, grid = _patch_features(images, backbone, config.encode_size, progress, "locate: encode images")
+    queries, grid = _patch_features(pixels, backbone, config.encode_size, progress, "locate: encode images")
     patch_maps = torch.cat([self_referential_distance(queries[s:s + 16], grid, config.exclude_radius)
                             for s in range(0, len(queries), 16)])
     reference, memory_patches = SELF_REFERENTIAL, 0
@@ -195,39 +195,20 @@ def locate_defects(images: Sequence[np.ndarray], normal_images: Sequence[np.ndar
     flat = maps.reshape(len(maps), -1)
     peak, where = flat.max(dim=1)
     rows, cols = (where // config.encode_size).numpy(), (where % config.encode_size).numpy()
-    centres, windows = [], []
-    for image, row, col in zip(images, rows, cols):
+    centers, windows = [], []
+    for image, row, col in zip(pixels, rows, cols):
         height, width = np.asarray(image).shape[:2]
-        centre = ((row + 0.5) * height / config.encode_size, (col + 0.5) * width / config.encode_size)
-        centres.append(centre)
-        windows.append(crop_window(centre, (height, width), config.fraction))
-    return DefectLocations(np.asarray(centres), np.asarray(windows, dtype=np.int64), peak.numpy(), reference,
+        center = ((row + 0.5) * height / config.encode_size, (col + 0.5) * width / config.encode_size)
+        centers.append(center)
+        windows.append(crop_window(center, (height, width), config.fraction))
+    return DefectLocations(np.asarray(centers), np.asarray(windows, dtype=np.int64), peak.numpy(), reference,
                            memory_patches)
 
 
-def window_hits(windows: np.ndarray, masks: Sequence[np.ndarray | None]) -> dict[str, float]:
-    """How often the windows hold the true defect, over the images whose mask marks one.
-
-    hit_rate: share of windows holding at least one defect pixel; covered: mean share of each
-    defect's pixels inside its window; n_scored: images with a non-empty mask (NaN rates when 0).
-
-    Taught in: 06_ssl_clustering.
-    """
-    hits, covered = [], []
-    for (top, left, bottom, right), mask in zip(np.asarray(windows), masks):
-        if mask is None or not np.any(mask):
-            continue
-        inside = int(np.count_nonzero(mask[top:bottom, left:right]))
-        hits.append(inside > 0)
-        covered.append(inside / np.count_nonzero(mask))
-    return {"hit_rate": float(np.mean(hits)) if hits else float("nan"),
-            "covered": float(np.mean(covered)) if covered else float("nan"), "n_scored": len(hits)}
-
-
-def _patch_features(images: Sequence[np.ndarray], backbone, size: int, progress: bool,
+def _patch_features(pixels: Sequence[np.ndarray], backbone, size: int, progress: bool,
                     desc: str) -> tuple[torch.Tensor, tuple[int, int]]:
     """PatchCore-style features [B, N, d] of gray images, each resized (stretched) to size x size, and their grid."""
-    pixels = np.stack([resize(np.asarray(image, dtype=np.float32), size) for image in
-                       tqdm(images, desc=desc, disable=not progress)])
-    levels = encode_images(backbone, pixels, progress=progress)
+    resized = np.stack([resize(np.asarray(image, dtype=np.float32), size) for image in
+                        tqdm(pixels, desc=desc, disable=not progress)])
+    levels = encode_images(backbone, resized, progress=progress)
     return patchcore_features(levels.patch_z, levels.grid), levels.grid

@@ -1,15 +1,14 @@
-"""Cluster images by morphology and score the clusters: the SSL embedding against its baselines.
+"""The clustering protocol: the SSL embedding against its baselines, on the same images, scored alike.
 
-Every method turns the same preprocessed images into one feature vector per image; each
-feature dimension is standardised (zero mean, unit variance) so that no method wins or
-loses by the units of its features (GLCM contrast runs to hundreds, energy to hundredths),
-except raw-pixel PCA, where standardising would whiten the components and give noise
-directions the weight of the main ones. k-means (k = number of classes, fixed n_init,
-seeded) groups them. Labels are used only afterwards, to score: NMI against the labels and
-the silhouette (Euclidean) of the clusters in the space k-means saw.
+Every method (`METHODS`) turns the same preprocessed images into one feature vector per
+image (`baseline_specs` for the baselines, `ssl` for the paper's method); all of them then
+go through the same k-means, with k = number of classes, and the same scores
+(`semnb.clustering.kmeans`). Labels are used only to score.
 
-`evaluate_methods` runs every method on arrays; `evaluate_clustering` is `semnb eval cluster`: it
-reads an `ImageSet`, preprocesses it and returns the results contract (`EvalResult`).
+`evaluate_methods` runs every method on preprocessed pixel arrays; `evaluate_clustering` is
+`semnb eval cluster`: it takes an `ImageSet`, chooses the images to cluster
+(`split_for_clustering`), preprocesses them (optionally cut to a window around each located
+defect) and returns the results contract (`EvalResult`) with what notebook 06 plots.
 
 Taught in: 06_ssl_clustering.
 """
@@ -30,14 +29,7 @@ from semnb.clustering.baselines import (
     pca_features,
     wavelet_energies,
 )
-from semnb.clustering.defect_crop import (
-    LOCATOR_BACKBONE,
-    NORMAL_AND_SELF,
-    CropConfig,
-    crop_images,
-    locate_defects,
-    window_hits,
-)
+from semnb.clustering.defect_crop import NORMAL_AND_SELF, CropConfig, crop_images, locate_defects
 from semnb.clustering.kmeans import UNSCALED_METHODS, kmeans_clusters, score_clusters
 from semnb.clustering.ssl import (
     PAPER_IMAGE_SIZE,
@@ -48,6 +40,7 @@ from semnb.clustering.ssl import (
     prepare_images,
     train_ssl,
 )
+from semnb.data.dataset import ImageSet
 from semnb.data.preprocess import crop_border, detect_banner
 from semnb.errors import SemnbInputError
 from semnb.models import DEFAULT_BACKBONE, PAPER_CLIP, available_weights, load_backbone
@@ -58,9 +51,10 @@ METHODS = ("ssl", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip", "ssl_untr
 """The paper's method first, then its baselines, then a control: the same encoder with its random
 initial weights (seeded), untrained. When the control scores like `ssl`, training taught the
 encoder nothing the clustering can use."""
-IMAGENET_BACKBONE = DEFAULT_BACKBONE  # the ImageNet CNN
-IMAGENET_SIZE = 224
+IMAGENET_SIZE = 224  # side the "imagenet" baseline (DEFAULT_BACKBONE) encodes at
 CROPS = (None, "defect")  # what evaluate_clustering clusters: whole images, or windows around the located defect
+
+
 # ---------------------------------------------------------------- features per method
 
 
@@ -78,7 +72,7 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
                    warnings: list[str] | None = None) -> dict[str, FeatureSpec]:
     """Feature extractors of the baselines in `methods` (everything but "ssl" and "ssl_untrained").
 
-    "imagenet" loads `efficientnet-lite0`; "clip" loads `backbone` when it names a CLIP
+    "imagenet" loads `DEFAULT_BACKBONE` (the ImageNet efficientnet-lite0); "clip" loads `backbone` when it names a CLIP
     model, else the default CLIP when its weights are on this machine. When "clip" was not
     asked for by name (`methods` is the default list) and no weights exist, it is left out
     with a note in `warnings` instead of failing; a random model is never called CLIP.
@@ -93,11 +87,11 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
         elif method == "pca":
             specs[method] = FeatureSpec(lambda x, seed: pca_features(x, seed=seed), seeded=True)
         elif method == "imagenet":
-            net = load_backbone(IMAGENET_BACKBONE, image_size=IMAGENET_SIZE)
+            net = load_backbone(DEFAULT_BACKBONE, image_size=IMAGENET_SIZE)
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
                                         seeded=False, backbone=net.name, weights=net.weights)
         elif method == "clip":
-            name = backbone if backbone not in (None, "", IMAGENET_BACKBONE) else PAPER_CLIP
+            name = backbone if backbone not in (None, "", DEFAULT_BACKBONE) else PAPER_CLIP
             if name == PAPER_CLIP and not available_weights()[PAPER_CLIP].startswith("found"):
                 note = f"clip: left out, no CLIP weights on this machine ({available_weights()[PAPER_CLIP]})"
                 if warnings is None:
@@ -135,10 +129,10 @@ class ClusterEvaluation:
     ssl_run: SSLRun | None = None
 
 
-def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                      methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,), k: int | None = None,
                      ssl_config: SSLConfig | None = None, backbone: str | None = None, data: str = "arrays",
-                     progress: bool = True) -> ClusterEvaluation:
+                     progress: bool = False) -> ClusterEvaluation:
     """Features, k-means and scores for every method on preprocessed images [N, S, S] (`prepare_images`).
 
     For each seed: the SSL model is trained with that seed (`ssl_config.seed` is replaced)
@@ -149,8 +143,8 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
     Taught in: 06_ssl_clustering.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    if len(labels) != len(images):
-        raise SemnbInputError("labels", f"{len(labels)} labels for {len(images)} images", "give one label per image")
+    if len(labels) != len(pixels):
+        raise SemnbInputError("labels", f"{len(labels)} labels for {len(pixels)} images", "give one label per image")
     requested = list(METHODS if methods is None else methods)
     if not requested:
         raise SemnbInputError("--methods", "is empty", f"use some of {', '.join(METHODS)}")
@@ -173,14 +167,14 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
         for method in order:
             start = time.perf_counter()
             if method == "ssl":
-                run = train_ssl(images, replace(ssl_config, seed=int(seed)), progress=progress)
-                features = embed(run.model, images, channels_last=ssl_config.channels_last)
+                run = train_ssl(pixels, replace(ssl_config, seed=int(seed)), progress=progress)
+                features = embed(run.model, pixels, channels_last=ssl_config.channels_last)
                 first_run = first_run or run
             elif method == "ssl_untrained":
-                features = embed(create_model(replace(ssl_config, seed=int(seed))), images,
+                features = embed(create_model(replace(ssl_config, seed=int(seed))), pixels,
                                  channels_last=ssl_config.channels_last)
             elif specs[method].seeded or method not in fixed:
-                features = fixed[method] = specs[method].extract(images, seed)
+                features = fixed[method] = specs[method].extract(pixels, seed)
             else:
                 features = fixed[method]
             standardized = method not in UNSCALED_METHODS
@@ -194,60 +188,75 @@ def evaluate_methods(images: np.ndarray, labels: np.ndarray, class_names: Sequen
         task="cluster", data=data,
         backbone=", ".join(f"{m}: {specs[m].backbone}" for m in frozen) or "none",
         weights=", ".join(f"{m}: {specs[m].weights}" for m in frozen) or "none",
-        precision=ssl_config.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(images),
+        precision=ssl_config.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(pixels),
         results={m: metrics.mean_std_over_seeds(per_seed[m]) for m in order},
         timing={"load_models_s": round(load_s, 3), **{f"{m}_s": round(t, 3) for m, t in timing.items()}},
         warnings=warnings,
-        extra={"k": k, "class_names": list(class_names), "image_size": int(images.shape[-1]),
+        extra={"k": k, "class_names": list(class_names), "image_size": int(pixels.shape[-1]),
                "n_labelled": int((labels >= 0).sum()),
                "nmi_random_assignment": metrics.random_assignment_nmi(labels, k)},
     )
     if first_run is not None:
         result.timing["ssl_train_images_per_s"] = round(first_run.history.images_per_second, 2)
         result.extra["ssl"] = _ssl_summary(first_run)
-    return ClusterEvaluation(result, images, labels, list(class_names), first_features, first_clusters, first_run)
+    return ClusterEvaluation(result, pixels, labels, list(class_names), first_features, first_clusters, first_run)
 
 
-def evaluate_clustering(dataset, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
-                 epochs: int = 15, image_size: int = PAPER_IMAGE_SIZE, k: int | None = None,
-                 backbone: str | None = None, border: int = 0, banner: int | str = "auto",
-                 threads: int | None = None, crop: str | None = None, crop_config: CropConfig | None = None,
-                 ssl_augment: bool = False, progress: bool = True) -> ClusterEvaluation:
+def split_for_clustering(images: ImageSet) -> tuple[ImageSet, ImageSet]:
+    """The images `evaluate_clustering` clusters, and the defect-free ones the defect locator may use as normal memory.
+
+    In the MVTec layout (with both splits present) only the test split is clustered: train/
+    holds defect-free images only and would make that class dominate; its defect-free images
+    are the reference. Otherwise every image is clustered and the reference is empty: normal
+    images among those clustered would place crops by label.
+
+    Taught in: 06_ssl_clustering.
+    """
+    test = [i for i, split in enumerate(images.splits) if split == "test"]
+    if images.layout == "mvtec" and 0 < len(test) < len(images):
+        reference = [i for i in range(len(images)) if images.splits[i] == "train" and images.is_normal[i]]
+        return images.subset(test), images.subset(reference)
+    return images, images.subset([])
+
+
+def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,),
+                        epochs: int = 15, image_size: int = PAPER_IMAGE_SIZE, k: int | None = None,
+                        backbone: str | None = None, border: int = 0, banner: int | str = "auto",
+                        threads: int | None = None, crop: str | None = None, crop_config: CropConfig | None = None,
+                        ssl_augment: bool = False, progress: bool = False) -> ClusterEvaluation:
     """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
 
-    In the MVTec layout only the test split is clustered: train/ holds defect-free images
-    only and would make that class dominate. Unlabelled images are clustered but not scored.
+    The images clustered are those of `split_for_clustering` (in the MVTec layout the test
+    split only). Unlabelled images are clustered but not scored.
     `crop="defect"` clusters, for every method, a window around each image's most anomalous
-    place instead of the whole image (`semnb.defect_crop`; the train/ defect-free images, when
-    there are any, are the locator's normal memory); `extra["crop"]` says how the windows were
-    found and how often they hold the true defect, where masks exist. `ssl_augment=True` trains
-    the SSL encoder on randomly augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's).
+    place instead of the whole image (`semnb.clustering.defect_crop`; the train/ defect-free
+    images, when there are any, are the locator's normal memory); `extra["crop"]` says how the
+    windows were found and how often they hold the true defect, where masks exist
+    (`semnb.metrics.window_hit_rate`). `ssl_augment=True` trains the SSL encoder on randomly
+    augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's).
 
     Taught in: 06_ssl_clustering (the CLI runs the same function).
     """
     if crop not in CROPS:
         raise SemnbInputError("--crop", f"got {crop!r}", "leave it out (whole images) or use --crop defect")
     notes = []
-    test = [i for i, split in enumerate(dataset.splits) if split == "test"]
-    reference = [i for i in range(len(dataset)) if dataset.splits[i] == "train" and dataset.is_normal[i]]
-    if dataset.layout == "mvtec" and 0 < len(test) < len(dataset):
-        notes.append(f"mvtec layout: clustered the {len(test)} test images only (train/ holds defect-free images only)")
-        reference_set, dataset = dataset.subset(reference), dataset.subset(test)
-    else:
-        reference_set = dataset.subset([])  # normal images among those clustered would place crops by label
+    clustered, reference = split_for_clustering(images)
+    if len(clustered) < len(images):
+        notes.append(f"mvtec layout: clustered the {len(clustered)} test images only "
+                     "(train/ holds defect-free images only)")
     crop_extra = None
     if crop == "defect":
-        source, crop_extra = _defect_crops(dataset, reference_set, border, banner, crop_config, progress)
+        source, crop_extra = _defect_crops(clustered, reference, border, banner, crop_config, progress)
         notes.append(crop_extra.pop("note"))
         border, banner = 0, 0  # already cut before locating
     else:
-        source = _LazyImages(dataset)
+        source = _LazyImages(clustered)
     start = time.perf_counter()
-    images = prepare_images(source, size=image_size, border=border, banner=banner, progress=progress)
+    pixels = prepare_images(source, size=image_size, border=border, banner=banner, progress=progress)
     preprocess_s = time.perf_counter() - start
-    evaluation = evaluate_methods(images, dataset.labels, dataset.class_names, methods=methods, seeds=seeds, k=k,
+    evaluation = evaluate_methods(pixels, clustered.labels, clustered.class_names, methods=methods, seeds=seeds, k=k,
                                   ssl_config=SSLConfig(epochs=epochs, threads=threads, augment_levels=ssl_augment),
-                                  backbone=backbone, data=str(dataset.root), progress=progress)
+                                  backbone=backbone, data=str(clustered.root), progress=progress)
     evaluation.result.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.result.timing}
     evaluation.result.warnings[:0] = notes
     if crop_extra is not None:
@@ -256,19 +265,19 @@ def evaluate_clustering(dataset, methods: Sequence[str] | None = None, seeds: Se
     return evaluation
 
 
-def _defect_crops(dataset, reference_set, border: int, banner: int | str, config: CropConfig | None,
-                  progress: bool) -> tuple[list[np.ndarray], dict]:
+def _defect_crops(clustered: ImageSet, reference: ImageSet, border: int, banner: int | str,
+                  config: CropConfig | None, progress: bool) -> tuple[list[np.ndarray], dict]:
     """Border- and banner-cut images cropped around their located defect, and the record of how (see evaluate_clustering)."""
     config = config or CropConfig()
     tick = time.perf_counter()
-    images, masks = [], []
-    for i in tqdm(range(len(dataset)), desc="cut borders", disable=not progress):
-        image, mask = _cut(dataset.image(i), dataset.mask(i), border, banner)
-        images.append(image)
+    cut, masks = [], []
+    for i in tqdm(range(len(clustered)), desc="cut borders", disable=not progress):
+        pixels, mask = _cut(clustered.image(i), clustered.mask(i), border, banner)
+        cut.append(pixels)
         masks.append(mask)
-    normal = [_cut(reference_set.image(i), None, border, banner)[0] for i in range(len(reference_set))]
-    found = locate_defects(images, normal, config, progress=progress)
-    hits = window_hits(found.windows, masks)
+    normal = [_cut(reference.image(i), None, border, banner)[0] for i in range(len(reference))]
+    found = locate_defects(cut, normal, config, progress=progress)
+    hits = metrics.window_hit_rate(found.windows, masks)
     side = found.windows[:, 2] - found.windows[:, 0]
     own = f"the image's own patches beyond {config.exclude_radius} grid steps"
     how = (f"PatchCore-style distance to the nearest of the {found.memory_patches} patches of {len(normal)} "
@@ -276,12 +285,12 @@ def _defect_crops(dataset, reference_set, border: int, banner: int | str, config
            f"self-referential distance, to {own} (no defect-free train/ images)")
     note = (f"crop=defect: every method clustered a {side.min()}-{side.max()} px window ({config.fraction:g} of the "
             f"shorter side) around each image's most anomalous place, not the whole image; located by {how}, "
-            f"{LOCATOR_BACKBONE} at {config.encode_size} px")
+            f"{DEFAULT_BACKBONE} at {config.encode_size} px")
     extra = {"mode": "defect", "reference": found.reference, "n_normal_images": len(normal),
-             "memory_patches": found.memory_patches, "locator_backbone": LOCATOR_BACKBONE,
+             "memory_patches": found.memory_patches, "locator_backbone": DEFAULT_BACKBONE,
              "config": asdict(config), "windows": found.windows.tolist(), **hits,
              "locate_s": round(time.perf_counter() - tick, 3), "note": note}
-    return crop_images(images, found.windows), extra
+    return crop_images(cut, found.windows), extra
 
 
 def _cut(image: np.ndarray, mask: np.ndarray | None, border: int, banner: int | str):
@@ -292,18 +301,18 @@ def _cut(image: np.ndarray, mask: np.ndarray | None, border: int, banner: int | 
 
 
 class _LazyImages(Sequence):
-    """The images of an ImageSet, read one at a time (a whole set of large images may not fit in memory)."""
+    """The pixels of an ImageSet, read one image at a time (a whole set of large images may not fit in memory)."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, images: ImageSet):
+        self.images = images
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        if not 0 <= i < len(self.dataset):
+        if not 0 <= i < len(self.images):
             raise IndexError(i)
-        return self.dataset.image(i)
+        return self.images.image(i)
 
 
 def _number_of_clusters(labels: np.ndarray, k: int | None) -> int:

@@ -2,8 +2,9 @@
 
 Why: silhouette and NMI (06_ssl_clustering) say how well clusters separate and match the
 labels; thumbnails say what a cluster actually groups (a morphology, a magnification, an
-imaging artefact). The map and the clusters are computed beforehand (`semnb.cluster_viz.
-project_2d`, `semnb.clustering.kmeans.kmeans_clusters`), so choosing a cluster only redraws.
+imaging artefact). The map and the clusters are computed beforehand (`semnb.clustering.viz.
+project_2d`, `semnb.clustering.kmeans.kmeans_clusters`), so choosing a cluster only redraws;
+thumbnails are read lazily, only those shown (`image_at`), and drawn by `semnb.clustering.viz`.
 
 Taught in: 06_ssl_clustering.
 """
@@ -14,16 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
 
+from semnb.clustering.viz import cluster_members_figure
 from semnb.errors import SemnbInputError
-from semnb.viz import show_image
 from semnb.widgets.base import Explorer, RenderResult, image_at
 
 COLOR_BY = ("cluster", "class")
-THUMB_COLUMNS = 4
 
 
 def _check_inputs(points: np.ndarray, clusters: np.ndarray, labels: np.ndarray | None,
@@ -44,7 +42,7 @@ def _name(class_names: Sequence[str], label: int) -> str:
 
 
 def render_clusters(points: np.ndarray, clusters: Sequence[int], cluster: int,
-                    images: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None,
+                    pixels: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None,
                     labels: Sequence[int] | None = None, class_names: Sequence[str] = (),
                     paths: Sequence[str] | None = None, per_page: int = 12, color_by: str = "cluster") -> RenderResult:
     """The map with cluster `cluster` highlighted, and thumbnails of its first `per_page` members.
@@ -73,42 +71,13 @@ def render_clusters(points: np.ndarray, clusters: Sequence[int], cluster: int,
     group_names = ({g: f"cluster {g}" for g in np.unique(clusters)} if color_by == "cluster"
                    else {g: _name(class_names, int(g)) for g in np.unique(labels)})
     titles = [Path(str(names[i])).name if labels is None else _name(class_names, int(labels[i])) for i in shown]
-    figure = _cluster_figure(points, groups, group_names, members, [image_at(images, paths, i) for i in shown],
-                             titles, int(cluster))
+    figure = cluster_members_figure(points, groups, group_names, members,
+                                    [image_at(pixels, paths, i) for i in shown], titles, int(cluster))
     return RenderResult(figure, summary)
 
 
-def _cluster_figure(points: np.ndarray, groups: np.ndarray, group_names: dict, members: np.ndarray,
-                    thumbs: Sequence[np.ndarray], titles: Sequence[str], cluster: int) -> Figure:
-    """Scatter (members outlined in black, the rest faded) beside a grid of member thumbnails."""
-    rows = max(1, int(np.ceil(len(thumbs) / THUMB_COLUMNS)))
-    fig = Figure(figsize=(4.4 + 1.6 * THUMB_COLUMNS, max(4.0, 1.7 * rows)))
-    grid = fig.add_gridspec(rows, THUMB_COLUMNS + 1, width_ratios=[2.8] + [1] * THUMB_COLUMNS, wspace=0.15, hspace=0.3,
-                            left=0.02, right=0.98, top=0.92, bottom=0.03)
-    ax = fig.add_subplot(grid[:, 0])
-    cmap = plt.get_cmap("tab20" if len(group_names) > 10 else "tab10")
-    chosen = np.zeros(len(points), bool)
-    chosen[members] = True
-    for order, g in enumerate(group_names):
-        pick = groups == g
-        color = "lightgray" if g < 0 else cmap(order % cmap.N)
-        ax.scatter(points[pick & ~chosen, 0], points[pick & ~chosen, 1], s=10, color=color, alpha=0.3, linewidths=0,
-                   label=group_names[g])
-        ax.scatter(points[pick & chosen, 0], points[pick & chosen, 1], s=22, color=color, edgecolors="black",
-                   linewidths=0.8)
-    if len(group_names) <= 20:
-        for handle in ax.legend(fontsize=7, frameon=False, loc="best").legend_handles:
-            handle.set_alpha(1)
-    ax.set_title(f"cluster {cluster}: {len(members)} images (outlined)", fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for k, (thumb, title) in enumerate(zip(thumbs, titles)):
-        show_image(fig.add_subplot(grid[k // THUMB_COLUMNS, 1 + k % THUMB_COLUMNS]), thumb, title=title)
-    return fig
-
-
 def cluster_explorer(points: np.ndarray, clusters: Sequence[int],
-                     images: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None,
+                     pixels: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None,
                      labels: Sequence[int] | None = None, class_names: Sequence[str] = (),
                      paths: Sequence[str] | None = None, per_page: int = 12) -> Explorer:
     """The cluster explorer widget: a cluster picker, how many thumbnails, and colour by cluster or class.
@@ -129,7 +98,7 @@ def cluster_explorer(points: np.ndarray, clusters: Sequence[int],
         controls["color_by"] = widgets.ToggleButtons(options=list(COLOR_BY), value="cluster", description="colour by")
 
     def render(values: dict) -> RenderResult:
-        return render_clusters(points, clusters, images=images, labels=labels, class_names=class_names,
+        return render_clusters(points, clusters, pixels=pixels, labels=labels, class_names=class_names,
                                paths=paths, **values)
 
     return Explorer(render, controls, title="Cluster explorer")

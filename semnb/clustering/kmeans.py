@@ -20,6 +20,8 @@ from semnb.errors import SemnbInputError
 
 UNSCALED_METHODS = ("pca",)  # clustered on the features as they are (see the module docstring)
 KMEANS_N_INIT = 10
+
+
 def standardize(features: np.ndarray) -> np.ndarray:
     """Zero mean and unit variance per dimension; constant dimensions become 0.
 

@@ -11,7 +11,7 @@ representation and clustering of semiconductor thin-film SEM defects" (Sci. Rep.
 4. the loss asks every pair of levels to agree (`cross_scale_loss`): the predictor output of
    one level should have a high cosine with the stop-gradient projection of the other;
 5. after training, the L0 embedding without the projection head describes the image
-   (`embed`); `semnb.clustering` runs k-means on it.
+   (`embed`); `semnb.clustering.kmeans` runs k-means on it.
 
 Which pairs and which side is stopped (the paper says "pairs of levels", SimSiam-style):
 all three pairs (L0,L1), (L0,L2), (L1,L2), each symmetrised as in SimSiam,
@@ -60,7 +60,7 @@ PRECISIONS = ("fp32", "bf16")
 # ---------------------------------------------------------------- preprocessing and pyramid
 
 
-def prepare_images(images: Sequence[np.ndarray], size: int = PAPER_IMAGE_SIZE, border: int = 0,
+def prepare_images(pixels: Sequence[np.ndarray], size: int = PAPER_IMAGE_SIZE, border: int = 0,
                    banner: int | str = "auto", progress: bool = False) -> np.ndarray:
     """The paper's preprocessing for every image: crop border and banner, bicubic resize, normalise.
 
@@ -71,10 +71,10 @@ def prepare_images(images: Sequence[np.ndarray], size: int = PAPER_IMAGE_SIZE, b
     Taught in: 06_ssl_clustering.
     """
     check_image_size(size)
-    if len(images) == 0:
-        raise SemnbInputError("images", "is empty", "pass at least one image")
-    out = np.empty((len(images), size, size), dtype=np.float32)
-    for i, image in enumerate(tqdm(images, desc="preprocess", disable=not progress)):
+    if len(pixels) == 0:
+        raise SemnbInputError("pixels", "is empty", "pass at least one image")
+    out = np.empty((len(pixels), size, size), dtype=np.float32)
+    for i, image in enumerate(tqdm(pixels, desc="preprocess", disable=not progress)):
         image = np.asarray(image)
         if np.issubdtype(image.dtype, np.integer):
             image = image.astype(np.float32) / np.iinfo(image.dtype).max
@@ -90,7 +90,7 @@ def check_image_size(size: int, levels: int = NUM_LEVELS) -> None:
                               f"use a multiple of {factor} of at least {8 * factor} (the paper uses {PAPER_IMAGE_SIZE})")
 
 
-def build_pyramid(images: torch.Tensor, levels: int = NUM_LEVELS) -> list[torch.Tensor]:
+def build_pyramid(pixels: torch.Tensor, levels: int = NUM_LEVELS) -> list[torch.Tensor]:
     """[B, 1, S, S] -> [L0, L1, L2] of sizes S, S/2, S/4 by area interpolation (box average).
 
     Area interpolation by a whole factor f makes each output pixel the mean of an f x f block,
@@ -98,11 +98,11 @@ def build_pyramid(images: torch.Tensor, levels: int = NUM_LEVELS) -> list[torch.
 
     Taught in: 06_ssl_clustering.
     """
-    if images.ndim != 4 or images.shape[1] != 1:
-        raise SemnbInputError("images", f"has shape {tuple(images.shape)}", "pass a batch [B, 1, S, S]")
-    size = images.shape[-1]
+    if pixels.ndim != 4 or pixels.shape[1] != 1:
+        raise SemnbInputError("pixels", f"has shape {tuple(pixels.shape)}", "pass a batch [B, 1, S, S]")
+    size = pixels.shape[-1]
     check_image_size(size, levels)
-    return [images] + [F.interpolate(images, size=(size // 2**level,) * 2, mode="area") for level in range(1, levels)]
+    return [pixels] + [F.interpolate(pixels, size=(size // 2**level,) * 2, mode="area") for level in range(1, levels)]
 
 
 # ---------------------------------------------------------------- augmentation (opt-in)
@@ -360,8 +360,8 @@ def _in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _to_batch(images: np.ndarray, channels_last: bool) -> torch.Tensor:
-    return _in_layout(torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None], channels_last)
+def _to_batch(pixels: np.ndarray, channels_last: bool) -> torch.Tensor:
+    return _in_layout(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[:, None], channels_last)
 
 
 def create_model(config: SSLConfig) -> MultiResSimSiam:
@@ -375,7 +375,7 @@ def create_model(config: SSLConfig) -> MultiResSimSiam:
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
 
-def train_ssl(images: np.ndarray, config: SSLConfig | None = None, progress: bool = True) -> SSLRun:
+def train_ssl(pixels: np.ndarray, config: SSLConfig | None = None, progress: bool = False) -> SSLRun:
     """Train the multi-resolution SimSiam on preprocessed images [N, S, S] (from `prepare_images`).
 
     No labels are used. Batches are drawn by a seeded shuffle; a last batch of one image is
@@ -385,15 +385,15 @@ def train_ssl(images: np.ndarray, config: SSLConfig | None = None, progress: boo
     Taught in: 06_ssl_clustering.
     """
     config = config or SSLConfig()
-    images = _check_images(images)
-    if len(images) < 2:
-        raise SemnbInputError("images", f"only {len(images)} image", "train on at least 2 images")
+    pixels = _check_images(pixels)
+    if len(pixels) < 2:
+        raise SemnbInputError("pixels", f"only {len(pixels)} image", "train on at least 2 images")
     model = create_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     views = augmentation_generator(config.seed) if config.augment_levels else None
     history = TrainingHistory()
-    n = len(images)
+    n = len(pixels)
     with torch_threads(config.threads):
         model.train()
         bar = tqdm(range(config.epochs), desc="ssl epochs", disable=not progress)
@@ -405,7 +405,7 @@ def train_ssl(images: np.ndarray, config: SSLConfig | None = None, progress: boo
                 batch = order[first:first + config.batch_size]
                 if len(batch) < 2:
                     continue
-                levels = build_pyramid(_to_batch(images[batch], config.channels_last))
+                levels = build_pyramid(_to_batch(pixels[batch], config.channels_last))
                 if views is not None:
                     levels = [_in_layout(level, config.channels_last) for level in augment_pyramid(levels, views)]
                 with _autocast(config.precision):
@@ -429,38 +429,38 @@ def train_ssl(images: np.ndarray, config: SSLConfig | None = None, progress: boo
 
 
 @torch.inference_mode()
-def embed(model: MultiResSimSiam, images: np.ndarray, batch_size: int = 32, channels_last: bool = True,
+def embed(model: MultiResSimSiam, pixels: np.ndarray, batch_size: int = 32, channels_last: bool = True,
           progress: bool = False) -> np.ndarray:
     """L0 embeddings [N, 128] of preprocessed images: the encoder only, projection head removed.
 
     Taught in: 06_ssl_clustering.
     """
-    images = _check_images(images)
+    pixels = _check_images(pixels)
     model.eval()
-    out = [model.encoder(_to_batch(images[s:s + batch_size], channels_last)).float()
-           for s in tqdm(range(0, len(images), batch_size), desc="embed", disable=not progress)]
+    out = [model.encoder(_to_batch(pixels[s:s + batch_size], channels_last)).float()
+           for s in tqdm(range(0, len(pixels), batch_size), desc="embed", disable=not progress)]
     return torch.cat(out).numpy()
 
 
 @torch.inference_mode()
-def embed_pyramid(model: MultiResSimSiam, images: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+def embed_pyramid(model: MultiResSimSiam, pixels: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
     """Encoder embeddings of every pyramid level, [L0, L1, L2] each [N, 128]: how scale-consistent they are.
 
     Taught in: 06_ssl_clustering.
     """
-    images = _check_images(images)
+    pixels = _check_images(pixels)
     model.eval()
     per_level: list[list[torch.Tensor]] = [[] for _ in range(NUM_LEVELS)]
-    for s in range(0, len(images), batch_size):
-        for level, x in enumerate(build_pyramid(_to_batch(images[s:s + batch_size], channels_last=False))):
+    for s in range(0, len(pixels), batch_size):
+        for level, x in enumerate(build_pyramid(_to_batch(pixels[s:s + batch_size], channels_last=False))):
             per_level[level].append(model.encoder(x).float())
     return [torch.cat(parts).numpy() for parts in per_level]
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 3 or images.shape[1] != images.shape[2]:
-        raise SemnbInputError("images", f"has shape {images.shape}",
-                              "pass square preprocessed images [N, S, S] (semnb.ssl.prepare_images makes them)")
-    check_image_size(images.shape[1])
-    return images
+def _check_images(pixels: np.ndarray) -> np.ndarray:
+    pixels = np.asarray(pixels, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[1] != pixels.shape[2]:
+        raise SemnbInputError("pixels", f"has shape {pixels.shape}",
+                              "pass square preprocessed images [N, S, S] (semnb.clustering.ssl.prepare_images makes them)")
+    check_image_size(pixels.shape[1])
+    return pixels

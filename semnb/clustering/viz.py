@@ -1,4 +1,5 @@
-"""Figures for clustering: the pyramid, the training curve, 2-D maps of embeddings, clusters as thumbnails.
+"""Figures for clustering: the pyramid, the training curve, 2-D maps of embeddings, clusters as thumbnails,
+and the cluster explorer's picture.
 
 Taught in: 06_ssl_clustering.
 """
@@ -15,6 +16,7 @@ from semnb.clustering.kmeans import UNSCALED_METHODS, clustering_space
 from semnb.viz import image_rows, show_image
 
 PROJECTIONS = ("umap", "tsne")
+THUMB_COLUMNS = 4  # thumbnails per row beside the cluster explorer's map
 
 
 def project_2d(features: np.ndarray, method: str = "umap", seed: int = 0, standardized: bool = True) -> np.ndarray:
@@ -74,7 +76,7 @@ def _scatter(ax, points: np.ndarray, groups: np.ndarray, names: Sequence[str], t
     ax.set_yticks([])
 
 
-def cluster_thumbnails(images: np.ndarray, clusters: np.ndarray, labels: np.ndarray | None = None,
+def cluster_thumbnails(pixels: np.ndarray, clusters: np.ndarray, labels: np.ndarray | None = None,
                        class_names: Sequence[str] | None = None, per_cluster: int = 6, seed: int = 0) -> Figure:
     """A row of `per_cluster` random members per cluster (seeded), each titled with its true class.
 
@@ -89,7 +91,7 @@ def cluster_thumbnails(images: np.ndarray, clusters: np.ndarray, labels: np.ndar
 
     def draw(ax, i):
         named = labels is not None and class_names and labels[i] >= 0
-        show_image(ax, images[i], title=class_names[labels[i]] if named else None)
+        show_image(ax, pixels[i], title=class_names[labels[i]] if named else None)
 
     return image_rows(rows, draw, per_cluster, cell=(1.6, 1.7), label_fontsize=8, rotate_labels=False)
 
@@ -97,7 +99,7 @@ def cluster_thumbnails(images: np.ndarray, clusters: np.ndarray, labels: np.ndar
 def training_curves(history, embedding_dim: int = 128) -> Figure:
     """Loss per epoch (left) and the collapse watch (right) with the healthy level 1/sqrt(d).
 
-    `history` is a `semnb.ssl.TrainingHistory`.
+    `history` is a `semnb.clustering.ssl.TrainingHistory`.
 
     Taught in: 06_ssl_clustering.
     """
@@ -152,4 +154,41 @@ def scores_figure(results: Mapping[str, Mapping[str, float]], nmi_random: float 
         ax.set_title(metric)
         ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
+    return fig
+
+
+def cluster_members_figure(points: np.ndarray, groups: np.ndarray, group_names: Mapping[int, str],
+                           members: np.ndarray, thumbs: Sequence[np.ndarray], titles: Sequence[str],
+                           cluster: int) -> Figure:
+    """The cluster explorer's picture: the 2-D map (members outlined in black, the rest faded) beside member thumbnails.
+
+    `groups` colour the map (cluster or class per point, named by `group_names`); `members`
+    are the indices of cluster `cluster`; `thumbs` and `titles` the shown members, in rows of
+    `THUMB_COLUMNS`. A plain `Figure` (not pyplot's), so redrawing leaves nothing open.
+
+    Taught in: 06_ssl_clustering.
+    """
+    rows = max(1, int(np.ceil(len(thumbs) / THUMB_COLUMNS)))
+    fig = Figure(figsize=(4.4 + 1.6 * THUMB_COLUMNS, max(4.0, 1.7 * rows)))
+    grid = fig.add_gridspec(rows, THUMB_COLUMNS + 1, width_ratios=[2.8] + [1] * THUMB_COLUMNS, wspace=0.15, hspace=0.3,
+                            left=0.02, right=0.98, top=0.92, bottom=0.03)
+    ax = fig.add_subplot(grid[:, 0])
+    cmap = plt.get_cmap("tab20" if len(group_names) > 10 else "tab10")
+    chosen = np.zeros(len(points), bool)
+    chosen[members] = True
+    for order, g in enumerate(group_names):
+        pick = groups == g
+        color = "lightgray" if g < 0 else cmap(order % cmap.N)
+        ax.scatter(points[pick & ~chosen, 0], points[pick & ~chosen, 1], s=10, color=color, alpha=0.3, linewidths=0,
+                   label=group_names[g])
+        ax.scatter(points[pick & chosen, 0], points[pick & chosen, 1], s=22, color=color, edgecolors="black",
+                   linewidths=0.8)
+    if len(group_names) <= 20:
+        for handle in ax.legend(fontsize=7, frameon=False, loc="best").legend_handles:
+            handle.set_alpha(1)
+    ax.set_title(f"cluster {cluster}: {len(members)} images (outlined)", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for k, (thumb, title) in enumerate(zip(thumbs, titles)):
+        show_image(fig.add_subplot(grid[k // THUMB_COLUMNS, 1 + k % THUMB_COLUMNS]), thumb, title=title)
     return fig

@@ -15,16 +15,20 @@ from semnb.data.preprocess import (
     preprocess,
     resize,
 )
+from semnb.data.scans import LabelledScan, ScanSet, load_scans
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "LAYOUTS",
     "ImageSet",
+    "LabelledScan",
     "crop_border",
     "detect_banner",
     "detect_layout",
     "image_shape",
     "load_dataset",
+    "load_scans",
+    "ScanSet",
     "normalize_intensity",
     "preprocess",
     "read_image",

@@ -149,7 +149,7 @@ def generate_sem_set(
     size: int = 256,
     seed: int = 0,
     classes: Sequence[str] = CLASSES,
-    progress: bool = True,
+    progress: bool = False,
     split: str = "test",
 ) -> Iterator[SemSample]:
     """Images of every class in `classes`, `n_per_class` each, class by class, made one at a time.

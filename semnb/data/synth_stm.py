@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from semnb.data.synth_writer import staged_set
 from semnb.errors import SemnbInputError
-from semnb.io_utils import write_bytes_atomic, write_text_atomic
 
 MANIFEST = "manifest.csv"
 DEFECTS_CSV = "defects.csv"
@@ -172,33 +172,35 @@ def write_stm_dataset(out_dir: str | Path, n_per_class: int = 4, size: int = 256
     Files: `<surface>_<i>.npy` (float32 raw topograph), `<surface>_<i>_mask.npy` (uint8,
     1 = defect), `defects.csv` (scan, defect_id, x, y, class; x = column and y = row of
     the defect centre in pixels) and `manifest.csv` (scan, surface, surface_name, size,
-    row_period_px, n_defects, n_steps, tip_change_line, seed). The manifest is written last,
-    so a folder with a manifest is complete; every file is written atomically.
+    row_period_px, n_defects, n_steps, tip_change_line, seed). The set appears whole or
+    not at all (`staged_set`): `out_dir` must be new, empty, or an earlier synthetic STM
+    set, which is replaced whole, so no scan of an earlier, larger set stays behind.
 
     Taught in: 08_stm.
     """
     if int(n_per_class) < 1:
         raise SemnbInputError("--n-per-class", f"got {n_per_class}", "use at least 1 scan per surface")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest, defects = [], []
-    for surface in SURFACES:
-        for i in range(int(n_per_class)):
-            scan_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
-            scan = generate_stm_scan(surface, size=size, seed=scan_seed)
-            name = f"{surface}_{i:03d}"
-            write_bytes_atomic(out_dir / f"{name}.npy", _npy_bytes(scan.raw))
-            write_bytes_atomic(out_dir / f"{name}_mask.npy", _npy_bytes(scan.mask.astype(np.uint8)))
-            table = scan.defects.rename(columns={"cls": "class"})
-            table.insert(0, "scan", name)
-            defects.append(table)
-            manifest.append({"scan": name, "surface": surface, "surface_name": SURFACES[surface].name,
-                             "size": size, "row_period_px": round(scan.row_period, 3),
-                             "n_defects": len(scan.defects), "n_steps": scan.artefacts["n_steps"],
-                             "tip_change_line": scan.artefacts["tip_change_line"], "seed": scan_seed})
-    write_text_atomic(out_dir / DEFECTS_CSV, pd.concat(defects, ignore_index=True).to_csv(index=False, float_format="%.3f"))
-    write_text_atomic(out_dir / MANIFEST, pd.DataFrame(manifest).to_csv(index=False))
-    return out_dir
+    settings = dict(n_per_class=int(n_per_class), size=size, seed=seed, surfaces=list(SURFACES))
+    with staged_set(out_dir, "stm", settings) as staging:
+        manifest, defects = [], []
+        for surface in SURFACES:
+            for i in range(int(n_per_class)):
+                scan_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
+                scan = generate_stm_scan(surface, size=size, seed=scan_seed)
+                name = f"{surface}_{i:03d}"
+                (staging / f"{name}.npy").write_bytes(_npy_bytes(scan.raw))
+                (staging / f"{name}_mask.npy").write_bytes(_npy_bytes(scan.mask.astype(np.uint8)))
+                table = scan.defects.rename(columns={"cls": "class"})
+                table.insert(0, "scan", name)
+                defects.append(table)
+                manifest.append({"scan": name, "surface": surface, "surface_name": SURFACES[surface].name,
+                                 "size": size, "row_period_px": round(scan.row_period, 3),
+                                 "n_defects": len(scan.defects), "n_steps": scan.artefacts["n_steps"],
+                                 "tip_change_line": scan.artefacts["tip_change_line"], "seed": scan_seed})
+        defects_text = pd.concat(defects, ignore_index=True).to_csv(index=False, float_format="%.3f")
+        (staging / DEFECTS_CSV).write_bytes(defects_text.encode("utf-8"))
+        (staging / MANIFEST).write_bytes(pd.DataFrame(manifest).to_csv(index=False).encode("utf-8"))
+    return Path(out_dir)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from semnb.data.synth_writer import staged_set
 from semnb.errors import SemnbInputError
-from semnb.io_utils import atomic_path, write_bytes_atomic
 
 LABELLED_CLASSES = ("locos", "sti", "gate_spacer", "cu_via", "memory_stack")
 UNLABELLED_CLASSES = ("finfet", "deep_trench")
@@ -298,36 +298,41 @@ def write_tem_dataset(out_dir: str | Path, n_per_class: int = 20, size: int = 25
     to the manifest's folder; `label` is the class name for the labelled classes and empty
     for the images of `UNLABELLED_CLASSES`; `magnification` is a number (e.g. 125000).
     File names never name the class of an unlabelled image. `n_per_class` images of every
-    class, labelled or not. The manifest is written last and atomically, so a folder with a
-    manifest is complete.
+    class, labelled or not. The set appears whole or not at all (`staged_set`): `out_dir`
+    must be new, empty, or an earlier synthetic TEM set, which is replaced whole.
 
     Taught in: 07_retrieval.
     """
     if int(n_per_class) < 1:
         raise SemnbInputError("--n-per-class", f"got {n_per_class}", "use at least 1")
-    out_dir = Path(out_dir)
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
     n = int(n_per_class)
-    # unlabelled images get shuffled numbers, so neither name nor order gives their class away
-    unlabelled_numbers = iter(np.random.default_rng([seed, len(ALL_CLASSES)]).permutation(n * len(UNLABELLED_CLASSES)))
-    rows = []
-    for class_index, cls in enumerate(ALL_CLASSES):
-        mags = stratified_magnifications(n, np.random.default_rng([seed, class_index, 0]))
-        for i, mag in enumerate(mags):
-            image_seed = np.random.SeedSequence([seed, class_index, i + 1]).generate_state(1)[0]
-            tem = generate_tem_image(cls, mag, size=size, seed=int(image_seed))
-            labelled = cls in LABELLED_CLASSES
-            name = f"{cls}_{i:04d}.png" if labelled else f"unlabelled_{next(unlabelled_numbers):04d}.png"
-            write_bytes_atomic(image_dir / name, _png_bytes(tem.image))
-            rows.append((f"images/{name}", cls if labelled else "", f"{tem.magnification:.1f}"))
-    rows.sort(key=lambda row: row[0])
-    with atomic_path(out_dir / MANIFEST) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["path", "label", "magnification"])
-            writer.writerows(rows)
-    return out_dir
+    settings = dict(n_per_class=n, size=size, seed=seed, classes=ALL_CLASSES)
+    with staged_set(out_dir, "tem", settings) as staging:
+        image_dir = staging / "images"
+        image_dir.mkdir()
+        # unlabelled images get shuffled numbers, so neither name nor order gives their class away
+        unlabelled_numbers = iter(np.random.default_rng([seed, len(ALL_CLASSES)]).permutation(n * len(UNLABELLED_CLASSES)))
+        rows = []
+        for class_index, cls in enumerate(ALL_CLASSES):
+            mags = stratified_magnifications(n, np.random.default_rng([seed, class_index, 0]))
+            for i, mag in enumerate(mags):
+                image_seed = np.random.SeedSequence([seed, class_index, i + 1]).generate_state(1)[0]
+                tem = generate_tem_image(cls, mag, size=size, seed=int(image_seed))
+                labelled = cls in LABELLED_CLASSES
+                name = f"{cls}_{i:04d}.png" if labelled else f"unlabelled_{next(unlabelled_numbers):04d}.png"
+                (image_dir / name).write_bytes(_png_bytes(tem.image))
+                rows.append((f"images/{name}", cls if labelled else "", f"{tem.magnification:.1f}"))
+        rows.sort(key=lambda row: row[0])
+        (staging / MANIFEST).write_bytes(_manifest_bytes(rows))
+    return Path(out_dir)
+
+
+def _manifest_bytes(rows: list[tuple[str, str, str]]) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text)  # the csv module's own line ends (\r\n), as the set has always had
+    writer.writerow(["path", "label", "magnification"])
+    writer.writerows(rows)
+    return text.getvalue().encode("utf-8")
 
 
 def _png_bytes(image: np.ndarray) -> bytes:

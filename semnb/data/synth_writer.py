@@ -1,14 +1,18 @@
-"""Write a synthetic SEM defect set to disk in the MVTec-AD layout, with a manifest.
+"""Write synthetic data sets to disk: one staged, atomic writer for every kind, and the SEM set.
 
-Layout (as MVTec-AD, so every loader and tool that reads MVTec reads it):
+Every kind (`sem` here, `tem` in synth_tem, `stm` in synth_stm) writes through `staged_set`:
+its files go into a hidden folder beside `out_dir`, with `semnb_synth.json` (the kind and
+how the set was made; it marks the folder as ours), and the finished folder is renamed onto
+`out_dir` at the end. So an interrupted run never leaves half a set behind, a set made again
+with fewer images keeps none of the old ones, and a folder that is not a semnb set of the
+same kind (a user's own data) is refused, never written into.
+
+The SEM set is in the MVTec-AD layout, so every loader and tool that reads MVTec reads it:
     train/good/000.png ...                defect-free training images
     test/<class>/000.png ...              test images of every class, good included
     ground_truth/<class>/000_mask.png     255 = defect, for the defect classes only
     manifest.csv                          one row per image (see MANIFEST_COLUMNS)
     semnb_synth.json                      how the set was made; marks the folder as ours
-
-The set is written into a hidden folder beside `out_dir` and moved into place at the end, so
-an interrupted run never leaves half a set behind.
 
 Taught in: 01_sem_data.
 """
@@ -17,10 +21,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +35,7 @@ from PIL import Image
 
 from semnb.data.synth_sem import CLASSES, SemSample, check_set_options, generate_sem_set
 from semnb.errors import SemnbInputError
-from semnb.io_utils import write_json_atomic, write_text_atomic
+from semnb.io_utils import write_json_atomic
 
 # Loaders and reports rely on these columns ...
 CONTRACT_COLUMNS = ("path", "class", "mask", "split", "background", "pixel_size_nm", "banner")
@@ -44,12 +51,12 @@ def write_sem_dataset(
     size: int = 256,
     seed: int = 0,
     train_good: int | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> Path:
     """Write `n_per_class` test images of every class and `train_good` good training images.
 
     `train_good` defaults to `n_per_class`. `out_dir` must be new, empty, or an earlier
-    synthetic set written by this function (which is then replaced). Returns `out_dir`.
+    synthetic SEM set (which is then replaced whole); see `staged_set`. Returns `out_dir`.
 
     Taught in: 01_sem_data.
     """
@@ -57,14 +64,8 @@ def write_sem_dataset(
     check_set_options(n_per_class, size, seed)
     train_good = n_per_class if train_good is None else train_good
     check_set_options(train_good, size, seed, count_name="train_good")
-    _check_target(out_dir)
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".writing", dir=out_dir.parent)
-    )
-    staging.chmod(0o755)  # mkdtemp makes it private; the finished set is an ordinary folder
-    try:
+    settings = dict(n_per_class=n_per_class, train_good=train_good, size=size, seed=seed, classes=CLASSES)
+    with staged_set(out_dir, "sem", settings) as staging:
         train = generate_sem_set(train_good, size, seed, ("good",), progress, split="train")
         test = generate_sem_set(n_per_class, size, seed, CLASSES, progress, split="test")
         digits = max(3, len(str(max(n_per_class, train_good) - 1)))
@@ -76,31 +77,72 @@ def write_sem_dataset(
                     _write_sample(staging, split, sample, f"{counts[sample.cls]:0{digits}d}")
                 )
                 counts[sample.cls] += 1
-        write_text_atomic(staging / "manifest.csv", _manifest_text(rows))
-        settings = dict(
-            kind="sem", n_per_class=n_per_class, train_good=train_good, size=size, seed=seed
-        )
-        write_json_atomic(
-            staging / MARKER_FILE, {"generator": "semnb", **settings, "classes": CLASSES}
-        )
-        _move_into_place(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "manifest.csv").write_text(_manifest_text(rows), encoding="utf-8")
     return out_dir
 
 
-def _check_target(out_dir: Path) -> None:
-    """Refuse to write over anything that is not ours: a file, or a non-empty folder without our marker."""
+@contextmanager
+def staged_set(out_dir: str | os.PathLike, kind: str, settings: dict) -> Iterator[Path]:
+    """Yield an empty staging folder for a set of `kind`; when the block succeeds, mark it and move it onto `out_dir`.
+
+    Why: a set is used only whole, so it appears whole or not at all. `out_dir` must be new,
+    empty, or an earlier semnb set of the same `kind`, which is then replaced whole (none of
+    its files stay); anything else is refused before any work. The marker file gets
+    `{"generator": "semnb", "kind": kind, **settings}`. If the block fails (or is
+    interrupted), the staging folder is removed and `out_dir` is left as it was.
+
+    Taught in: 01_sem_data.
+    """
+    out_dir = Path(out_dir).absolute()
+    _check_target(out_dir, kind)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".writing", dir=out_dir.parent)
+    )
+    staging.chmod(0o755)  # mkdtemp makes it private; the finished set is an ordinary folder
+    try:
+        yield staging
+        write_json_atomic(staging / MARKER_FILE, {"generator": "semnb", "kind": kind, **settings})
+        _move_into_place(staging, out_dir, kind)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_target(out_dir: Path, kind: str) -> None:
+    """Refuse to write over anything that is not ours: a file, or a non-empty folder that is not a `kind` set."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SemnbInputError(
             str(out_dir), "is a file, not a folder", "pass a new or empty folder to --out"
         )
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER_FILE).is_file():
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    marker = out_dir / MARKER_FILE
+    found = _marked_kind(marker)
+    if found is None:
+        why = f"its {MARKER_FILE} is not semnb's" if marker.exists() else f"it has no {MARKER_FILE}"
         raise SemnbInputError(
             str(out_dir),
-            f"is not empty and is not a semnb synthetic set (it has no {MARKER_FILE})",
+            f"is not empty and is not a semnb synthetic set ({why})",
             "pass a new or empty folder to --out, or remove this one yourself",
         )
+    if found != kind:
+        raise SemnbInputError(
+            str(out_dir),
+            f"holds a semnb synthetic {found} set, not a {kind} set",
+            f"pass a new or empty folder to --out, or remove this {found} set yourself",
+        )
+
+
+def _marked_kind(marker: Path) -> str | None:
+    """The kind named in a set's marker file; None where there is no readable semnb marker."""
+    try:
+        content = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(content, dict) or content.get("generator") != "semnb":
+        return None
+    kind = content.get("kind")
+    return kind if isinstance(kind, str) else None
 
 
 def _write_sample(root: Path, split: str, sample: SemSample, stem: str) -> dict:
@@ -138,14 +180,19 @@ def _manifest_text(rows: list[dict]) -> str:
     return text.getvalue()
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
+def _move_into_place(staging: Path, out_dir: Path, kind: str) -> None:
     """Rename the finished set onto `out_dir`; an earlier set there is moved aside first, then deleted."""
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        retired = Path(
-            tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent)
-        )
+    _check_target(out_dir, kind)  # again: something may have been put there while the set was made
+    if not (out_dir.is_dir() and any(out_dir.iterdir())):
+        os.replace(staging, out_dir)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
+    try:
         os.replace(out_dir, retired)
         os.replace(staging, out_dir)
+    except BaseException:
+        if not out_dir.exists():
+            os.replace(retired, out_dir)  # put the earlier set back rather than lose it
+        raise
+    finally:
         shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, out_dir)

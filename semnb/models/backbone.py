@@ -62,45 +62,45 @@ class Backbone:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def gray(self, images: Images) -> torch.Tensor:
+    def gray(self, pixels: Images) -> torch.Tensor:
         """Images resized for this backbone, still gray in [0, 1]: [B, 1, S, S] (what the cache hashes).
 
         Taught in: 03_vv_attention.
         """
-        return resize_gray(images, self.image_size)
+        return resize_gray(pixels, self.image_size)
 
-    def pixels(self, images: Images) -> torch.Tensor:
+    def network_input(self, pixels: Images) -> torch.Tensor:
         """Network input [B, 3, S, S]; a tensor that already has this shape passes through.
 
         Taught in: 03_vv_attention.
         """
-        if isinstance(images, torch.Tensor):
+        if isinstance(pixels, torch.Tensor):
             expected = (3, self.image_size, self.image_size)
-            if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-                raise SemnbInputError("images", f"tensor of shape {tuple(images.shape)}",
+            if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected:
+                raise SemnbInputError("pixels", f"tensor of shape {tuple(pixels.shape)}",
                                       f"pass numpy images or a pixel tensor [B, {expected[0]}, {expected[1]}, {expected[2]}]")
-            return images
-        return normalize(self.gray(images), self.mean, self.std)
+            return pixels
+        return normalize(self.gray(pixels), self.mean, self.std)
 
     @torch.no_grad()
-    def encode_image(self, images: Images) -> torch.Tensor:
+    def encode_image(self, pixels: Images) -> torch.Tensor:
         """One plain embedding per image, [B, E] float32 (not normalised).
 
         Taught in: 03_vv_attention.
         """
-        pixels = self.pixels(images)
+        x = self.network_input(pixels)
         with self.autocast():
-            return self._encode_image(pixels).float()
+            return self._encode_image(x).float()
 
     @torch.no_grad()
-    def encode_levels(self, images: Images) -> EncodedLevels:
+    def encode_levels(self, pixels: Images) -> EncodedLevels:
         """Multi-level class and patch tokens of one batch (use `encode_images` for many, cached).
 
         Taught in: 03_vv_attention.
         """
-        pixels = self.pixels(images)
+        x = self.network_input(pixels)
         with self.autocast():
-            return self._encode_levels(pixels)
+            return self._encode_levels(x)
 
     def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         raise SemnbInputError(f"backbone {self.name}", "has no text tower, so prompts cannot be embedded",

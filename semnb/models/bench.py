@@ -109,7 +109,7 @@ def bench_encoder(backbone: str = "semnb-tiny", precision: str = "both", n_image
             raise SemnbInputError(name, f"got {value}", "use 1 or more")
     started = time.perf_counter()
     model = load_backbone(backbone, precision="fp32", image_size=image_size, seed=seed)
-    pixels = model.pixels(bench_images(n_images, model.image_size, seed))
+    pixels = model.network_input(bench_images(n_images, model.image_size, seed))
     batches = list(torch.split(pixels, batch_size))
 
     runs = ["fp32", "bf16"] if precision == "both" else [precision]

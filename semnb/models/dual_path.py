@@ -233,12 +233,12 @@ class ClipBackbone(Backbone):
         return F.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()
-    def attention_maps(self, images, block: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    def attention_maps(self, pixels, block: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """Q-K and V-V attention [B, T, T] (head mean) of one block (default: the last), token 0 = CLS.
 
         Taught in: 03_vv_attention.
         """
-        pixels = self.pixels(images)
+        x = self.network_input(pixels)
         target = self.visual.transformer.resblocks[block]
         captured: list[torch.Tensor] = []
         batch_first = getattr(self.visual.transformer, "batch_first", True)
@@ -249,7 +249,7 @@ class ClipBackbone(Backbone):
         handle = target.register_forward_pre_hook(grab)
         try:
             with self.autocast():
-                self.visual(pixels)
+                self.visual(x)
         finally:
             handle.remove()
         qk, vv = attention_maps(target, captured[0].float())

@@ -129,7 +129,7 @@ def _levels_from_arrays(items: Sequence[dict[str, np.ndarray]], backbone: Backbo
     )
 
 
-def encode_images(backbone: Backbone, images: Images, cache: FeatureCache | None = None,
+def encode_images(backbone: Backbone, pixels: Images, cache: FeatureCache | None = None,
                   batch_size: int = 16, progress: bool = False) -> EncodedLevels:
     """Multi-level features of many images, in batches, read from / written to `cache` when given.
 
@@ -140,7 +140,7 @@ def encode_images(backbone: Backbone, images: Images, cache: FeatureCache | None
     """
     if batch_size < 1:
         raise SemnbInputError("batch_size", f"got {batch_size}", "use 1 or more")
-    gray = backbone.gray(images)
+    gray = backbone.gray(pixels)
     if cache is None:
         parts = [backbone.encode_levels(normalize(gray[s:s + batch_size], backbone.mean, backbone.std))
                  for s in tqdm(range(0, len(gray), batch_size), desc=f"encode {backbone.name}", disable=not progress)]

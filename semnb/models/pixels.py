@@ -41,7 +41,7 @@ def as_gray_unit(image: np.ndarray, index: int = 0) -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-def resize_gray(images: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.Tensor:
+def resize_gray(pixels: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.Tensor:
     """Images resized to `size` x `size` (antialiased bilinear): a float32 tensor [B, 1, size, size].
 
     Non-square images are stretched, not cropped, so a defect near the border stays visible
@@ -49,12 +49,12 @@ def resize_gray(images: Sequence[np.ndarray] | np.ndarray, size: int) -> torch.T
 
     Taught in: 03_vv_attention.
     """
-    if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[-1] in (3, 4))):
-        images = [images]  # one image; a 3-D array is otherwise a stack [B, H, W]
-    if len(images) == 0:
-        raise SemnbInputError("images", "is empty", "pass at least one image")
+    if isinstance(pixels, np.ndarray) and (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))):
+        pixels = [pixels]  # one image; a 3-D array is otherwise a stack [B, H, W]
+    if len(pixels) == 0:
+        raise SemnbInputError("pixels", "is empty", "pass at least one image")
     out = []
-    for i, image in enumerate(images):
+    for i, image in enumerate(pixels):
         gray = torch.from_numpy(as_gray_unit(image, i))[None, None]
         if gray.shape[-2:] != (size, size):
             gray = F.interpolate(gray, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -38,6 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from semnb.errors import SemnbInputError
+from semnb.models import DEFAULT_BACKBONE
+from semnb.models.efficientnet import EFFICIENTNET_NAME, MEAN, STD, create_efficientnet_lite0
 from semnb.models.pixels import normalize, resize_gray
 
 METHODS = ("ours", "autoencoder", "siamese", "classifier", "frozen")
@@ -45,9 +47,10 @@ METHODS = ("ours", "autoencoder", "siamese", "classifier", "frozen")
 LABEL_METHODS = ("ours", "siamese", "classifier")
 """Methods that learn from labels (and project to M dimensions); the others use none."""
 
-EFFICIENTNET = "efficientnet-lite0"
-TINY = "semnb-tiny"
-BACKBONES = (EFFICIENTNET, TINY)
+TINY_CNN = "semnb-tiny-cnn"
+"""A random 4-layer CNN for tests and smoke runs (not `semnb-tiny`, which names the tiny random CLIP)."""
+BACKBONES = (EFFICIENTNET_NAME, TINY_CNN)
+"""The backbones retrieval can cut in two: convolutional ones only."""
 
 
 @dataclass
@@ -59,6 +62,8 @@ class RetrievalConfig:
     `classifier_epochs` (default epochs // 3, at least 1) on the classifier, then alternates
     triplet and autoencoder epochs; each baseline spends all epochs on its one loss.
     `tuned_blocks`: how many of the backbone's last blocks are fine-tuned (the rest stay frozen).
+
+    Taught in: 07_retrieval.
     """
 
     dims: int = 128
@@ -156,18 +161,16 @@ def _tiny_cnn_parts() -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(*stage(3, 8), *stage(8, 16)), nn.Sequential(*stage(16, 32), *stage(32, 64))
 
 
-def load_split_backbone(name: str = EFFICIENTNET, tuned_blocks: int = 3, seed: int = 0) -> SplitBackbone:
-    """The retrieval backbone by name: `efficientnet-lite0` (ImageNet, offline) or `semnb-tiny`.
+def load_split_backbone(name: str = DEFAULT_BACKBONE, tuned_blocks: int = 3, seed: int = 0) -> SplitBackbone:
+    """The retrieval backbone by name: `efficientnet-lite0` (ImageNet, offline) or `semnb-tiny-cnn`.
 
-    `semnb-tiny` here is a 4-layer CNN with random weights (stride 16, 64 channels): for tests
+    `semnb-tiny-cnn` is a 4-layer CNN with random weights (stride 16, 64 channels): for tests
     and smoke runs only, its embeddings mean nothing before training. Retrieval needs a
-    convolutional map to mirror, so CLIP ViT names are refused.
+    convolutional map to mirror, so CLIP names (`semnb-tiny` included) are refused.
 
     Taught in: 07_retrieval.
     """
-    if name == EFFICIENTNET:
-        from semnb.models.efficientnet import MEAN, STD, create_efficientnet_lite0
-
+    if name == EFFICIENTNET_NAME:
         net, path = create_efficientnet_lite0()
         n_blocks = len(net._blocks)
         if not 1 <= int(tuned_blocks) <= n_blocks:
@@ -176,14 +179,15 @@ def load_split_backbone(name: str = EFFICIENTNET, tuned_blocks: int = 3, seed: i
         weights = f"ImageNet ({path.name}); last {tuned_blocks} of {n_blocks} blocks + head fine-tuned"
         return SplitBackbone(name, weights, _EfficientNetBottom(net, first), _EfficientNetTop(net, first),
                              MEAN, STD, stride=32)
-    if name == TINY:
+    if name == TINY_CNN:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             frozen, tuned = _tiny_cnn_parts()
-        weights = f"random-init tiny CNN ({TINY}, seed {seed}): NOT ImageNet, for tests only"
+        weights = f"random-init tiny CNN ({TINY_CNN}, seed {seed}): NOT ImageNet, for tests only"
         return SplitBackbone(name, weights, frozen, tuned, (0.5,) * 3, (0.25,) * 3, stride=16)
     raise SemnbInputError(f"--backbone {name}", "is not a convolutional backbone retrieval can use",
-                          f"use one of {', '.join(BACKBONES)} ({EFFICIENTNET}: ImageNet, offline; {TINY}: random, tests only)")
+                          f"use one of {', '.join(BACKBONES)} ({EFFICIENTNET_NAME}: ImageNet, offline; "
+                          f"{TINY_CNN}: random, tests only)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,7 +340,7 @@ class ViewBank:
         return len(self.clean)
 
 
-def build_view_bank(backbone: SplitBackbone, images, image_size: int, n_views: int = 0, seed: int = 0,
+def build_view_bank(backbone: SplitBackbone, pixels, image_size: int, n_views: int = 0, seed: int = 0,
                     config: RetrievalConfig | None = None, batch_size: int = 32, progress: bool = False) -> ViewBank:
     """Run the frozen layers once over every image (and over `n_views` augmented copies of each).
 
@@ -348,9 +352,9 @@ def build_view_bank(backbone: SplitBackbone, images, image_size: int, n_views: i
     config = config or RetrievalConfig()
     generator = torch.Generator().manual_seed(int(seed))
     clean, views, targets = [], [], []
-    n = len(images)
+    n = len(pixels)
     for start in tqdm(range(0, n, batch_size), desc="frozen layers", disable=not progress):
-        gray = resize_gray(images[start:start + batch_size], image_size)
+        gray = resize_gray(pixels[start:start + batch_size], image_size)
         clean.append(backbone.frozen_features(gray).half())
         if n_views:
             stacked = torch.stack([augment(gray, generator, config.max_shift, config.scale_range)
@@ -371,7 +375,10 @@ def build_view_bank(backbone: SplitBackbone, images, image_size: int, n_views: i
 
 
 def embedding_distances(embeddings: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between unit-length copies of the embeddings: the metric of the triplet loss."""
+    """Euclidean distances between unit-length copies of the embeddings: the metric of the triplet loss.
+
+    Taught in: 07_retrieval.
+    """
     return LpDistance(normalize_embeddings=True, p=2)(embeddings)
 
 
@@ -449,12 +456,12 @@ class TrainedEmbedding:
         out = [self.net(frozen_features[s:s + batch_size].float()) for s in range(0, len(frozen_features), batch_size)]
         return torch.cat(out).numpy().astype(np.float32)
 
-    def encode(self, images, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def encode(self, pixels, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Embeddings [N, M] float32 of gray images (arrays HxW in [0, 1], any size), e.g. a new query.
 
         Taught in: 07_retrieval.
         """
-        bank = build_view_bank(self.backbone, images, self.image_size, batch_size=batch_size, progress=progress)
+        bank = build_view_bank(self.backbone, pixels, self.image_size, batch_size=batch_size, progress=progress)
         return self.encode_frozen(bank.clean, batch_size)
 
 

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 from semnb import metrics
 from semnb.data.dataset import UNLABELLED, ImageSet
 from semnb.errors import SemnbInputError
+from semnb.models import DEFAULT_BACKBONE
 from semnb.results import EvalResult
 from semnb.retrieval.embedding import (
-    EFFICIENTNET,
     LABEL_METHODS,
     METHODS,
     RetrievalConfig,
@@ -119,7 +119,10 @@ def withhold_class(split: RetrievalSplit, cls: int) -> RetrievalSplit:
 
 
 def magnifications_of(images: ImageSet) -> np.ndarray:
-    """Per-image magnification from the metadata column `magnification` (NaN where unknown or absent)."""
+    """Per-image magnification from the metadata column `magnification` (NaN where unknown or absent).
+
+    Taught in: 07_retrieval.
+    """
     if "magnification" not in images.meta.columns:
         return np.full(len(images), np.nan)
     values = pd.to_numeric(images.meta["magnification"], errors="coerce").to_numpy(dtype=np.float64)
@@ -128,25 +131,17 @@ def magnifications_of(images: ImageSet) -> np.ndarray:
 
 def retrieval_scores(retrieved_labels: np.ndarray, retrieved_mags: np.ndarray, query_labels: np.ndarray,
                      k: int) -> dict[str, float]:
-    """precision@K, mAP@K and scale_std for ranked results [Q, K] (labels and magnifications).
+    """The three metrics of the results contract for ranked results [Q, K] (labels and magnifications).
 
-    scale_std: for each query, `metrics.scale_std` of the magnifications of its correct
-    results; the mean over queries where it is defined (two or more correct results with
-    known magnification); NaN if none is.
+    precision@K and mAP@K as `semnb.metrics` defines them; scale_std is
+    `metrics.mean_scale_std` (the spread of each query's correct results, averaged).
 
     Taught in: 07_retrieval.
     """
-    spreads = []
-    hits = retrieved_labels[:, :k] == query_labels[:, None]
-    for q in range(len(query_labels)):
-        mags = retrieved_mags[q, :k][hits[q]]
-        mags = mags[np.isfinite(mags)]
-        if len(mags) >= 2:
-            spreads.append(metrics.scale_std(mags))
     return {
         "precision_at_k": metrics.mean_precision_at_k(retrieved_labels, query_labels, k),
         "map_at_k": metrics.map_at_k(retrieved_labels, query_labels, k),
-        "scale_std": float(np.mean(spreads)) if spreads else float("nan"),
+        "scale_std": metrics.mean_scale_std(retrieved_labels, retrieved_mags, query_labels, k),
     }
 
 
@@ -159,24 +154,13 @@ def _search_scores(index: RetrievalIndex, rows: np.ndarray, k: int, n_expand: in
     return retrieval_scores(index.labels_of(ids), mags, index.labels[rows], k), ids
 
 
-def _per_class(index: RetrievalIndex, rows: np.ndarray, ids: np.ndarray, k: int) -> dict[int, dict[str, float]]:
-    out = {}
-    query_labels = index.labels[rows]
-    retrieved = index.labels_of(ids)
-    for cls in np.unique(query_labels):
-        mine = query_labels == cls
-        out[int(cls)] = {"precision_at_k": metrics.mean_precision_at_k(retrieved[mine], query_labels[mine], k),
-                         "map_at_k": metrics.map_at_k(retrieved[mine], query_labels[mine], k)}
-    return out
-
-
 def _check_k(k: int, n_gallery: int) -> None:
     if not 1 <= int(k) <= n_gallery - 1:
         raise SemnbInputError("--k", f"is {k} but the gallery of held-out and unlabelled images holds {n_gallery}",
                               f"use --k {max(1, min(100, n_gallery - 1))} or less, or add images")
 
 
-def evaluate_retrieval(images: ImageSet, backbone: str = EFFICIENTNET, methods=METHODS, k: int = 100,
+def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, methods=METHODS, k: int = 100,
                        seeds=(0,), config: RetrievalConfig | None = None, loco: bool = False,
                        shots: int | None = None, test_fraction: float = 0.5, n_expand: int = 5,
                        progress: bool = False) -> EvalResult:
@@ -217,8 +201,10 @@ def evaluate_retrieval(images: ImageSet, backbone: str = EFFICIENTNET, methods=M
     for seed in seeds:
         split = split_collection(images.labels, test_fraction, seed, shots)
         _check_k(k, len(split.gallery))
-        ceilings.append(_precision_ceiling(images.labels, split, k))
-        gallery_spreads.append(_gallery_spread(images.labels, mags_all, split))
+        rows = np.searchsorted(split.gallery, split.queries)
+        gallery_labels = images.labels[split.gallery]
+        ceilings.append(metrics.precision_at_k_ceiling(gallery_labels, rows, k))
+        gallery_spreads.append(metrics.gallery_scale_std(gallery_labels, mags_all[split.gallery], rows))
         split_sizes = {"train": len(split.train), "train_labelled": int(np.sum(split.train_labels >= 0)),
                        "queries": len(split.queries), "gallery": len(split.gallery)}
         tick = time.perf_counter()
@@ -226,7 +212,6 @@ def evaluate_retrieval(images: ImageSet, backbone: str = EFFICIENTNET, methods=M
                                 progress=progress)
         bank = ViewBank(clean=clean[split.train], views=views.views, targets=views.targets)
         timing["frozen_layers_s"] += time.perf_counter() - tick
-        rows = np.searchsorted(split.gallery, split.queries)
         main_indexes = {}
         for method in methods:
             tick = time.perf_counter()
@@ -239,7 +224,7 @@ def evaluate_retrieval(images: ImageSet, backbone: str = EFFICIENTNET, methods=M
             main_indexes[method] = index
             scores, ids = _search_scores(index, rows, k, n_expand)
             per_seed[method].append(scores)
-            per_class[method].append(_per_class(index, rows, ids, k))
+            per_class[method].append(metrics.per_class_retrieval(index.labels_of(ids), index.labels[rows], k))
             plain[method].append(_search_scores(index, rows, k, 0)[0])
         if loco:
             tick = time.perf_counter()
@@ -341,20 +326,3 @@ def _loco_table(runs: list[dict], names: list[str]) -> dict[str, dict[str, float
     table["mean"] = {metric: float(np.mean([row[metric] for row in table.values()])) for metric in ("precision_at_k", "map_at_k")}
     return table
 
-
-def _precision_ceiling(labels: np.ndarray, split: RetrievalSplit, k: int) -> float:
-    """Best mean precision@K any ranking can reach: min(K, other same-class gallery images) / K per query."""
-    gallery_labels = labels[split.gallery]
-    relevant = np.array([np.sum(gallery_labels == labels[q]) - 1 for q in split.queries])
-    return float(np.mean(np.minimum(relevant, k) / k))
-
-
-def _gallery_spread(labels: np.ndarray, mags: np.ndarray, split: RetrievalSplit) -> float:
-    """Mean over queries of the std of log10 magnification of all same-class gallery images (the ideal spread)."""
-    spreads = []
-    for q in split.queries:
-        same = split.gallery[(labels[split.gallery] == labels[q]) & (split.gallery != q)]
-        values = mags[same][np.isfinite(mags[same])]
-        if len(values) >= 2:
-            spreads.append(metrics.scale_std(values))
-    return float(np.mean(spreads)) if spreads else float("nan")

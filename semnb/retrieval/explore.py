@@ -2,9 +2,11 @@
 
 Why: precision@K says how often the results are right; browsing says how they are wrong
 (another magnification of the same structure, a look-alike class, an unlabelled image). The
-index (`semnb.retrieval_index.RetrievalIndex`) already holds the embeddings, so a query is
+index (`semnb.retrieval.index.RetrievalIndex`) already holds the embeddings, so a query is
 one faiss search: the browser never runs the model. The query is excluded from its own
-results (as in the evaluation), and P@K and AvgP@K are `semnb.metrics`' definitions.
+results (as in the evaluation), and P@K and AvgP@K are `semnb.metrics`' definitions. The
+figure and its titles come from `semnb.retrieval.viz`; thumbnails are the images given or,
+without them, read lazily from the index's paths through `semnb.data` (`image_at`).
 
 Taught in: 07_retrieval.
 """
@@ -19,21 +21,21 @@ import numpy as np
 from semnb import metrics
 from semnb.errors import SemnbInputError
 from semnb.retrieval.index import RetrievalIndex
-from semnb.retrieval.viz import magnification_label, query_gallery
+from semnb.retrieval.viz import (
+    class_label,
+    image_title,
+    magnification_label,
+    query_gallery,
+    result_correct,
+    result_titles,
+)
 from semnb.widgets.base import Explorer, RenderResult, image_at
 
 MAX_K = 20
 
 
-def _class_of(index: RetrievalIndex, row: int) -> str:
-    label = int(index.labels[row])
-    if label < 0:
-        return "unlabelled"
-    return index.class_names[label] if label < len(index.class_names) else str(label)
-
-
 def render_retrieval(index: RetrievalIndex, query: int, k: int = 10, expand: bool = False,
-                     images: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None) -> RenderResult:
+                     pixels: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None) -> RenderResult:
     """Stored image `query` and its `k` nearest other images (with query expansion when `expand`).
 
     `images[i]` (or `images(i)`) is row i's picture; None reads it from `index.paths[i]`.
@@ -47,10 +49,10 @@ def render_retrieval(index: RetrievalIndex, query: int, k: int = 10, expand: boo
     search = index.search_expanded if expand else index.search
     distances, ids = search(index.embeddings[query], int(k), exclude=[query])
     found = [(int(i), float(d)) for i, d in zip(ids[0], distances[0]) if i >= 0]
-    rows = [{"rank": rank, "image": Path(index.paths[i]).name, "class": _class_of(index, i),
+    rows = [{"rank": rank, "image": Path(index.paths[i]).name, "class": class_label(index, i),
              "magnification": magnification_label(float(index.magnifications[i])), "distance": d}
             for rank, (i, d) in enumerate(found, start=1)]
-    query_class = _class_of(index, query)
+    query_class = class_label(index, query)
     summary = {
         "query": Path(index.paths[query]).name,
         "query class": query_class,
@@ -64,15 +66,15 @@ def render_retrieval(index: RetrievalIndex, query: int, k: int = 10, expand: boo
         summary[f"AvgP@{k}"] = metrics.average_precision_at_k(retrieved, label, int(k))
     summary["results"] = rows
     notes = [] if label >= 0 else ["the query is unlabelled: its results cannot be scored"]
-    correct = [None if r["class"] == "unlabelled" or label < 0 else r["class"] == query_class for r in rows]
-    figure = query_gallery(image_at(images, index.paths, query),
-                           f"{query_class} · {summary['query magnification']}",
-                           [image_at(images, index.paths, i) for i, _ in found],
-                           [f"{r['class']} · {r['magnification']}" for r in rows], correct)
+    found_ids = [i for i, _ in found]
+    figure = query_gallery(image_at(pixels, index.paths, query),
+                           image_title(query_class, float(index.magnifications[query])),
+                           [image_at(pixels, index.paths, i) for i in found_ids], result_titles(index, found_ids),
+                           result_correct(index, found_ids, query_class if label >= 0 else None))
     return RenderResult(figure, summary, notes)
 
 
-def retrieval_browser(index: RetrievalIndex, images: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None,
+def retrieval_browser(index: RetrievalIndex, pixels: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None = None,
                       query: int = 0, k: int = 10) -> Explorer:
     """The retrieval browser widget: a query picker, K and a query-expansion switch over the ranked results.
 
@@ -83,7 +85,7 @@ def retrieval_browser(index: RetrievalIndex, images: Sequence[np.ndarray] | Call
     if len(index) < 2:
         raise SemnbInputError("index", "holds fewer than 2 images", "index at least two images to browse")
     max_k = min(MAX_K, len(index) - 1)
-    names = [f"{i}: {Path(p).name} ({_class_of(index, i)}, {magnification_label(float(index.magnifications[i]))})"
+    names = [f"{i}: {Path(p).name} ({class_label(index, i)}, {magnification_label(float(index.magnifications[i]))})"
              for i, p in enumerate(index.paths)]
     controls = {
         "query": widgets.Dropdown(options=[(name, i) for i, name in enumerate(names)], value=int(query),
@@ -94,6 +96,6 @@ def retrieval_browser(index: RetrievalIndex, images: Sequence[np.ndarray] | Call
     }
 
     def render(values: dict) -> RenderResult:
-        return render_retrieval(index, images=images, **values)
+        return render_retrieval(index, pixels=pixels, **values)
 
     return Explorer(render, controls, title=f"Retrieval browser: {index}")

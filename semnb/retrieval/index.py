@@ -218,13 +218,13 @@ def build_faiss_index(embeddings: np.ndarray, approximate: str | None = None, hn
     return index
 
 
-def expand_queries(queries: np.ndarray, embeddings: np.ndarray, neighbour_ids: np.ndarray) -> np.ndarray:
+def expand_queries(queries: np.ndarray, embeddings: np.ndarray, neighbor_ids: np.ndarray) -> np.ndarray:
     """Each query averaged with the stored embeddings of its neighbours (ids -1 are skipped).
 
     Taught in: 07_retrieval.
     """
-    valid = neighbour_ids >= 0
-    summed = queries + np.einsum("qk,qkd->qd", valid.astype(np.float32), embeddings[np.maximum(neighbour_ids, 0)])
+    valid = neighbor_ids >= 0
+    summed = queries + np.einsum("qk,qkd->qd", valid.astype(np.float32), embeddings[np.maximum(neighbor_ids, 0)])
     return (summed / (1.0 + valid.sum(axis=1, keepdims=True))).astype(np.float32)
 
 

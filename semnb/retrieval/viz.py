@@ -1,5 +1,8 @@
 """Figures for retrieval: a query with its top results, training curves per loss, leave-one-class-out bars.
 
+Also how those figures title an image ("class · magnification"), for the notebook and the
+retrieval browser alike.
+
 Taught in: 07_retrieval.
 """
 from __future__ import annotations
@@ -11,6 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from semnb.errors import SemnbInputError
+from semnb.retrieval.index import RetrievalIndex
 from semnb.viz import grouped_bars, show_image
 
 CORRECT, WRONG = "#34c759", "#ff3b30"
@@ -29,6 +34,49 @@ def magnification_label(magnification: float | None) -> str:
     if magnification >= 1e3:
         return f"{magnification / 1e3:.3g}kx"
     return f"{magnification:.3g}x"
+
+
+def image_title(class_name: str, magnification: float | None) -> str:
+    """'cu_via · 200kx': an image's title in retrieval figures, class then magnification.
+
+    Taught in: 07_retrieval.
+    """
+    return f"{class_name} · {magnification_label(magnification)}"
+
+
+def class_label(index: RetrievalIndex, row: int) -> str:
+    """The class name of stored image `row`: 'unlabelled' without a label, the number if the name is missing.
+
+    Taught in: 07_retrieval.
+    """
+    label = int(index.labels[row])
+    if label < 0:
+        return "unlabelled"
+    return index.class_names[label] if label < len(index.class_names) else str(label)
+
+
+def _checked_rows(index: RetrievalIndex, ids) -> list[int]:
+    rows = [int(i) for i in np.asarray(ids).reshape(-1)]
+    if any(not 0 <= i < len(index) for i in rows):
+        raise SemnbInputError("ids", f"must be row ids in [0, {len(index)})", "drop missing results (id -1) first")
+    return rows
+
+
+def result_titles(index: RetrievalIndex, ids) -> list[str]:
+    """`image_title` of each stored image in `ids` (ranked result rows, no -1), for `query_gallery`.
+
+    Taught in: 07_retrieval.
+    """
+    return [image_title(class_label(index, i), float(index.magnifications[i])) for i in _checked_rows(index, ids)]
+
+
+def result_correct(index: RetrievalIndex, ids, query_class: str | None) -> list[bool | None]:
+    """Per result in `ids`: is it of `query_class`? None (no frame) for unlabelled results or a query_class None.
+
+    Taught in: 07_retrieval.
+    """
+    names = [class_label(index, i) for i in _checked_rows(index, ids)]
+    return [None if query_class is None or name == "unlabelled" else name == query_class for name in names]
 
 
 def query_gallery(query: np.ndarray, query_title: str, results: Sequence[np.ndarray], titles: Sequence[str],

@@ -1,30 +1,39 @@
 """STM: unsupervised and few-shot defect maps and defect classes of scanning tunnelling microscope scans.
 
-- `preprocess`: plane levelling, line flattening, robust normalisation of a raw topograph;
-- `lattice`: the lattice, its residual, the unsupervised defect map and the defect list (no labels);
+- `preprocess`: scan validation, plane levelling, line flattening, robust normalization of a raw topograph;
+- `lattice`: the lattice, its residual, the unsupervised defect map and the defect list (no labels),
+  and `analyze_scan`, which runs preprocessing and the unsupervised map once per scan;
 - `fewshot`: the few-shot pixel map and the few-shot defect classifier (ProtoNet, prototypes);
-- `evaluate`: `evaluate_stm`, the protocol of `semnb eval stm`;
+- `evaluate`: `evaluate_stm`, the protocol of `semnb eval stm`, and `leave_one_surface_out`;
 - `viz`: the figures of notebook 08.
+
+The scans themselves are read by `semnb.data.load_scans`.
 
 Taught in: 08_stm.
 """
-from semnb.stm.evaluate import analyse_scan, evaluate_stm
+from semnb.stm.evaluate import crops_by_surface, evaluate_stm, leave_one_surface_out
 from semnb.stm.fewshot import (
     PixelSupport,
     ProtoNet,
     PrototypeClassifier,
+    brightness_embedding,
     defect_crops,
     dihedral,
+    fewshot_map,
     fewshot_pixel_map,
     flatten_embedding,
     pixel_features,
+    sample_class_support,
     sample_pixel_support,
     support_polarity,
+    synthetic_training_crops,
     train_protonet,
 )
 from semnb.stm.lattice import (
     DefectMap,
     Lattice,
+    ScanAnalysis,
+    analyze_scan,
     defect_list,
     detect_defects,
     dominant_period,
@@ -34,12 +43,20 @@ from semnb.stm.lattice import (
     step_edges,
     unsupervised_defect_map,
 )
-from semnb.stm.preprocess import flatten_lines, plane_level, preprocess_scan
+from semnb.stm.preprocess import (
+    check_scan,
+    flatten_lines,
+    plane_level,
+    preprocess_scan,
+    robust_normalize,
+)
 
 __all__ = [
-    "DefectMap", "Lattice", "PixelSupport", "ProtoNet", "PrototypeClassifier", "analyse_scan", "defect_crops",
-    "defect_list", "detect_defects", "dihedral", "dominant_period", "estimate_lattice", "evaluate_stm",
-    "fewshot_pixel_map", "flatten_embedding", "flatten_lines", "lattice_residual", "level_terraces",
-    "pixel_features", "plane_level", "preprocess_scan", "sample_pixel_support", "step_edges", "support_polarity",
-    "train_protonet", "unsupervised_defect_map",
+    "DefectMap", "Lattice", "PixelSupport", "ProtoNet", "PrototypeClassifier", "ScanAnalysis", "analyze_scan",
+    "brightness_embedding", "check_scan", "crops_by_surface", "defect_crops", "defect_list", "detect_defects",
+    "dihedral", "dominant_period", "estimate_lattice", "evaluate_stm", "fewshot_map", "fewshot_pixel_map",
+    "flatten_embedding", "flatten_lines", "lattice_residual", "leave_one_surface_out", "level_terraces",
+    "pixel_features", "plane_level", "preprocess_scan", "robust_normalize", "sample_class_support",
+    "sample_pixel_support", "step_edges", "support_polarity", "synthetic_training_crops", "train_protonet",
+    "unsupervised_defect_map",
 ]

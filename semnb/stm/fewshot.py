@@ -10,12 +10,15 @@
   rotations/reflections). Crops are cut in units of the lattice period, so surfaces imaged at
   other scales look alike. The embedding is either the crop itself (z-scored) or a small
   prototypical network (`ProtoNet`, Snell et al. 2017) trained episodically with
-  `train_protonet` on synthetic surfaces; adapting to a new surface needs only its k labels.
+  `train_protonet` on other surfaces, or on synthetic ones (`synthetic_training_crops`);
+  adapting to a new surface needs only its k labels.
+- `sample_class_support`: the k labelled defects per class and the query, as the evaluation draws them.
 
 Taught in: 08_stm.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +27,10 @@ from skimage.feature import multiscale_basic_features
 from skimage.measure import label
 
 from semnb.components import torch_threads
+from semnb.data.synth_stm import generate_stm_scan, surface_names
 from semnb.errors import SemnbInputError
-from semnb.stm.lattice import _check_scan
+from semnb.stm.lattice import MIN_SIDE, ScanAnalysis, analyze_scan
+from semnb.stm.preprocess import check_scan
 
 # ---------------------------------------------------------------------------------------------
 # Few-shot pixel map: k labelled defects of the scan -> a defect probability for every pixel
@@ -98,7 +103,7 @@ def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float, polari
 
     Taught in: 08_stm.
     """
-    z, r = _check_scan(scan), _check_scan(residual)
+    z, r = check_scan(scan, min_side=MIN_SIDE), check_scan(residual, "residual", min_side=MIN_SIDE)
     if polarity not in ("bright", "dark", "both"):
         raise SemnbInputError("polarity", f"got {polarity!r}", "use bright, dark or both")
     oriented = r if polarity == "bright" else -r if polarity == "dark" else np.abs(r)
@@ -140,6 +145,18 @@ def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0
     return model.decision_function(features.reshape(-1, f)).reshape(h, w)
 
 
+def fewshot_map(analysis: ScanAnalysis, support: PixelSupport, seed: int = 0) -> np.ndarray:
+    """The few-shot defect map of an analysed scan (`analyze_scan`): features oriented by the
+    contrast of the labelled defects (`support_polarity`), then `fewshot_pixel_map`.
+
+    Taught in: 08_stm.
+    """
+    residual = analysis.defect_map.residual
+    polarity = support_polarity(residual, support)
+    features = pixel_features(analysis.z, residual, analysis.defect_map.lattice.period, polarity)
+    return fewshot_pixel_map(features, support, seed=seed)
+
+
 # ---------------------------------------------------------------------------------------------
 # Few-shot defect classification: crops, embeddings, prototypes
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +179,7 @@ def defect_crops(scan: np.ndarray, residual: np.ndarray, centres, period: float,
 
     Taught in: 08_stm.
     """
-    z, r = _check_scan(scan), _check_scan(residual)
+    z, r = check_scan(scan, min_side=MIN_SIDE), check_scan(residual, "residual", min_side=MIN_SIDE)
     if z.shape != r.shape:
         raise SemnbInputError("residual", f"shape {r.shape} differs from the scan's {z.shape}", "pass the scan's own residual")
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
@@ -200,6 +217,42 @@ def flatten_embedding(crops: np.ndarray) -> np.ndarray:
     mean = x.mean(axis=(-2, -1), keepdims=True)
     std = x.std(axis=(-2, -1), keepdims=True)
     return ((x - mean) / np.where(std > 0, std, 1.0)).reshape(len(x), -1)
+
+
+def brightness_embedding(crops: np.ndarray) -> np.ndarray:
+    """The brightness baseline's embedding: the raw scan's crop as it is, not normalised.
+
+    Pass crops cut with the raw scan as both scan and residual (`defect_crops(raw, raw, ...)`):
+    `defect_crops` samples the residual channel unchanged, so channel 1 is the raw brightness.
+
+    Taught in: 08_stm.
+    """
+    return np.asarray(crops, np.float64)[:, 1:].reshape(len(crops), -1)
+
+
+def sample_class_support(labels, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Draw `shots` labelled defects per class (support); the other defects of those classes are the query.
+
+    A class with `shots` or fewer defects has none left to query and is left out. Returns the
+    support and query indices into `labels` and the classes left out with their sizes. Same
+    seed, same split (the classes are drawn in sorted order, from one generator per seed).
+
+    Taught in: 08_stm.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 7])
+    support, usable, left_out = [], [], {}
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        if len(members) <= shots:
+            left_out[str(cls)] = len(members)
+            continue
+        support.append(rng.choice(members, size=shots, replace=False))
+        usable.append(members)
+    if not support:
+        return np.zeros(0, int), np.zeros(0, int), left_out
+    support = np.concatenate(support)
+    return support, np.setdiff1d(np.concatenate(usable), support), left_out
 
 
 class PrototypeClassifier:
@@ -336,3 +389,26 @@ def train_protonet(crops: np.ndarray, labels, episodes: int = 300, n_way: int = 
             optimiser.step()
     model.net.eval()
     return model
+
+
+def synthetic_training_crops(n_scans: int = 4, size: int = 256, seed: int = 0,
+                             surfaces: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Crops and "surface:class" labels of generated synthetic scans, to train a `ProtoNet`.
+
+    By design the ProtoNet learns from synthetic surfaces (Si(001), Ge(001), TiO2(110) from
+    `semnb.data.synth_stm`) when no other labelled surface is at hand: the embedding only has
+    to learn what separates defect classes in general, and the new surface's own k labels
+    then set the prototypes. The scans use seeds 10_000 + seed*100 + i, apart from those
+    `semnb data synth` writes.
+
+    Taught in: 08_stm.
+    """
+    xs, ys = [], []
+    for surface in surfaces or surface_names():
+        for i in range(n_scans):
+            scan = generate_stm_scan(surface, size=size, seed=10_000 + seed * 100 + i)
+            analysis = analyze_scan(scan.raw)
+            xs.append(defect_crops(analysis.z, analysis.defect_map.residual, scan.defects[["x", "y"]].to_numpy(float),
+                                   analysis.defect_map.lattice.period))
+            ys += [f"{surface}:{c}" for c in scan.defects["cls"]]
+    return np.concatenate(xs), np.array(ys)

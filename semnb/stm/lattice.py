@@ -20,6 +20,9 @@ prediction:
    (skimage.measure.label) and their centres and areas (skimage.measure.regionprops), as
    a table.
 
+`analyze_scan` runs preprocessing and the unsupervised map once per scan; the few-shot
+methods (`semnb.stm.fewshot`) start from its `ScanAnalysis`.
+
 Taught in: 08_stm.
 """
 from __future__ import annotations
@@ -33,7 +36,10 @@ from scipy import ndimage
 from skimage.measure import label, regionprops
 
 from semnb.errors import SemnbInputError
-from semnb.stm.preprocess import MAD_TO_STD
+from semnb.stm.preprocess import MAD_TO_STD, check_scan, preprocess_scan
+
+MIN_SIDE = 8
+"""The smallest scan side (pixels) the lattice and few-shot functions accept."""
 
 # ---------------------------------------------------------------------------------------------
 # The lattice
@@ -72,7 +78,7 @@ def estimate_lattice(scan: np.ndarray, max_translations: int = 16, reach: float 
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan, min_side=MIN_SIDE)
     h, w = z.shape
     p0 = dominant_period(z)
     acf = _autocorrelation(_lattice_detail(z, p0))
@@ -132,7 +138,7 @@ def dominant_period(scan: np.ndarray) -> float:
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan, min_side=MIN_SIDE)
     h, w = z.shape
     window = np.outer(np.hanning(h), np.hanning(w))
     spectrum = np.fft.fft2((z - ndimage.gaussian_filter(z, min(h, w) / 16.0)) * window)
@@ -203,7 +209,7 @@ def lattice_residual(scan: np.ndarray, lattice: Lattice) -> np.ndarray:
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan, min_side=MIN_SIDE)
     h, w = z.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     copies = np.empty((len(lattice.translations), h, w))
@@ -238,7 +244,7 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
                             smooth: float = 0.1) -> DefectMap:
     """Defect score per pixel from the deviation from the periodic lattice, with no labels.
 
-    `scan` should be preprocessed (`semnb.stm_preprocess.preprocess_scan`). The residual is
+    `scan` should be preprocessed (`semnb.stm.preprocess.preprocess_scan`). The residual is
     smoothed by a Gaussian of `smooth` lattice periods and divided by its robust spread
     (1.4826 * MAD). polarity: "bright" scores protrusions, "dark" depressions, "both" |z|;
     "auto" keeps one side when it has 4 times as many pixels beyond 3 robust standard
@@ -251,7 +257,7 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
     """
     if polarity not in ("auto", "bright", "dark", "both"):
         raise SemnbInputError("polarity", f"got {polarity!r}", "use auto, bright, dark or both")
-    z = _check_scan(scan)
+    z = check_scan(scan, min_side=MIN_SIDE)
     steps = step_edges(z, dominant_period(z) if lattice is None else lattice.period)
     z = level_terraces(z, steps)
     lattice = estimate_lattice(z) if lattice is None else lattice
@@ -283,7 +289,7 @@ def level_terraces(scan: np.ndarray, steps: np.ndarray) -> np.ndarray:
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan, min_side=MIN_SIDE)
     if not steps.any():
         return z
     terraces = label(~steps, connectivity=1)
@@ -308,7 +314,7 @@ def step_edges(scan: np.ndarray, period: float, threshold: float = 3.0, min_leng
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan, min_side=MIN_SIDE)
     gradient = ndimage.gaussian_gradient_magnitude(z, max(period, 1.0))
     centred = gradient - np.median(gradient)
     spread = MAD_TO_STD * np.median(np.abs(centred))
@@ -353,12 +359,27 @@ def detect_defects(defect_map: DefectMap, threshold: float = 4.0, min_area_cells
     return defect_list(defect_map.score > threshold, min_area=min_area)
 
 
-def _check_scan(scan) -> np.ndarray:
-    arr = np.asarray(scan)
-    if arr.ndim != 2 or min(arr.shape) < 8:
-        raise SemnbInputError("scan", f"expected a 2-D topograph of at least 8x8, got shape {arr.shape}",
-                              "pass one HxW scan")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise SemnbInputError("scan", "contains NaN or infinite values", "fill or crop the bad pixels first")
-    return arr
+# ---------------------------------------------------------------------------------------------
+# One scan, analysed once
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanAnalysis:
+    """Everything computed once per scan: the preprocessed scan `z` and the unsupervised
+    `defect_map` (lattice, residual, score)."""
+
+    z: np.ndarray
+    defect_map: DefectMap
+
+
+def analyze_scan(raw: np.ndarray, polarity: str = "auto") -> ScanAnalysis:
+    """Preprocess one raw scan (`preprocess_scan`) and compute its unsupervised defect map.
+
+    Why one object: the few-shot map, the defect crops and the evaluation all need the
+    levelled scan, the residual and the period; computed once, shared by all of them.
+
+    Taught in: 08_stm.
+    """
+    z = preprocess_scan(raw)
+    return ScanAnalysis(z=z, defect_map=unsupervised_defect_map(z, polarity=polarity))

@@ -9,7 +9,7 @@ is surface structure, and each of these artefacts alone can hide a defect or fak
 - `flatten_lines`: remove a per-line offset. "median_diff" chains the median of the
   differences between neighbouring lines (robust to defects and steps); "polynomial" fits and subtracts a low-order polynomial per
   line (also removes a per-line slope, but flattens anything constant along a line).
-- `robust_normalise`: (z - median) / (1.4826 * MAD), so every scan has a lattice contrast
+- `robust_normalize`: (z - median) / (1.4826 * MAD), so every scan has a lattice contrast
   near 1 whatever its height units, and defects cannot set the scale.
 - `preprocess_scan`: lines, then plane, then scale; what every STM method in semnb starts
   from. Lines first, because the plane fit then also takes out the slow drift that line
@@ -32,10 +32,18 @@ MAD_TO_STD = 1.4826
 LINE_METHODS = ("median_diff", "polynomial")
 
 
-def _check_scan(scan, name: str = "scan") -> np.ndarray:
+def check_scan(scan, name: str = "scan", min_side: int = 2) -> np.ndarray:
+    """`scan` as a float64 HxW array, or a `SemnbInputError` that says what is wrong with it.
+
+    The one validation of every STM function: 2-D, both sides at least `min_side` pixels
+    (the lattice functions need a few unit cells and ask for 8), real numbers, all finite.
+
+    Taught in: 08_stm.
+    """
     arr = np.asarray(scan)
-    if arr.ndim != 2 or min(arr.shape) < 2:
-        raise SemnbInputError(name, f"expected a 2-D topograph, got shape {arr.shape}", "pass one HxW scan (H, W >= 2)")
+    if arr.ndim != 2 or min(arr.shape) < min_side:
+        raise SemnbInputError(name, f"expected a 2-D topograph of at least {min_side}x{min_side}, got shape {arr.shape}",
+                              f"pass one HxW scan (H, W >= {min_side})")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise SemnbInputError(name, f"expected real heights, got dtype {arr.dtype}", "pass a float array")
     arr = arr.astype(np.float64)
@@ -51,7 +59,7 @@ def fit_plane(scan, weights: np.ndarray | None = None) -> np.ndarray:
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan)
     h, w = z.shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     design = np.stack([np.ones(z.size), xx.ravel(), yy.ravel()], axis=1)
@@ -68,7 +76,7 @@ def plane_level(scan, weights: np.ndarray | None = None) -> np.ndarray:
 
     Taught in: 08_stm.
     """
-    return _check_scan(scan) - fit_plane(scan, weights)
+    return check_scan(scan) - fit_plane(scan, weights)
 
 
 def flatten_lines(scan, method: str = "median_diff", order: int = 1) -> np.ndarray:
@@ -83,7 +91,7 @@ def flatten_lines(scan, method: str = "median_diff", order: int = 1) -> np.ndarr
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan)
     if method == "median_diff":
         steps = np.median(np.diff(z, axis=0), axis=1)
         offsets = np.concatenate([[0.0], np.cumsum(steps)])
@@ -99,12 +107,12 @@ def flatten_lines(scan, method: str = "median_diff", order: int = 1) -> np.ndarr
     raise SemnbInputError("method", f"unknown line flattening {method!r}", f"use one of {', '.join(LINE_METHODS)}")
 
 
-def robust_normalise(scan) -> np.ndarray:
+def robust_normalize(scan) -> np.ndarray:
     """(z - median) / (1.4826 * MAD): unit lattice contrast, zero median; a flat scan gives zeros.
 
     Taught in: 08_stm.
     """
-    z = _check_scan(scan)
+    z = check_scan(scan)
     centred = z - np.median(z)
     mad = np.median(np.abs(centred))
     if mad == 0:
@@ -118,4 +126,4 @@ def preprocess_scan(scan, line_method: str = "median_diff") -> np.ndarray:
 
     Taught in: 08_stm.
     """
-    return robust_normalise(plane_level(flatten_lines(scan, method=line_method)))
+    return robust_normalize(plane_level(flatten_lines(scan, method=line_method)))

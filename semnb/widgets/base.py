@@ -128,16 +128,16 @@ def phrase_lines(text: str | Sequence[str]) -> list[str]:
     return [str(item).strip() for item in items if str(item).strip()]
 
 
-def image_at(images: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None,
+def image_at(pixels: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None,
              paths: Sequence[str | os.PathLike] | None, i: int) -> np.ndarray:
     """Picture i for a thumbnail: `images[i]`, `images(i)`, or, without images, read from `paths[i]`.
 
     Taught in: 07_retrieval.
     """
-    if images is not None:
-        return np.asarray(images(i) if callable(images) else images[i])
+    if pixels is not None:
+        return np.asarray(pixels(i) if callable(pixels) else pixels[i])
     if paths is None:
-        raise SemnbInputError("images", "are missing and there are no paths to read them from",
+        raise SemnbInputError("pixels", "are missing and there are no paths to read them from",
                               "pass the images (an array per row) or their paths")
     return read_image(paths[i])
 

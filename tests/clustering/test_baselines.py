@@ -90,7 +90,7 @@ def test_backbone_features_are_the_backbones_image_embedding():
 
 
 def test_bad_images_raise_a_clear_error():
-    with pytest.raises(SemnbInputError, match="images"):
+    with pytest.raises(SemnbInputError, match="pixels"):
         glcm_features(np.zeros((32, 32)))
-    with pytest.raises(SemnbInputError, match="images"):
+    with pytest.raises(SemnbInputError, match="pixels"):
         lbp_histograms(np.zeros((0, 32, 32)))

@@ -1,4 +1,4 @@
-"""The label-free defect locator and crop (`semnb.defect_crop`) and `evaluate_clustering(crop="defect")`."""
+"""The label-free defect locator and crop (`semnb.clustering.defect_crop`) and `evaluate_clustering(crop="defect")`."""
 from __future__ import annotations
 
 import json
@@ -17,7 +17,6 @@ from semnb.clustering.defect_crop import (
     crop_window,
     locate_defects,
     self_referential_distance,
-    window_hits,
 )
 from semnb.clustering.evaluate import evaluate_clustering
 from semnb.data import load_dataset
@@ -72,7 +71,7 @@ def test_the_planted_blob_is_found_within_a_patch_from_a_normal_memory(locator):
     found = locate_defects([_pattern(1, blob=True), _pattern(2)], [_pattern(10), _pattern(11)], _config(),
                            backbone=locator)
     assert found.reference == NORMAL_AND_SELF and found.memory_patches == 2 * 8 * 8
-    assert np.abs(found.centres[0] - BLOB).max() <= 16
+    assert np.abs(found.centers[0] - BLOB).max() <= 16
     assert found.peak_scores[0] > 1.5 * found.peak_scores[1]  # the blob stands out; the clean image does not
     top, left, bottom, right = found.windows[0]
     assert bottom - top == right - left == SIZE // 4 and top <= BLOB[0] < bottom and left <= BLOB[1] < right
@@ -84,7 +83,7 @@ def test_without_normal_images_the_self_referential_score_finds_the_blob():
     found = locate_defects([_pattern(1, blob=True, size=256)], [], config,
                            backbone=load_backbone("efficientnet-lite0", image_size=256))
     assert found.reference == SELF_REFERENTIAL and found.memory_patches == 0
-    assert np.abs(found.centres[0] - BLOB).max() <= 16
+    assert np.abs(found.centers[0] - BLOB).max() <= 16
 
 
 def test_self_referential_distance_skips_the_neighbourhood():
@@ -105,16 +104,6 @@ def test_locations_are_deterministic_for_a_seed(locator):
     np.testing.assert_array_equal(a.windows, b.windows)
     np.testing.assert_array_equal(a.peak_scores, b.peak_scores)
     assert a.memory_patches == 96
-
-
-def test_window_hits_count_only_images_with_a_defect_mask():
-    mask = np.zeros((40, 40), bool)
-    mask[10:14, 10:14] = True
-    windows = np.array([[0, 0, 12, 12], [20, 20, 30, 30], [0, 0, 5, 5], [0, 0, 5, 5]])
-    hits = window_hits(windows, [mask, mask, None, np.zeros((40, 40), bool)])
-    assert hits["n_scored"] == 2 and hits["hit_rate"] == 0.5
-    assert hits["covered"] == pytest.approx((4 / 16 + 0) / 2)
-    assert np.isnan(window_hits(windows[:1], [None])["hit_rate"])
 
 
 def test_eval_cluster_on_defect_crops_records_how_and_how_well(tmp_images):

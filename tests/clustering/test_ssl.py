@@ -85,7 +85,7 @@ def test_pyramid_halves_twice_by_area_averaging():
 def test_pyramid_rejects_sizes_that_do_not_halve_cleanly():
     with pytest.raises(SemnbInputError, match="--image-size"):
         build_pyramid(torch.zeros(1, 1, 30, 30))
-    with pytest.raises(SemnbInputError, match="images"):
+    with pytest.raises(SemnbInputError, match="pixels"):
         build_pyramid(torch.zeros(1, 3, 32, 32))
 
 

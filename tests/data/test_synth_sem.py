@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 
 import numpy as np
@@ -10,11 +11,12 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from semnb.data import synth_writer
+from semnb.data import load_dataset, synth_writer
 from semnb.data.sem_backgrounds import BACKGROUND_KINDS
 from semnb.data.sem_imaging import Microscope, banner_height, detect, shift_rows
 from semnb.data.synth_sem import CLASSES, generate_sem_image, generate_sem_set, sample_seed
 from semnb.data.synth_writer import MANIFEST_COLUMNS, MARKER_FILE, write_sem_dataset
+from semnb.data.synth_writers import WRITERS, write_synthetic
 from semnb.errors import SemnbInputError
 
 DEFECTS = [cls for cls in CLASSES if cls != "good"]
@@ -290,3 +292,60 @@ def test_writer_interrupted_midway_leaves_no_partial_set(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_sem_dataset(tmp_path / "set", n_per_class=1, size=48, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_writer_replaces_an_earlier_set_whole_when_it_has_fewer_images(tmp_path):
+    target = write_sem_dataset(tmp_path / "set", n_per_class=2, size=48, seed=0, progress=False)
+    write_sem_dataset(target, n_per_class=1, size=48, seed=0, progress=False)
+    fresh = write_sem_dataset(tmp_path / "fresh", n_per_class=1, size=48, seed=0, progress=False)
+    assert _tree(target) == _tree(fresh)  # no 001.png of the larger set stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "set"]
+
+
+def test_writer_failing_midway_keeps_the_earlier_set(tmp_path, monkeypatch):
+    target = write_sem_dataset(tmp_path / "set", n_per_class=1, size=48, seed=0, progress=False)
+    before = _tree(target)
+    real_save, calls = synth_writer._save_png, []
+
+    def failing_save(path, pixels):
+        calls.append(path)
+        if len(calls) == 5:
+            raise OSError("disk full")
+        real_save(path, pixels)
+
+    monkeypatch.setattr(synth_writer, "_save_png", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_sem_dataset(target, n_per_class=2, size=48, seed=1, progress=False)
+    assert _tree(target) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+def test_each_kind_marks_its_set_and_refuses_a_set_of_another_kind(tmp_path):
+    sets = {kind: write_synthetic(kind, tmp_path / kind, n_per_class=1, size=64, seed=0) for kind in WRITERS}
+    for kind, root in sets.items():
+        marker = json.loads((root / MARKER_FILE).read_text())
+        assert (marker["generator"], marker["kind"], marker["seed"]) == ("semnb", kind, 0)
+        other = "sem" if kind != "sem" else "tem"
+        before = _tree(sets[other])
+        with pytest.raises(SemnbInputError, match=f"holds a semnb synthetic {other} set, not a {kind} set"):
+            write_synthetic(kind, sets[other], n_per_class=1, size=64, seed=0)
+        assert _tree(sets[other]) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(WRITERS)
+    for kind in ("sem", "tem"):  # the marker beside manifest.csv is not taken for an image
+        images = load_dataset(sets[kind])
+        assert len(images) == len(_manifest(sets[kind]))
+        assert not images.meta["path"].astype(str).str.endswith(".json").any()
+
+
+def test_a_marker_that_is_not_semnbs_does_not_make_a_folder_ours(tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / MARKER_FILE).write_text('{"kind": "sem"}')
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(SemnbInputError, match=f"its {MARKER_FILE} is not semnb's"):
+        write_sem_dataset(folder, n_per_class=1, size=48, progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER_FILE, "notes.txt"])

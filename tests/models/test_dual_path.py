@@ -22,7 +22,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def pixels(tiny):
     rng = np.random.default_rng(0)
-    return tiny.pixels(rng.random((2, SIZE, SIZE)).astype(np.float32))
+    return tiny.network_input(rng.random((2, SIZE, SIZE)).astype(np.float32))
 
 
 def _layer_norm(x, ln):

@@ -1,6 +1,6 @@
 """Retrieval training pieces (mining, standardising, decoder, schedule, determinism) and the eval protocol.
 
-Training tests use `semnb-tiny` (a random 4-layer CNN) on 32-px images so the file stays fast.
+Training tests use `semnb-tiny-cnn` (a random 4-layer CNN) on 32-px images so the file stays fast.
 """
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from semnb.data import load_dataset
 from semnb.data.synth_tem import write_tem_dataset
 from semnb.errors import SemnbInputError
 from semnb.retrieval.embedding import (
+    BACKBONES,
     LABEL_METHODS,
     METHODS,
+    TINY_CNN,
     MirrorDecoder,
     RetrievalConfig,
     Standardize,
@@ -124,7 +126,7 @@ def test_standardising_layer_gives_zero_mean_unit_std_per_embedding():
 
 
 def test_decoder_mirrors_the_backbone_resolutions_back_to_the_input_size():
-    backbone = load_split_backbone("semnb-tiny")
+    backbone = load_split_backbone(TINY_CNN)
     levels = mirror_levels(backbone, 64)
     assert levels == [(32, 8), (16, 16), (8, 32), (4, 64)]
     decoder = MirrorDecoder(levels, 64, 64)
@@ -150,6 +152,14 @@ def test_efficientnet_split_equals_the_whole_network():
 def test_clip_backbones_are_refused_with_a_fix():
     with pytest.raises(SemnbInputError, match="--backbone"):
         load_split_backbone("ViT-B-16:openai")
+
+
+def test_semnb_tiny_names_the_tiny_clip_only_so_retrieval_refuses_it_and_lists_its_names():
+    with pytest.raises(SemnbInputError, match="--backbone semnb-tiny") as error:
+        load_split_backbone("semnb-tiny")
+    assert all(name in str(error.value) for name in BACKBONES)
+    assert BACKBONES == ("efficientnet-lite0", "semnb-tiny-cnn")
+    assert "semnb-tiny-cnn" in load_split_backbone(TINY_CNN).weights
 
 
 def test_augment_without_shift_or_zoom_is_identity_or_a_mirror():
@@ -190,7 +200,7 @@ def _toy_images(n_per_class=6, seed=0):
 
 
 def _train(method, seed, images, labels):
-    backbone = load_split_backbone("semnb-tiny")
+    backbone = load_split_backbone(TINY_CNN)
     bank = build_view_bank(backbone, images, SIZE, TINY_CONFIG.views, seed, TINY_CONFIG)
     return train_embedding(method, backbone, bank, labels, TINY_CONFIG, seed), bank
 
@@ -206,7 +216,7 @@ def test_training_is_deterministic_and_keeps_the_frozen_layers():
     assert [h["phase"] for h in first.history] == ["classifier", "triplet"]
     assert all(math.isfinite(h["loss"]) for h in first.history)
 
-    untouched = load_split_backbone("semnb-tiny")
+    untouched = load_split_backbone(TINY_CNN)
     for trained_p, fresh_p in zip(first.backbone.frozen.parameters(), untouched.frozen.parameters()):
         assert torch.equal(trained_p, fresh_p)
     assert any(not torch.equal(t, f) for t, f in zip(first.backbone.tuned.parameters(), untouched.tuned.parameters()))
@@ -273,7 +283,7 @@ def test_leave_one_class_out_withholds_the_class_labels(tem_folder, monkeypatch)
     monkeypatch.setattr(retrieval_eval, "train_embedding", spy)
     images = load_dataset(tem_folder)
     config = RetrievalConfig(image_size=SIZE, epochs=2, views=1, dims=8, batch_size=8, per_class=2)
-    result = evaluate_retrieval(images, "semnb-tiny", methods=("ours", "frozen"), k=3, seeds=(0,), config=config, loco=True)
+    result = evaluate_retrieval(images, TINY_CNN, methods=("ours", "frozen"), k=3, seeds=(0,), config=config, loco=True)
 
     n_classes = len(images.class_names)
     ours = [labels for method, labels in calls if method == "ours"]
@@ -290,7 +300,7 @@ def test_leave_one_class_out_withholds_the_class_labels(tem_folder, monkeypatch)
 def test_evaluate_retrieval_contract(tem_folder, tmp_path):
     images = load_dataset(tem_folder)
     config = RetrievalConfig(image_size=SIZE, epochs=2, views=1, dims=8, batch_size=8, per_class=2)
-    result = evaluate_retrieval(images, "semnb-tiny", k=3, seeds=(0, 1), config=config)
+    result = evaluate_retrieval(images, TINY_CNN, k=3, seeds=(0, 1), config=config)
     assert list(result.results) == list(METHODS)
     for values in result.results.values():
         for metric in ("precision_at_k", "map_at_k"):
@@ -309,7 +319,7 @@ def test_evaluate_retrieval_contract(tem_folder, tmp_path):
 
 def test_cli_retrieve_writes_json_and_rejects_a_bad_k(tem_folder, tmp_path):
     runner = CliRunner()
-    common = ["eval", "retrieve", "--data", str(tem_folder), "--backbone", "semnb-tiny", "--seeds", "0",
+    common = ["eval", "retrieve", "--data", str(tem_folder), "--backbone", "semnb-tiny-cnn", "--seeds", "0",
               "--epochs", "1", "--image-size", str(SIZE)]
     ok = runner.invoke(main, [*common, "--k", "3", "--json", str(tmp_path / "out.json")])
     assert ok.exit_code == 0, ok.output

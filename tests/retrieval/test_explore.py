@@ -49,11 +49,11 @@ def test_choosing_another_query_changes_the_top_k_and_never_returns_the_query(in
 
 
 def test_query_expansion_and_unlabelled_queries(index, thumbs):
-    result = render_retrieval(index, 2, k=4, expand=True, images=thumbs)
+    result = render_retrieval(index, 2, k=4, expand=True, pixels=thumbs)
     result.close()
     _, ids = index.search_expanded(index.embeddings[2], 4, exclude=[2])
     assert [row["image"] for row in result.summary["results"]] == [index.paths[i] for i in ids[0]]
-    unlabelled = render_retrieval(index, 13, k=4, images=lambda i: thumbs[i])
+    unlabelled = render_retrieval(index, 13, k=4, pixels=lambda i: thumbs[i])
     unlabelled.close()
     assert "precision@4" not in unlabelled.summary and unlabelled.notes
 

@@ -8,7 +8,7 @@ from semnb.stm.preprocess import (
     flatten_lines,
     plane_level,
     preprocess_scan,
-    robust_normalise,
+    robust_normalize,
 )
 
 
@@ -65,10 +65,10 @@ def test_polynomial_removes_offset_and_slope_of_each_line():
     assert np.abs(flatten_lines(lines, method="polynomial", order=1)).max() < 1e-9
 
 
-def test_robust_normalise_ignores_outliers():
+def test_robust_normalize_ignores_outliers():
     z = np.random.default_rng(3).normal(5.0, 2.0, size=(100, 100))
     z[:3, :3] = 1e6  # a few spikes
-    out = robust_normalise(z)
+    out = robust_normalize(z)
     assert abs(np.median(out)) < 1e-9
     assert 0.9 < np.median(np.abs(out)) * 1.4826 < 1.1
     assert 0.9 < np.std(out[10:, 10:]) < 1.1
