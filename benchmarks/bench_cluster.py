@@ -80,7 +80,7 @@ def quality(args) -> None:
     evaluation = evaluate_methods(images, labels, CLASSES, methods=methods, seeds=args.seeds,
                                   ssl_config=SSLConfig(epochs=args.epochs, threads=args.threads, augment_levels=args.ssl_augment),
                                   data="synthetic SEM (in memory)", progress=False)
-    result = evaluation.result
+    result = evaluation
     background_codes = pd.factorize(pd.Series(backgrounds))[0]
     rows = []
     for method, scores in result.results.items():

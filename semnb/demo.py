@@ -9,6 +9,7 @@ Taught in: 00_quickstart.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -16,13 +17,7 @@ from tqdm.auto import tqdm
 from semnb import viz
 from semnb.clustering import viz as cluster_viz
 from semnb.data import CLASSES, ImageSet, load_dataset, write_sem_dataset
-from semnb.fewshot import (
-    FewShotData,
-    evaluate_classification,
-    evaluate_segmentation,
-    prepare_fewshot,
-    sample_episode,
-)
+from semnb.fewshot import FewShotData, prepare_fewshot, sample_episode
 from semnb.fewshot import viz as fewshot_viz
 from semnb.fewshot.evaluate import segment_episode
 from semnb.html_page import HtmlPage
@@ -30,6 +25,7 @@ from semnb.io_utils import write_text_atomic
 from semnb.models import registry
 from semnb.results import EvalResult
 from semnb.retrieval import viz as retrieval_viz
+from semnb.tasks import evaluate, task_metrics
 
 TEM_PER_CLASS = 24  # 168 TEM images: a query has 11 same-class images in the gallery, so K=10 can reach 1
 RETRIEVAL_K = 10
@@ -68,15 +64,13 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
 
     steps = tqdm(total=4, desc="demo: few-shot segmentation", disable=not progress)
     few_shot = prepare_fewshot(dataset, "segment", backbone)
-    segment = evaluate_segmentation(few_shot, shots=shots, seeds=[seed])
-    _result_section(page, "Few-shot defect segmentation", segment,
-                    ["image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"])
+    segment = evaluate("segment", few_shot, shots=shots, seeds=[seed])
+    _result_section(page, "Few-shot defect segmentation", segment, task_metrics("segment"))
     page.figure(viz.figure_png(_defect_map_figure(few_shot, shots, seed)), alt="defect maps")
     steps.update()
     steps.set_description("demo: few-shot classification")
-    classify = evaluate_classification(dataset, backbone=backbone, shots=shots, seeds=[seed])
-    _result_section(page, "Few-shot defect classification", classify,
-                    ["accuracy", "macro_precision", "macro_recall", "macro_f1"])
+    classify = evaluate("classify", dataset, backbone=backbone, shots=shots, seeds=[seed])
+    _result_section(page, "Few-shot defect classification", classify, task_metrics("classify"))
     for method in ("semclip", "defect_pooled"):  # the paper's method, and semnb's (when masks allow it)
         if method in classify.extra["confusion_matrix"]:
             page.figure(viz.figure_png(fewshot_viz.confusion_matrix_figure(
@@ -84,12 +78,9 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
                 alt=f"confusion matrix of {method}")
     steps.update()
     steps.set_description("demo: self-supervised clustering")
-
-    from semnb.clustering.evaluate import evaluate_clustering
-
-    cluster = evaluate_clustering(dataset, seeds=[seed], epochs=ssl_epochs, image_size=128, progress=False)
+    cluster = evaluate("cluster", dataset, seeds=[seed], epochs=ssl_epochs, image_size=128)
     _result_section(page, "Label-free clustering (self-supervised multi-resolution vs texture features)",
-                    cluster.result, ["silhouette", "nmi"])
+                    cluster, task_metrics("cluster"))
     page.figure(viz.figure_png(cluster_viz.embedding_views(
         cluster.features["ssl"], cluster.clusters["ssl"], cluster.labels, cluster.class_names)),
         alt="embedding views")
@@ -123,20 +114,18 @@ def _defect_map_figure(data: FewShotData, shots: int, seed: int, n_show: int = 4
 def _retrieval_section(page: HtmlPage, tem_dir: Path, seed: int, per_class: int, k: int) -> None:
     """Retrieval on the synthetic TEM archive: its two unlabelled classes are what the method is for."""
     from semnb.data.synth_tem import UNLABELLED_CLASSES, write_tem_dataset
-    from semnb.retrieval.embedding import RetrievalConfig
-    from semnb.retrieval.evaluate import evaluate_retrieval
+    from semnb.retrieval import RetrievalConfig
 
     if not (tem_dir / "manifest.csv").exists():
         write_tem_dataset(tem_dir, n_per_class=per_class, size=256, seed=seed)
     archive = load_dataset(tem_dir, layout="csv")
-    result = evaluate_retrieval(archive, "efficientnet-lite0", k=k, seeds=[seed], loco=True,
-                                config=RetrievalConfig(image_size=128))
+    result = evaluate("retrieve", archive, k=k, seeds=[seed], loco=True, config=RetrievalConfig(image_size=128))
     page.heading(f"Semi-supervised retrieval on a synthetic TEM archive (precision@{k}, mAP@{k})")
     page.paragraph(f"{len(archive)} cross-sections from 10kx to 1Mx; {', '.join(UNLABELLED_CLASSES)} carry no "
                    "label. Half of each labelled class queries; the rest trains together with every unlabelled "
                    "image. scale_std: the magnification spread (std of log10) of a query's correct results.",
                    css="note")
-    _result_section(page, "", result, ["precision_at_k", "map_at_k", "scale_std"])
+    _result_section(page, "", result, task_metrics("retrieve"))
     page.figure(viz.figure_png(retrieval_viz.training_curves(result.extra["history"])), alt="training curves")
     page.paragraph("Leave-one-class-out: each labelled class in turn has its labels hidden (its images stay, "
                    "unlabelled); only its queries are scored. This is retrieval of a class nobody labelled.",
@@ -154,7 +143,7 @@ def _gallery_section(page: HtmlPage, test: ImageSet) -> None:
     page.figure(viz.figure_png(fig, dpi=80), alt="class gallery")
 
 
-def _result_section(page: HtmlPage, title: str, result: EvalResult, metrics: list[str]) -> None:
+def _result_section(page: HtmlPage, title: str, result: EvalResult, metrics: Sequence[str]) -> None:
     if title:
         page.heading(title)
     shots = f"shots {result.shots}; " if result.shots else ""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -166,12 +166,31 @@ def class_prompts(class_names: Sequence[str], normal_class: str = "good", style:
     kb = kb or load_prompt_kb()
     if not class_names:
         raise SemnbInputError("class_names", "is empty", "pass the data set's class names")
-    obj = obj or kb.object
     templates = kb.generic_templates if style == "generic" else kb.templates
-    return {
-        name: compose(state_phrases(name, name == normal_class, kb, style), templates, obj, _words(name))
-        for name in class_names
-    }
+    states = {name: state_phrases(name, name == normal_class, kb, style) for name in class_names}
+    return compose_classes(states, templates, obj or kb.object)
+
+
+def compose_classes(states: Mapping[str, Sequence[str]], templates: Sequence[str], obj: str) -> dict[str, list[str]]:
+    """Composite prompts per class from each class's state phrases; {defect} reads the class name as words.
+
+    The knowledge base's phrases (`class_prompts`) and the prompt editor's edited ones are composed here alike.
+
+    Taught in: 02_prompts.
+    """
+    return {name: compose(phrases, templates, obj, _words(name)) for name, phrases in states.items()}
+
+
+def normal_defect_prompts(per_class: Mapping[str, Sequence[str]], normal_class: str) -> list[list[str]]:
+    """[normal prompts, defect prompts]: the defect list holds every defect class's prompts, in class order.
+
+    Taught in: 02_prompts.
+    """
+    defects = [p for name, prompts in per_class.items() if name != normal_class for p in prompts]
+    if normal_class not in per_class or not defects:
+        raise SemnbInputError("class_names", f"needs the normal class {normal_class!r} and at least one defect class",
+                              "pass all class names and set normal_class")
+    return [list(per_class[normal_class]), defects]
 
 
 def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
@@ -180,6 +199,20 @@ def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
     Taught in: 02_prompts.
     """
     return F.normalize(F.normalize(embeddings, dim=-1).mean(dim=0), dim=-1)
+
+
+def encode_ensembles(encode: Callable[[list[str]], torch.Tensor],
+                     prompt_lists: Sequence[Sequence[str]]) -> torch.Tensor:
+    """One unit ensemble per list of prompts [L, E]: all prompts encoded in one call of `encode`, each list averaged.
+
+    `encode` maps prompts to embeddings [P, E] (the backbone through the feature cache, or the
+    prompt editor's encoder that encodes each prompt once); one call keeps one cache entry.
+
+    Taught in: 02_prompts.
+    """
+    flat = [p for prompts in prompt_lists for p in prompts]
+    encoded = encode(flat)
+    return torch.stack([ensemble(part) for part in torch.split(encoded, [len(p) for p in prompt_lists])])
 
 
 def class_text_embeddings(backbone: Backbone, class_names: Sequence[str], normal_class: str = "good",
@@ -192,13 +225,9 @@ def class_text_embeddings(backbone: Backbone, class_names: Sequence[str], normal
     Taught in: 02_prompts.
     """
     prompts = class_prompts(class_names, normal_class, style, obj, kb)
-    flat = [p for name in class_names for p in prompts[name]]
-    encoded = cached_text_embeddings(backbone, flat, cache)
-    out, start = [], 0
-    for name in class_names:
-        out.append(ensemble(encoded[start:start + len(prompts[name])]))
-        start += len(prompts[name])
-    return ClassTextEmbeddings(list(class_names), torch.stack(out), prompts, style)
+    embeddings = encode_ensembles(lambda flat: cached_text_embeddings(backbone, flat, cache),
+                                  [prompts[name] for name in class_names])
+    return ClassTextEmbeddings(list(class_names), embeddings, prompts, style)
 
 
 def zero_shot(image_embeddings: torch.Tensor, text_embeddings: torch.Tensor,
@@ -222,11 +251,5 @@ def normal_defect_embeddings(backbone: Backbone, class_names: Sequence[str], nor
 
     Taught in: 02_prompts.
     """
-    per_class = class_prompts(class_names, normal_class, style, obj, kb)
-    defects = [p for name in class_names if name != normal_class for p in per_class[name]]
-    if normal_class not in per_class or not defects:
-        raise SemnbInputError("class_names", f"needs the normal class {normal_class!r} and at least one defect class",
-                              "pass all class names and set normal_class")
-    normal = per_class[normal_class]
-    encoded = cached_text_embeddings(backbone, normal + defects, cache)
-    return torch.stack([ensemble(encoded[:len(normal)]), ensemble(encoded[len(normal):])])
+    pair = normal_defect_prompts(class_prompts(class_names, normal_class, style, obj, kb), normal_class)
+    return encode_ensembles(lambda flat: cached_text_embeddings(backbone, flat, cache), pair)

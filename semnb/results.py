@@ -6,12 +6,16 @@ Taught in: 09_report.
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from semnb.io_utils import write_json_atomic
+
+NOT_IN_JSON = {"json": False}
+"""Field metadata of an `EvalResult` subclass: what a notebook plots (arrays, models) but the JSON leaves out."""
 
 
 @dataclass
@@ -35,7 +39,8 @@ class EvalResult:
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        out = asdict(self)
+        """The contract's object: every field (a subclass's arrays marked `NOT_IN_JSON` left out), `extra` merged in."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.metadata.get("json", True)}
         extra = out.pop("extra")
         out.update(extra)
         return out

@@ -24,21 +24,20 @@ from importlib import import_module
 from semnb.errors import SemnbInputError
 from semnb.results import EvalResult
 
-TASKS = {
-    "segment": ("semnb.fewshot.evaluate", "evaluate_segmentation"),
-    "classify": ("semnb.fewshot.evaluate", "evaluate_classification"),
-    "cluster": ("semnb.clustering.evaluate", "evaluate_clustering"),
-    "retrieve": ("semnb.retrieval.evaluate", "evaluate_retrieval"),
-    "stm": ("semnb.stm.evaluate", "evaluate_stm"),
+TASKS = {  # task -> (module, its evaluation function, its tuple of metric names)
+    "segment": ("semnb.fewshot.evaluate", "evaluate_segmentation", "SEGMENT_METRICS"),
+    "classify": ("semnb.fewshot.evaluate", "evaluate_classification", "CLASSIFY_METRICS"),
+    "cluster": ("semnb.clustering.evaluate", "evaluate_clustering", "METRICS"),
+    "retrieve": ("semnb.retrieval.evaluate", "evaluate_retrieval", "METRICS"),
+    "stm": ("semnb.stm.evaluate", "evaluate_stm", "METRICS"),
 }
-METRICS = {
-    "segment": ("image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"),
-    "classify": ("accuracy", "macro_precision", "macro_recall", "macro_f1"),
-    "cluster": ("silhouette", "nmi"),
-    "retrieve": ("precision_at_k", "map_at_k", "scale_std"),
-    "stm": ("pixel_auroc", "pixel_f1_max", "accuracy", "macro_f1"),
-}
-"""The metrics each task reports, in the order its tables show them (design.md's metric names)."""
+
+
+def _task(task: str, what: int):
+    if task not in TASKS:
+        raise SemnbInputError("task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
+    module, *names = TASKS[task]
+    return getattr(import_module(module), names[what])
 
 
 def task_function(task: str):
@@ -46,19 +45,20 @@ def task_function(task: str):
 
     Taught in: 09_report.
     """
-    if task not in TASKS:
-        raise SemnbInputError("task", f"unknown task {task!r}", f"use one of {', '.join(TASKS)}")
-    module, name = TASKS[task]
-    return getattr(import_module(module), name)
+    return _task(task, 0)
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The metrics `task` reports, in the order its tables show them (design.md's metric names).
+
+    Taught in: 09_report.
+    """
+    return tuple(_task(task, 1))
 
 
 def evaluate(task: str, images, **options) -> EvalResult:
     """Run `task`'s protocol (its method against its baselines) on loaded `images`; the results contract.
 
-    `evaluate_clustering` also hands back the features and clusters notebook 06 plots (a
-    `ClusterEvaluation`); here only its results contract is returned.
-
     Taught in: 09_report.
     """
-    result = task_function(task)(images, **options)
-    return result if isinstance(result, EvalResult) else result.result
+    return task_function(task)(images, **options)

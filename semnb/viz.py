@@ -89,6 +89,16 @@ def grouped_bars(values: Mapping[str, Mapping[str, float]], errors: Mapping[str,
     return fig
 
 
+def metric_bars(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> Figure:
+    """Grouped bars (mean +- std over seeds) of the methods of one results table, one group per metric.
+
+    Taught in: 04_segmentation (ablations) and 09_report (any task).
+    """
+    values = {name: {m: results[name].get(m, np.nan) for m in metrics} for name in results}
+    errors = {name: {m: results[name].get(f"{m}_std", np.nan) for m in metrics} for name in results}
+    return grouped_bars(values, errors)
+
+
 def before_after(before: np.ndarray, after: np.ndarray, titles=("before", "after")) -> Figure:
     """Two images side by side, e.g. raw and preprocessed."""
     fig, axes = plt.subplots(1, 2, figsize=(6, 3))

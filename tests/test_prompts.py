@@ -11,9 +11,12 @@ from semnb.prompts import (
     class_prompts,
     class_text_embeddings,
     compose,
+    compose_classes,
+    encode_ensembles,
     ensemble,
     load_prompt_kb,
     normal_defect_embeddings,
+    normal_defect_prompts,
     state_phrases,
 )
 
@@ -79,6 +82,35 @@ def test_ensemble_is_the_renormalised_mean_of_unit_embeddings(kb, tiny):
     torch.testing.assert_close(result.embeddings.norm(dim=-1), torch.ones(2))
     assert not torch.allclose(result.embeddings[0], result.embeddings[1])
     torch.testing.assert_close(ensemble(torch.tensor([[3.0, 4.0]])), torch.tensor([0.6, 0.8]))
+
+
+def test_encode_ensembles_encodes_once_and_ensembles_each_list():
+    table = {"a": [3.0, 4.0], "b": [0.0, 2.0], "c": [1.0, 0.0]}
+    calls = []
+
+    def encode(prompts):
+        calls.append(list(prompts))
+        return torch.tensor([table[p] for p in prompts])
+
+    got = encode_ensembles(encode, [["a"], ["b", "c"], ["c"]])
+    assert calls == [["a", "b", "c", "c"]]
+    torch.testing.assert_close(got[0], torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(got[1], ensemble(torch.tensor([[0.0, 2.0], [1.0, 0.0]])))
+    torch.testing.assert_close(got[1], F.normalize(torch.tensor([0.5, 0.5]), dim=0))
+    torch.testing.assert_close(got[2], torch.tensor([1.0, 0.0]))
+
+
+def test_class_prompts_are_composed_per_class_and_split_into_normal_and_defect(kb):
+    states = {"good": ["clean {obj}"], "copper_residue": ["{obj} with {defect}"], "hole": ["{obj} with a hole"]}
+    prompts = compose_classes(states, ["a {}."], "die")
+    assert prompts == {"good": ["a clean die."], "copper_residue": ["a die with copper residue."],
+                       "hole": ["a die with a hole."]}
+    assert normal_defect_prompts(prompts, "good") == [["a clean die."], ["a die with copper residue.", "a die with a hole."]]
+    with pytest.raises(SemnbInputError, match="normal class"):
+        normal_defect_prompts({"good": ["a clean die."]}, "good")
+    names = ["good", "scratch", "crack"]
+    assert class_prompts(names, kb=kb) == compose_classes(
+        {n: state_phrases(n, n == "good", kb) for n in names}, kb.templates, kb.object)
 
 
 def test_normal_and_defect_vectors_and_cache(kb, tiny, tmp_path):

@@ -45,8 +45,9 @@ from semnb.data.preprocess import crop_border, detect_banner
 from semnb.errors import SemnbInputError
 from semnb.models import DEFAULT_BACKBONE, PAPER_CLIP, available_weights, load_backbone
 from semnb.models.tiny_clip import TINY_NAME
-from semnb.results import EvalResult
+from semnb.results import NOT_IN_JSON, EvalResult
 
+METRICS = ("silhouette", "nmi")  # what the table shows, in this order
 METHODS = ("ssl", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip", "ssl_untrained")
 """The paper's method first, then its baselines, then a control: the same encoder with its random
 initial weights (seeded), untrained. When the control scores like `ssl`, training taught the
@@ -113,20 +114,20 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
 
 
 @dataclass
-class ClusterEvaluation:
-    """Everything one evaluation made: the results contract plus what the notebook plots.
+class ClusterEvaluation(EvalResult):
+    """The results contract (what `semnb eval cluster` writes) plus what notebook 06 plots, which the JSON leaves out.
 
+    `pixels` are the preprocessed images clustered, `labels` their classes (-1 unlabelled);
     `features` and `clusters` hold, per method, the features and k-means clusters of the
     first seed; `ssl_run` is that seed's trained model and history.
     """
 
-    result: EvalResult
-    images: np.ndarray
-    labels: np.ndarray
-    class_names: list[str]
-    features: dict[str, np.ndarray] = field(default_factory=dict)
-    clusters: dict[str, np.ndarray] = field(default_factory=dict)
-    ssl_run: SSLRun | None = None
+    pixels: np.ndarray | None = field(default=None, repr=False, metadata=NOT_IN_JSON)
+    labels: np.ndarray | None = field(default=None, repr=False, metadata=NOT_IN_JSON)
+    class_names: list[str] = field(default_factory=list, metadata=NOT_IN_JSON)
+    features: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_JSON)
+    clusters: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_JSON)
+    ssl_run: SSLRun | None = field(default=None, repr=False, metadata=NOT_IN_JSON)
 
 
 def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
@@ -184,7 +185,7 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
             first_features.setdefault(method, features)
             first_clusters.setdefault(method, clusters)
     frozen = [m for m in order if m in specs and specs[m].backbone]
-    result = EvalResult(
+    result = ClusterEvaluation(
         task="cluster", data=data,
         backbone=", ".join(f"{m}: {specs[m].backbone}" for m in frozen) or "none",
         weights=", ".join(f"{m}: {specs[m].weights}" for m in frozen) or "none",
@@ -195,11 +196,13 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
         extra={"k": k, "class_names": list(class_names), "image_size": int(pixels.shape[-1]),
                "n_labelled": int((labels >= 0).sum()),
                "nmi_random_assignment": metrics.random_assignment_nmi(labels, k)},
+        pixels=pixels, labels=labels, class_names=list(class_names), features=first_features,
+        clusters=first_clusters, ssl_run=first_run,
     )
     if first_run is not None:
         result.timing["ssl_train_images_per_s"] = round(first_run.history.images_per_second, 2)
         result.extra["ssl"] = _ssl_summary(first_run)
-    return ClusterEvaluation(result, pixels, labels, list(class_names), first_features, first_clusters, first_run)
+    return result
 
 
 def split_for_clustering(images: ImageSet) -> tuple[ImageSet, ImageSet]:
@@ -257,11 +260,11 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
     evaluation = evaluate_methods(pixels, clustered.labels, clustered.class_names, methods=methods, seeds=seeds, k=k,
                                   ssl_config=SSLConfig(epochs=epochs, threads=threads, augment_levels=ssl_augment),
                                   backbone=backbone, data=str(clustered.root), progress=progress)
-    evaluation.result.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.result.timing}
-    evaluation.result.warnings[:0] = notes
+    evaluation.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.timing}
+    evaluation.warnings[:0] = notes
     if crop_extra is not None:
-        evaluation.result.timing = {"locate_defects_s": crop_extra.pop("locate_s"), **evaluation.result.timing}
-        evaluation.result.extra["crop"] = crop_extra
+        evaluation.timing = {"locate_defects_s": crop_extra.pop("locate_s"), **evaluation.timing}
+        evaluation.extra["crop"] = crop_extra
     return evaluation
 
 

@@ -5,7 +5,9 @@
 - `classification`: P = (1 - a) P_S + a P_C;
 - `defect_pooling`: classify the defect region the segmenter finds (an addition to the paper);
 - `baselines`: WinCLIP+-style, PatchCore-style, linear probe, prototype;
-- `evaluate`: `semnb eval segment|classify`, shot sweeps.
+- `evaluate`: `semnb eval segment|classify`, shot sweeps (the only module that takes an `ImageSet`);
+- `viz`: every figure of the package (the only module that imports matplotlib);
+- `explore`: the prompt editor and the segmentation explorer (the only module that imports ipywidgets).
 
 Taught in: 04_segmentation and 05_classification.
 """

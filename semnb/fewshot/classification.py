@@ -48,7 +48,7 @@ class ClassificationConfig:
     last_level_only: bool = False
 
 
-def normalised_tokens(cls_tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def normalized_tokens(cls_tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Each level's class tokens [B, D_j], layer-normalised (no learned scale): the head's and prototypes' input.
 
     Taught in: 05_classification.
@@ -109,7 +109,7 @@ class ClassHead(nn.Module):
             self.linear.bias.zero_()
 
     def forward(self, cls_tokens: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.linear(torch.cat(normalised_tokens(cls_tokens), dim=-1))
+        return self.linear(torch.cat(normalized_tokens(cls_tokens), dim=-1))
 
 
 @dataclass

@@ -101,9 +101,7 @@ def defect_probability(segmenter: SemClipSegmenter, feats: PatchFeatures) -> tor
 
     Taught in: 05_classification.
     """
-    parts = segmenter.patch_maps(feats)
-    levels = 1 if segmenter.config.last_level_only else len(feats.z)
-    return sum(parts.values()) / (len(parts) * levels)
+    return sum(segmenter.patch_maps(feats).values()) / segmenter.num_terms(feats)
 
 
 class DefectPooledClassifier:

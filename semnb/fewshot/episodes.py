@@ -93,7 +93,7 @@ def subsample_per_class(labels: Sequence[int] | np.ndarray, max_per_class: int |
     The draw does not depend on the episode seeds, so every seed sees the same images.
     Unlabelled images are dropped.
 
-    Taught in: 04_segmentation.
+    Taught in: 02_prompts (and, through `prepare_fewshot(max_per_class=...)`, 04_segmentation).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if max_per_class is None:

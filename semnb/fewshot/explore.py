@@ -6,7 +6,7 @@ Why: which phrases describe an SEM defect class well is found by trying (SEM-CLI
 3.1, notebook 02_prompts). The editor shows, for the chosen image:
 - class probabilities: CLIP zero-shot, softmax_c(100 cos(image embedding, t_c)), t_c the
   ensemble of class c's composite prompts (state x template), as `semnb.prompts.zero_shot`;
-- the defect map: SEM-CLIP's map without the transformation layer (`semnb.fewshot.segmentation`),
+- the defect map: SEM-CLIP's map without the transformation layer (`SemClipSegmenter.untrained`),
   A = sum_j softmax(100 cos(Z'_j, t))[defect] + A_V, with t = (normal, defect) built from the
   edited prompts as `semnb.prompts.normal_defect_embeddings` builds it; shown divided by its
   number of terms (levels x paths), so it reads as a defect probability in [0, 1].
@@ -32,11 +32,12 @@ threshold is the defect class's F1 of `semnb.metrics.classification_report` over
 A trained setting is kept in `cache`, so moving the threshold or picking another image
 does not train again.
 
+The figures of both are drawn by `semnb.fewshot.viz`; this module holds the computation and the widgets.
+
 Taught in: 02_prompts (prompt editor) and 04_segmentation (segmentation explorer).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -45,10 +46,8 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 
 from semnb import metrics
-from semnb.components import upsample_and_smooth
 from semnb.data.preprocess import resize
 from semnb.errors import SemnbInputError
 from semnb.fewshot.episodes import Episode, sample_episode
@@ -59,18 +58,22 @@ from semnb.fewshot.segmentation import (
     SegmentationOutput,
     SemClipSegmenter,
     patch_features,
-    v_path_map,
-    z_path_map,
 )
+from semnb.fewshot.viz import prompt_editor_figure, segmentation_explorer_figure
 from semnb.models import Backbone, FeatureCache, cached_text_embeddings, encode_images
-from semnb.prompts import PromptKB, compose, ensemble, load_prompt_kb, state_phrases, zero_shot
-from semnb.viz import MASK_COLOR, show_image
+from semnb.prompts import (
+    PromptKB,
+    compose_classes,
+    encode_ensembles,
+    load_prompt_kb,
+    normal_defect_prompts,
+    state_phrases,
+    zero_shot,
+)
 from semnb.widgets.base import Explorer, RenderResult, phrase_lines, random_weights_note
 
-LOGIT_SCALE = 100.0
-SMOOTHING_SIGMA = 4.0
 
-
+# ------------------------------------------------------------------ prompt editor (02_prompts)
 class PromptEncoder:
     """Unit text embeddings of prompts, each prompt encoded once: an edit encodes only what is new.
 
@@ -116,14 +119,14 @@ class PromptEditorData:
     encode: PromptEncoder
 
 
-def prepare_prompt_editor(backbone: Backbone, images: Sequence[np.ndarray] | np.ndarray, class_names: Sequence[str],
+def prepare_prompt_editor(backbone: Backbone, pixels: Sequence[np.ndarray] | np.ndarray, class_names: Sequence[str],
                           normal_class: str = "good", labels: Sequence[int] | None = None,
                           masks: Sequence[np.ndarray | None] | None = None, titles: Sequence[str] | None = None,
                           obj: str | None = None, kb: PromptKB | None = None, cache: FeatureCache | None = None,
                           progress: bool = False) -> PromptEditorData:
     """Encode the images once (cached when `cache` is given) for the prompt editor.
 
-    Example: `data = prepare_prompt_editor(load_backbone("semnb-tiny"), images, ["good", "scratch"])`.
+    Example: `data = prepare_prompt_editor(load_backbone("semnb-tiny"), pixels, ["good", "scratch"])`.
 
     Taught in: 02_prompts.
     """
@@ -134,18 +137,17 @@ def prepare_prompt_editor(backbone: Backbone, images: Sequence[np.ndarray] | np.
     if len(class_names) < 2 or normal_class not in class_names:
         raise SemnbInputError("class_names", f"{class_names} must hold the normal class {normal_class!r} and a defect class",
                               "pass every class name and set normal_class")
-    n = len(images)
+    n = len(pixels)
     labels = np.full(n, -1, np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
     masks = [None] * n if masks is None else list(masks)
     titles = [f"image {i}" for i in range(n)] if titles is None else [str(t) for t in titles]
     if not (len(labels) == len(masks) == len(titles) == n) or n == 0:
         raise SemnbInputError("labels/masks/titles", f"must have one entry for each of the {n} images",
                               "pass one label, mask (or None) and title per image")
-    pixels = backbone.gray(images)[:, 0].numpy()
     size = backbone.image_size
-    levels = encode_images(backbone, images, cache, progress=progress)
+    levels = encode_images(backbone, pixels, cache, progress=progress)
     return PromptEditorData(
-        pixels=pixels,
+        pixels=backbone.gray(pixels)[:, 0].numpy(),
         masks=[None if m is None else resize(np.asarray(m, dtype=bool), size, method="nearest") for m in masks],
         labels=labels, titles=titles, patches=patch_features(levels), embeddings=levels.embedding,
         class_names=class_names, normal_class=normal_class, obj=obj or (kb or load_prompt_kb()).object,
@@ -163,11 +165,6 @@ def default_phrases(class_names: Sequence[str], normal_class: str = "good",
     return states, list(kb.templates)
 
 
-def _class_words(name: str) -> str:
-    """A class name as the {defect} placeholder reads it: 'copper_residue' -> 'copper residue'."""
-    return re.sub(r"[_\-]+", " ", name).strip()
-
-
 def edited_text_embeddings(data: PromptEditorData, states: Mapping[str, str | Sequence[str]],
                            templates: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
     """(class embeddings [C, E], (normal, defect) embeddings [2, E], prompts per class) from edited phrases.
@@ -183,21 +180,14 @@ def edited_text_embeddings(data: PromptEditorData, states: Mapping[str, str | Se
     bad = [t for t in templates if "{}" not in t]
     if bad:
         raise SemnbInputError(f"template {bad[0]!r}", "lacks the placeholder {}", "put {} where the state phrase goes")
-    prompts = {}
+    phrases = {}
     for name in data.class_names:
-        phrases = phrase_lines(states.get(name, ""))
-        if not phrases:
+        phrases[name] = phrase_lines(states.get(name, ""))
+        if not phrases[name]:
             raise SemnbInputError(f"states of {name}", "has no phrase", "write at least one state phrase, e.g. '{obj} with a scratch'")
-        prompts[name] = compose(phrases, templates, data.obj, _class_words(name))
-    flat = [p for name in data.class_names for p in prompts[name]]
-    encoded = data.encode(flat)
-    per_class, start = {}, 0
-    for name in data.class_names:
-        per_class[name] = encoded[start:start + len(prompts[name])]
-        start += len(prompts[name])
-    classes = torch.stack([ensemble(per_class[name]) for name in data.class_names])
-    defects = torch.cat([per_class[name] for name in data.class_names if name != data.normal_class])
-    pair = torch.stack([ensemble(per_class[data.normal_class]), ensemble(defects)])
+    prompts = compose_classes(phrases, templates, data.obj)
+    classes = encode_ensembles(data.encode, [prompts[name] for name in data.class_names])
+    pair = encode_ensembles(data.encode, normal_defect_prompts(prompts, data.normal_class))
     return classes, pair, {name: len(p) for name, p in prompts.items()}
 
 
@@ -206,13 +196,8 @@ def zero_shot_defect_map(patches: PatchFeatures, pair: torch.Tensor, image_size:
 
     Taught in: 02_prompts.
     """
-    levels = len(patches.z)
-    maps = z_path_map(patches.z, [pair] * levels, LOGIT_SCALE)
-    terms = levels
-    if patches.v is not None:
-        maps = maps + v_path_map(patches.v, pair, LOGIT_SCALE)
-        terms += levels
-    return upsample_and_smooth(maps / terms, patches.grid, image_size, SMOOTHING_SIGMA).numpy()
+    segmenter = SemClipSegmenter.untrained(pair)
+    return segmenter.predict(patches, image_size).maps / segmenter.num_terms(patches)
 
 
 def render_prompt_editor(data: PromptEditorData, image: int, states: Mapping[str, str | Sequence[str]],
@@ -225,7 +210,7 @@ def render_prompt_editor(data: PromptEditorData, image: int, states: Mapping[str
         raise SemnbInputError("image", f"got {image} for {len(data.pixels)} images", f"use 0 to {len(data.pixels) - 1}")
     image = int(image)
     classes, pair, counts = edited_text_embeddings(data, states, templates)
-    proba = zero_shot(data.embeddings[image:image + 1], classes, LOGIT_SCALE)[0].numpy()
+    proba = zero_shot(data.embeddings[image:image + 1], classes)[0].numpy()
     defect_map = zero_shot_defect_map(data.patches.subset([image]), pair, data.pixels.shape[-1])[0]
     mask = data.masks[image]
     label = int(data.labels[image])
@@ -242,29 +227,8 @@ def render_prompt_editor(data: PromptEditorData, image: int, states: Mapping[str
     summary["class probabilities"] = {c: float(p) for c, p in zip(data.class_names, proba)}
     summary["prompts per class"] = counts
     notes = [n for n in [random_weights_note(data.backbone_name, data.weights)] if n]
-    return RenderResult(_prompt_figure(data.pixels[image], mask, defect_map, data.class_names, proba,
-                                       summary["image"], summary["true class"]), summary, notes)
-
-
-def _prompt_figure(pixels: np.ndarray, mask: np.ndarray | None, defect_map: np.ndarray, class_names: Sequence[str],
-                   proba: np.ndarray, title: str, true_class: str) -> Figure:
-    """Image with its mask, the defect map over it, and the class probabilities as bars."""
-    fig = Figure(figsize=(11, 3.2))
-    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1.2], gridspec_kw={"wspace": 0.6})
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.16)
-    show_image(left, pixels, mask, f"{title} ({true_class})")
-    middle.imshow(pixels, cmap="gray", vmin=0, vmax=1)
-    heat = middle.imshow(defect_map, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-    middle.set_title("defect map (zero-shot)", fontsize=8)
-    middle.set_axis_off()
-    fig.colorbar(heat, ax=middle, shrink=0.8, label="defect probability")
-    order = np.arange(len(class_names))[::-1]
-    colors = ["tab:orange" if c == true_class else "tab:blue" for c in class_names]
-    right.barh([class_names[i] for i in order], proba[order], color=[colors[i] for i in order])
-    right.set_xlim(0, 1)
-    right.set_xlabel("zero-shot probability", fontsize=8)
-    right.tick_params(labelsize=7)
-    return fig
+    return RenderResult(prompt_editor_figure(data.pixels[image], mask, defect_map, data.class_names, proba,
+                                            summary["image"], summary["true class"]), summary, notes)
 
 
 def prompt_editor(data: PromptEditorData, kb: PromptKB | None = None, image: int = 0) -> Explorer:
@@ -295,9 +259,9 @@ def prompt_editor(data: PromptEditorData, kb: PromptKB | None = None, image: int
                                             "the state, {obj} the object")
 
 
+# ------------------------------------------------------------------ segmentation explorer (04_segmentation)
 PATHS = ("both", "z", "v")
 MAP_NAMES = {"both": "A_Z + A_V", "z": "A_Z", "v": "A_V"}
-PREDICTION_COLOR = "#00c7ff"
 MAX_SHOTS = 10
 
 
@@ -348,7 +312,7 @@ def segment_setting(data: FewShotData, shots: int, level: str | int = "all", pat
     text = data.text.get("expert") if data.has_text else None
     model = SemClipSegmenter(config).fit(feats.subset(episode.support), data.masks[episode.support], text, seed=seed)
     out = model.predict(feats, data.image_size)
-    maps = out.maps / (len(feats.z) * len(out.patch_maps))
+    maps = out.maps / model.num_terms(feats)
     q = episode.queries
     scores = segmentation_scores(SegmentationOutput(maps=maps[q], scores=out.scores[q]), data.masks[q],
                                  data.is_defect[q])
@@ -407,40 +371,15 @@ def render_segmentation(data: FewShotData, image: int, shots: int = 1, threshold
     if note and not any("random weights" in w for w in notes):
         notes.insert(0, note)
     level_name = "all levels" if level == "all" else f"level {level}"
-    figure = _segmentation_figure(data.pixels[image], mask, defect_map, predicted,
-                                  f"{summary['image']} ({summary['class']}, {role.split(' ')[0]})",
-                                  f"{shots}-shot map {MAP_NAMES[path]}, {level_name}",
-                                  summary["F1 at threshold (this image)"], threshold)
+    figure = segmentation_explorer_figure(data.pixels[image], mask, defect_map, predicted,
+                                          f"{summary['image']} ({summary['class']}, {role.split(' ')[0]})",
+                                          f"{shots}-shot map {MAP_NAMES[path]}, {level_name}",
+                                          summary["F1 at threshold (this image)"], threshold)
     return RenderResult(figure, summary, notes)
 
 
 def _title(data: FewShotData, i: int) -> str:
     return Path(data.images.paths[i]).name
-
-
-def _segmentation_figure(pixels: np.ndarray, mask: np.ndarray, defect_map: np.ndarray, predicted: np.ndarray,
-                         title: str, map_title: str, f1: float, threshold: float) -> Figure:
-    """Image with its mask, the defect map, and the predicted region (cyan) against the mask (red)."""
-    fig = Figure(figsize=(10, 3.3))
-    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1], gridspec_kw={"wspace": 0.25})
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.04)
-    show_image(left, pixels, mask, title)
-    heat = middle.imshow(defect_map, cmap="inferno", vmin=0, vmax=1)
-    if mask.any():
-        middle.contour(mask.astype(float), levels=[0.5], colors=[MASK_COLOR], linewidths=0.8)
-    middle.set_title(map_title, fontsize=8)
-    middle.set_axis_off()
-    fig.colorbar(heat, ax=middle, shrink=0.8, label="defect probability")
-    right.imshow(pixels, cmap="gray", vmin=0, vmax=1)
-    right.imshow(np.ma.masked_where(~predicted, predicted), cmap="cool", alpha=0.45, vmin=0, vmax=1)
-    if predicted.any() and not predicted.all():
-        right.contour(predicted.astype(float), levels=[0.5], colors=[PREDICTION_COLOR], linewidths=0.8)
-    if mask.any():
-        right.contour(mask.astype(float), levels=[0.5], colors=[MASK_COLOR], linewidths=0.8)
-    f1_text = "undefined" if np.isnan(f1) else f"{f1:.2f}"
-    right.set_title(f"map >= {threshold:.2f} (cyan) vs mask (red), F1 {f1_text}", fontsize=8)
-    right.set_axis_off()
-    return fig
 
 
 def segmentation_explorer(data: FewShotData, image: int | None = None, shots: int = 1, threshold: float = 0.5,

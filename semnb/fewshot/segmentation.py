@@ -235,6 +235,9 @@ class SegmentationOutput:
 class SemClipSegmenter:
     """SEM-CLIP's few-shot segmenter: fit on the support (features + masks), then map any image.
 
+    `anchors` are the learned (normal, defect) anchors per level of a backbone without text;
+    in CLIP's joint space the text pair is every level's anchor and `anchors` stays empty.
+
     Taught in: 04_segmentation.
     """
 
@@ -247,8 +250,39 @@ class SemClipSegmenter:
         self.text: torch.Tensor | None = None
         self.loss_history: list[float] = []
 
+    @classmethod
+    def untrained(cls, text: torch.Tensor, config: SegmentationConfig | None = None) -> SemClipSegmenter:
+        """The segmenter without the transformation layer, on CLIP features: its map reads the text alone.
+
+        This is `fit` with `transform=False` on a CLIP backbone (the paper's Table 3 "without the
+        transformation layer"), which learns nothing from the support, so it needs none: the
+        prompt editor (02_prompts) maps edited prompts with it.
+
+        Taught in: 02_prompts and 04_segmentation.
+        """
+        model = cls(replace(config or SegmentationConfig(), transform=False))
+        model.text = F.normalize(text.float(), dim=-1)
+        return model
+
     def _select(self, feats: PatchFeatures) -> PatchFeatures:
         return feats.last_level() if self.config.last_level_only else feats
+
+    def _anchors(self, levels: int) -> list[torch.Tensor]:
+        """Each level's (normal, defect) anchors [2, E]: the learned ones, or the text in the joint space."""
+        if self.anchors:
+            return self.anchors
+        if self.text is None:
+            raise SemnbInputError("SemClipSegmenter", "is not fitted", "call fit(...) on the support first")
+        return [self.text] * levels
+
+    def num_terms(self, feats: PatchFeatures) -> int:
+        """How many (level, path) terms A = A_Z + A_V sums on these features: A / num_terms is in [0, 1].
+
+        Taught in: 04_segmentation.
+        """
+        feats = self._select(feats)
+        paths = int(self.config.use_z) + int(self.config.use_v and feats.v is not None and self.text is not None)
+        return len(feats.z) * paths
 
     def fit(self, support: PatchFeatures, masks: torch.Tensor | np.ndarray, text: torch.Tensor | None = None,
             seed: int = 0, progress: bool = False) -> SemClipSegmenter:
@@ -278,12 +312,10 @@ class SemClipSegmenter:
             dims = [int(t.shape[-1]) for t in feats.z]
             out_dim = int(text.shape[-1]) if feats.in_joint_space else cfg.visual_dim
             self.layer = TransformationLayer(dims, out_dim, identity=feats.in_joint_space, generator=generator)
-        with torch.no_grad():
-            mapped = self._map(feats.z)
-            if feats.in_joint_space:
-                self.anchors = [self.text] * len(mapped)
-            else:
-                self.anchors = [mask_prototypes(z, coverage) for z in mapped]
+        self.anchors = []
+        if not feats.in_joint_space:
+            with torch.no_grad():
+                self.anchors = [mask_prototypes(z, coverage) for z in self._map(feats.z)]
         if self.layer is not None and cfg.steps > 0:
             self._train(feats, masks, generator, progress)
         return self
@@ -303,7 +335,7 @@ class SemClipSegmenter:
         for _ in tqdm(range(cfg.steps), desc="train transformation layer", disable=not progress):
             optimizer.zero_grad()
             loss = 0.0
-            for z, t in zip(self.layer(feats.z), self.anchors):
+            for z, t in zip(self.layer(feats.z), self._anchors(len(feats.z))):
                 cos = cosine(z, t)
                 logits = cfg.logit_scale * (cos[..., DEFECT] - cos[..., NORMAL])
                 loss = loss + focal_dice_loss(logits.reshape(-1, h, w), target, cfg.focal_gamma)
@@ -322,7 +354,7 @@ class SemClipSegmenter:
         feats = self._select(feats)
         out = {}
         if cfg.use_z:
-            out["z"] = z_path_map(self._map(feats.z), self.anchors, cfg.logit_scale)
+            out["z"] = z_path_map(self._map(feats.z), self._anchors(len(feats.z)), cfg.logit_scale)
         if cfg.use_v and feats.v is not None and self.text is not None:
             out["v"] = v_path_map(feats.v, self.text, cfg.logit_scale)
         return out

@@ -1,11 +1,13 @@
 """Figures of SEM-CLIP: the dual-path block, attention and similarity maps; defect maps over images,
 k-shot curves, method bars, confusion matrices.
 
-Method modules never plot; these helpers take plain arrays and tables and return figures.
+Method modules never plot; these helpers take plain arrays and tables and return figures. The
+explorers' views (`prompt_editor_figure`, `segmentation_explorer_figure`) are drawn here too, on a
+bare `Figure` (no pyplot state), so that `explore.py` holds only widgets.
 
-Taught in: 02_prompts (similarity matrices), 03_vv_attention (block diagram, attention and
-similarity maps), 04_segmentation (maps, curves, ablation bars) and 05_classification
-(curves, confusion matrix).
+Taught in: 02_prompts (similarity matrices, prompt editor), 03_vv_attention (block diagram,
+attention and similarity maps), 04_segmentation (maps, curves, ablation bars, segmentation
+explorer) and 05_classification (curves, confusion matrix).
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
-from semnb.viz import grouped_bars, show_image
+from semnb.viz import MASK_COLOR, show_image
+
+PREDICTION_COLOR = "#00c7ff"
 
 
 def cell_coverage(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -68,7 +72,7 @@ def _mark(ax, index: int, grid: tuple[int, int], shape: tuple[int, int]) -> None
     ax.add_patch(plt.Rectangle((c * cw, r * ch), cw, ch, fill=False, edgecolor="#00c7ff", linewidth=1.5))
 
 
-def attention_panels(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+def attention_panels(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                      qk: np.ndarray, vv: np.ndarray, grid: tuple[int, int],
                      queries: Sequence[int], titles: Sequence[str] | None = None) -> Figure:
     """One row per image: image with the query patch, where it looks under Q-K, under V-V, and CLS under Q-K.
@@ -77,8 +81,8 @@ def attention_panels(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | 
 
     Taught in: 03_vv_attention.
     """
-    fig, axes = plt.subplots(len(images), 4, figsize=(8.4, 2.2 * len(images)), squeeze=False)
-    for i, image in enumerate(images):
+    fig, axes = plt.subplots(len(pixels), 4, figsize=(8.4, 2.2 * len(pixels)), squeeze=False)
+    for i, image in enumerate(pixels):
         q = queries[i] + 1  # token index: skip CLS
         show_image(axes[i, 0], image, masks[i], titles[i] if titles else None)
         _mark(axes[i, 0], queries[i], grid, image.shape)
@@ -89,16 +93,16 @@ def attention_panels(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | 
     return fig
 
 
-def map_panels(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+def map_panels(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                maps: dict[str, np.ndarray], titles: Sequence[str] | None = None, cmap: str = "jet") -> Figure:
     """One row per image: the image, then each named map [B, h, w] stretched over it (own colour range per map).
 
     Taught in: 03_vv_attention.
     """
     names = list(maps)
-    fig, axes = plt.subplots(len(images), 1 + len(names), figsize=(2.1 * (1 + len(names)), 2.2 * len(images)),
+    fig, axes = plt.subplots(len(pixels), 1 + len(names), figsize=(2.1 * (1 + len(names)), 2.2 * len(pixels)),
                              squeeze=False)
-    for i, image in enumerate(images):
+    for i, image in enumerate(pixels):
         show_image(axes[i, 0], image, masks[i], titles[i] if titles else None)
         for k, name in enumerate(names):
             _overlay(axes[i, k + 1], image, maps[name][i], name, cmap=cmap)
@@ -173,7 +177,7 @@ def draw_dual_path_block() -> Figure:
     return fig
 
 
-def defect_map_overlays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+def defect_map_overlays(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                         maps: Mapping[str, np.ndarray], titles: Sequence[str] | None = None) -> Figure:
     """One row per image: the image with its mask outlined, then each method's defect map over it.
 
@@ -183,15 +187,15 @@ def defect_map_overlays(images: Sequence[np.ndarray], masks: Sequence[np.ndarray
 
     Taught in: 04_segmentation.
     """
-    n = len(images)
+    n = len(pixels)
     fig, axes = plt.subplots(n, 1 + len(maps), figsize=(2.0 * (1 + len(maps)), 2.0 * n), squeeze=False)
     for row in range(n):
-        show_image(axes[row, 0], images[row], masks[row], titles[row] if titles else None)
+        show_image(axes[row, 0], pixels[row], masks[row], titles[row] if titles else None)
         for col, (name, stack) in enumerate(maps.items(), start=1):
             lo, hi = float(np.min(stack)), float(np.max(stack))
             ax = axes[row, col]
-            show_image(ax, images[row], masks[row])
-            height, width = np.shape(images[row])[:2]
+            show_image(ax, pixels[row], masks[row])
+            height, width = np.shape(pixels[row])[:2]
             ax.imshow(stack[row], cmap="inferno", alpha=0.55, vmin=lo, vmax=hi if hi > lo else lo + 1,
                       interpolation="bilinear", extent=(0, width, height, 0))
             if row == 0:
@@ -221,16 +225,6 @@ def metric_curves(table: pd.DataFrame, metrics: Sequence[str], x: str = "shots",
     axes[0, -1].legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
-
-
-def method_bars(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> Figure:
-    """Grouped bars (mean +- std over seeds) of several methods or ablations, one group per metric.
-
-    Taught in: 04_segmentation (ablations).
-    """
-    values = {name: {m: results[name].get(m, np.nan) for m in metrics} for name in results}
-    errors = {name: {m: results[name].get(f"{m}_std", np.nan) for m in metrics} for name in results}
-    return grouped_bars(values, errors)
 
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "") -> Figure:
@@ -272,4 +266,58 @@ def loss_curve(losses: Sequence[float], title: str = "training loss") -> Figure:
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ the explorers' views
+def prompt_editor_figure(pixels: np.ndarray, mask: np.ndarray | None, defect_map: np.ndarray,
+                         class_names: Sequence[str], proba: np.ndarray, title: str, true_class: str) -> Figure:
+    """The prompt editor's view: image with its mask, the defect map over it, the class probabilities as bars.
+
+    Taught in: 02_prompts.
+    """
+    fig = Figure(figsize=(11, 3.2))
+    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1.2], gridspec_kw={"wspace": 0.6})
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.16)
+    show_image(left, pixels, mask, f"{title} ({true_class})")
+    middle.imshow(pixels, cmap="gray", vmin=0, vmax=1)
+    heat = middle.imshow(defect_map, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+    middle.set_title("defect map (zero-shot)", fontsize=8)
+    middle.set_axis_off()
+    fig.colorbar(heat, ax=middle, shrink=0.8, label="defect probability")
+    order = np.arange(len(class_names))[::-1]
+    colors = ["tab:orange" if c == true_class else "tab:blue" for c in class_names]
+    right.barh([class_names[i] for i in order], proba[order], color=[colors[i] for i in order])
+    right.set_xlim(0, 1)
+    right.set_xlabel("zero-shot probability", fontsize=8)
+    right.tick_params(labelsize=7)
+    return fig
+
+
+def segmentation_explorer_figure(pixels: np.ndarray, mask: np.ndarray, defect_map: np.ndarray,
+                                 predicted: np.ndarray, title: str, map_title: str, f1: float,
+                                 threshold: float) -> Figure:
+    """The segmentation explorer's view: image with its mask, the defect map, the predicted region (cyan) vs the mask (red).
+
+    Taught in: 04_segmentation.
+    """
+    fig = Figure(figsize=(10, 3.3))
+    left, middle, right = fig.subplots(1, 3, width_ratios=[1, 1.2, 1], gridspec_kw={"wspace": 0.25})
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.04)
+    show_image(left, pixels, mask, title)
+    heat = middle.imshow(defect_map, cmap="inferno", vmin=0, vmax=1)
+    if mask.any():
+        middle.contour(mask.astype(float), levels=[0.5], colors=[MASK_COLOR], linewidths=0.8)
+    middle.set_title(map_title, fontsize=8)
+    middle.set_axis_off()
+    fig.colorbar(heat, ax=middle, shrink=0.8, label="defect probability")
+    right.imshow(pixels, cmap="gray", vmin=0, vmax=1)
+    right.imshow(np.ma.masked_where(~predicted, predicted), cmap="cool", alpha=0.45, vmin=0, vmax=1)
+    if predicted.any() and not predicted.all():
+        right.contour(predicted.astype(float), levels=[0.5], colors=[PREDICTION_COLOR], linewidths=0.8)
+    if mask.any():
+        right.contour(mask.astype(float), levels=[0.5], colors=[MASK_COLOR], linewidths=0.8)
+    f1_text = "undefined" if np.isnan(f1) else f"{f1:.2f}"
+    right.set_title(f"map >= {threshold:.2f} (cyan) vs mask (red), F1 {f1_text}", fontsize=8)
+    right.set_axis_off()
     return fig

@@ -51,6 +51,7 @@ from semnb.stm.fewshot import (
 )
 from semnb.stm.lattice import ScanAnalysis, analyze_scan
 
+METRICS = ("pixel_auroc", "pixel_f1_max", "accuracy", "macro_f1")  # pixel maps, then defect classes
 PIXEL_METHODS = ("fewshot", "unsupervised", "brightness")
 CLASS_METHODS = ("fewshot", "prototype", "brightness")
 

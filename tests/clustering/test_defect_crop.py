@@ -109,14 +109,14 @@ def test_locations_are_deterministic_for_a_seed(locator):
 def test_eval_cluster_on_defect_crops_records_how_and_how_well(tmp_images):
     dataset = load_dataset(tmp_images("mvtec", {"good": 3, "crack": 3}, size=64), layout="mvtec")
     evaluation = evaluate_clustering(dataset, methods=["glcm"], image_size=32, crop="defect", progress=False)
-    crop = evaluation.result.extra["crop"]
-    assert evaluation.result.n_images == 6 and crop["reference"] == NORMAL_AND_SELF and crop["n_normal_images"] == 3
+    crop = evaluation.extra["crop"]
+    assert evaluation.n_images == 6 and crop["reference"] == NORMAL_AND_SELF and crop["n_normal_images"] == 3
     assert crop["n_scored"] == 3 and crop["hit_rate"] == 1.0  # the bright squares are found
     assert all(b - t == r - left == 16 for t, left, b, r in crop["windows"])
-    assert any("crop=defect" in w for w in evaluation.result.warnings)
-    assert evaluation.result.timing["locate_defects_s"] > 0
+    assert any("crop=defect" in w for w in evaluation.warnings)
+    assert evaluation.timing["locate_defects_s"] > 0
     whole = evaluate_clustering(dataset, methods=["glcm"], image_size=32, progress=False)
-    assert "crop" not in whole.result.extra and not any("crop=defect" in w for w in whole.result.warnings)
+    assert "crop" not in whole.extra and not any("crop=defect" in w for w in whole.warnings)
     with pytest.raises(SemnbInputError, match="--crop"):
         evaluate_clustering(dataset, methods=["glcm"], image_size=32, crop="centre", progress=False)
 

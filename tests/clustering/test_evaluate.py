@@ -73,7 +73,7 @@ def test_evaluate_methods_runs_every_method_in_order_and_is_reproducible():
     config = SSLConfig(epochs=2, batch_size=6, threads=1)
     first = evaluate_methods(images, labels, ["dots", "stripes"], methods=methods, seeds=(0, 1),
                              ssl_config=config, progress=False)
-    result = first.result
+    result = first
     assert list(result.results) == methods and result.task == "cluster" and result.seeds == [0, 1]
     assert result.extra["k"] == 2 and result.n_images == 12
     for scores in result.results.values():
@@ -85,13 +85,13 @@ def test_evaluate_methods_runs_every_method_in_order_and_is_reproducible():
     assert result.timing["ssl_train_images_per_s"] > 0 and "pca_s" in result.timing
     again = evaluate_methods(images, labels, ["dots", "stripes"], methods=methods, seeds=(0, 1),
                              ssl_config=config, progress=False)
-    assert again.result.results == result.results
+    assert again.results == result.results
 
 
 def test_pca_is_clustered_as_it_is_and_the_other_features_standardised():
     images, labels = _two_morphologies(12)
     single = evaluate_methods(images, labels, ["dots", "stripes"], methods=["pca", "lbp"], progress=False)
-    scores = single.result.results
+    scores = single.results
     assert scores["pca"]["silhouette"] == pytest.approx(
         metrics.silhouette(single.features["pca"], single.clusters["pca"]))
     assert scores["lbp"]["silhouette"] == pytest.approx(
@@ -148,7 +148,7 @@ def test_eval_cluster_bad_options_fail_with_one_line_naming_the_option(tmp_image
 def test_mvtec_sets_are_clustered_on_their_test_split(tmp_images):
     dataset = load_dataset(tmp_images("mvtec", {"good": 4, "crack": 4}, size=32), layout="mvtec")
     evaluation = evaluate_clustering(dataset, methods=["glcm"], image_size=32, progress=False)
-    assert evaluation.result.n_images == 8 and "test images only" in evaluation.result.warnings[0]
+    assert evaluation.n_images == 8 and "test images only" in evaluation.warnings[0]
 
 
 def test_methods_list_starts_with_the_paper_and_ends_with_the_control():
@@ -160,5 +160,5 @@ def test_magnetic_tile_classes_become_the_number_of_clusters(shared_data):
     dataset = load_dataset(shared_data / "magnetic_tile", layout="folders", normal_class="free")
     picks = np.concatenate([np.flatnonzero(dataset.labels == c)[:3] for c in range(len(dataset.class_names))])
     evaluation = evaluate_clustering(dataset.subset(picks), methods=["glcm", "lbp"], image_size=64, progress=False)
-    assert evaluation.result.extra["k"] == len(dataset.class_names) == 6
-    assert evaluation.result.n_images == 18
+    assert evaluation.extra["k"] == len(dataset.class_names) == 6
+    assert evaluation.n_images == 18

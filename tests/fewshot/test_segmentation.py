@@ -150,6 +150,31 @@ def test_untrained_identity_layer_equals_no_transformation_and_same_seed_same_ma
     assert np.abs(a - c).max() > 0
 
 
+def test_the_untrained_segmenter_is_the_fit_without_transformation_and_needs_no_support():
+    feats, masks = _toy()
+    without = SemClipSegmenter(SegmentationConfig(transform=False)).fit(feats, masks, TEXT).predict(feats, SIZE)
+    untrained = SemClipSegmenter.untrained(TEXT)
+    assert untrained.layer is None and not untrained.config.transform
+    out = untrained.predict(feats, SIZE)
+    np.testing.assert_array_equal(out.maps, without.maps)
+    np.testing.assert_array_equal(out.scores, without.scores)
+    with pytest.raises(SemnbInputError, match="not fitted"):
+        SemClipSegmenter().predict(feats, SIZE)
+
+
+def test_num_terms_counts_the_levels_and_paths_that_the_map_sums():
+    feats, masks = _toy()
+    no_v, _ = _toy(with_v=False)
+    for config, terms in ((SegmentationConfig(), 4), (SegmentationConfig(use_v=False), 2),
+                          (SegmentationConfig(use_z=False), 2), (SegmentationConfig(last_level_only=True), 2)):
+        model = SemClipSegmenter(config).fit(feats, masks, TEXT)
+        assert model.num_terms(feats) == terms
+        assert model.num_terms(feats) == len(model.patch_maps(feats)) * len(model._select(feats).z)
+    assert SemClipSegmenter.untrained(TEXT).num_terms(no_v) == 2
+    per_term = SemClipSegmenter.untrained(TEXT).predict(feats, SIZE).maps / 4
+    assert 0 <= per_term.min() and per_term.max() <= 1
+
+
 def test_map_is_a_z_plus_a_v_and_the_path_switches_work():
     feats, masks = _toy()
     config = SegmentationConfig(steps=5, sigma=0)
