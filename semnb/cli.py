@@ -6,7 +6,9 @@ results are. Bad input becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -14,23 +16,48 @@ import click
 from semnb import evaluate
 from semnb.data import synth_writers
 from semnb.errors import SemnbInputError
+from semnb.io_utils import check_writable
+
+# Seeds reach numpy, torch and scikit-learn; this is the range all three accept (sklearn's random_state the narrowest).
+MAX_SEED = 2**32 - 1
 
 
 class SemnbGroup(click.Group):
-    """A click group that turns SemnbInputError into one clear line and exit status 2."""
+    """A click group that turns SemnbInputError into one clear line and exit status 2.
+
+    Progress bars still open when the error is raised are closed first, so that the error is
+    the last line on stderr, where a user (and a log tail) looks.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SemnbInputError as err:
+            _close_progress_bars()
             click.echo(f"semnb: error: {err}", err=True)
             sys.exit(2)
+
+
+def _close_progress_bars() -> None:
+    from tqdm.auto import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 @click.group(cls=SemnbGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="semnb")
 def main() -> None:
     """semnb: few-shot inspection of electron-microscope images."""
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        click.get_current_context().call_on_close(lambda: signal.signal(signal.SIGTERM, previous))
+
+
+def _exit_on_sigterm(signum, frame):
+    """SIGTERM (`kill`, `timeout`, a job scheduler) ends the run as Ctrl-C does: as an exception, so the
+    `finally` blocks remove staging folders and temporary files and shut the notebook kernel down."""
+    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------- data
@@ -48,6 +75,7 @@ def data() -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def data_synth(kind: str, out_dir: Path, n_per_class: int, size: int, seed: int) -> None:
     """Write a synthetic data set with pixel masks and a manifest."""
+    check_writable(out_dir.absolute().parent, f"--out {out_dir}", folder=True)  # the set is staged beside out_dir
     out = synth_writers.write_synthetic(kind, out_dir, n_per_class=n_per_class, size=size, seed=seed)
     click.echo(f"wrote {kind} data set to {out}")
 
@@ -57,9 +85,11 @@ def data_synth(kind: str, out_dir: Path, n_per_class: int, size: int, seed: int)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("semnb-demo"),
               show_default=True, help="Folder for the data, figures and the HTML report.")
 @click.option("--n-per-class", type=click.IntRange(min=2), default=12, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              callback=lambda ctx, param, seed: _check_seed(seed, "--seed"))
 def demo(out_dir: Path, n_per_class: int, seed: int) -> None:
     """The main job: offline, on the default synthetic SEM data, ending in one HTML report."""
+    check_writable(out_dir, f"--out {out_dir}", folder=True)  # before the slow imports and the minutes of work
     from semnb.demo import run_demo
 
     report = run_demo(out_dir, n_per_class=n_per_class, seed=seed, progress=True)
@@ -110,7 +140,7 @@ def eval_options(func):
         click.option("--shots", type=click.IntRange(min=1), default=None, help="Labelled examples per class."),
         click.option("--seeds", default="0,1,2", show_default=True, callback=_parse_seeds,
                      help="Comma-separated seeds; figures are means over them."),
-        click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+        click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, callback=_check_json_path,
                      help="Write the results object here."),
     ]
     func = _with_csv_options(func)
@@ -143,7 +173,27 @@ def _parse_seeds(ctx, param, value: str) -> list[int]:
                               "write e.g. --seeds 0,1,2") from None
     if not seeds:
         raise SemnbInputError("--seeds", "no seed given", "write e.g. --seeds 0,1,2")
+    for seed in seeds:
+        _check_seed(seed, "--seeds")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:  # refused, not dropped: a repeat would show a spread of 0 as if the seeds agreed
+        raise SemnbInputError("--seeds", f"{', '.join(map(str, repeated))} given more than once",
+                              "give each seed once, e.g. --seeds 0,1,2")
     return seeds
+
+
+def _check_seed(seed: int, option: str) -> int:
+    """Refuse a seed numpy, torch or scikit-learn would reject, before the data is even loaded."""
+    if not 0 <= seed <= MAX_SEED:
+        raise SemnbInputError(option, f"seed {seed} is out of range", f"use seeds from 0 to {MAX_SEED} (2**32 - 1)")
+    return seed
+
+
+def _check_json_path(ctx, param, value: Path | None) -> Path | None:
+    """Refuse a --json path that cannot be written now, not after the whole computation."""
+    if value is not None:
+        check_writable(value, f"--json {value}")
+    return value
 
 
 def finish_eval(result, json_path: Path | None) -> None:
@@ -334,7 +384,8 @@ def bench() -> None:
               help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED (MODEL:random for timing), clip:/path.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "both"]), default="both", show_default=True,
               help="Precision(s) to time; bf16 runs also report their cosine drift from fp32.")
-@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write the results object here.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, callback=_check_json_path,
+              help="Write the results object here.")
 @click.option("--n-images", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=None,
               help="Input size in pixels (default: the model's own).")

@@ -8,8 +8,10 @@ Taught in: 00_quickstart.
 """
 from __future__ import annotations
 
+import functools
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 from semnb import viz
 from semnb.clustering import viz as cluster_viz
 from semnb.data import CLASSES, ImageSet, load_dataset, write_sem_dataset
+from semnb.data.synth_writer import MARKER_FILE
 from semnb.fewshot import FewShotData, prepare_fewshot, sample_episode
 from semnb.fewshot import viz as fewshot_viz
 from semnb.fewshot.evaluate import segment_episode
@@ -51,9 +54,8 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
-    data_dir = out_dir / "data"
-    if not (data_dir / "manifest.csv").exists():
-        write_sem_dataset(data_dir, n_per_class=n_per_class, size=size, seed=seed, progress=progress)
+    data_dir = synthetic_set(out_dir / "data", "sem", functools.partial(write_sem_dataset, progress=progress),
+                             n_per_class=n_per_class, size=size, seed=seed)
     dataset = load_dataset(data_dir, layout="mvtec")
     test = dataset.subset([i for i, split in enumerate(dataset.splits) if split == "test"])
     backbone, backbone_note = choose_backbone()
@@ -96,6 +98,28 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
     return write_text_atomic(out_dir / "report.html", page.render())
 
 
+def synthetic_set(folder: Path, kind: str, write: Callable[..., Path], **settings) -> Path:
+    """`folder` holding the synthetic `kind` set made with `settings`: the one there when it was, else `write`s it.
+
+    Why: a demo run again reuses its data to save minutes, but only data made as asked (the set's
+    marker file says how it was made); with another --seed or --n-per-class the old set is
+    replaced whole, so the page never shows old data under the new settings.
+
+    Taught in: 00_quickstart.
+    """
+    if not _made_with(folder / MARKER_FILE, {"generator": "semnb", "kind": kind, **settings}):
+        write(folder, **settings)
+    return folder
+
+
+def _made_with(marker: Path, settings: dict) -> bool:
+    try:
+        made = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(made, dict) and all(made.get(name) == value for name, value in settings.items())
+
+
 def _defect_map_figure(data: FewShotData, shots: int, seed: int, n_show: int = 4):
     """The first episode's defect maps by each method on query images of different defect classes."""
     episode = sample_episode(data.labels, shots, seed, data.class_names)
@@ -116,8 +140,7 @@ def _retrieval_section(page: HtmlPage, tem_dir: Path, seed: int, per_class: int,
     from semnb.data.synth_tem import UNLABELLED_CLASSES, write_tem_dataset
     from semnb.retrieval import RetrievalConfig
 
-    if not (tem_dir / "manifest.csv").exists():
-        write_tem_dataset(tem_dir, n_per_class=per_class, size=256, seed=seed)
+    synthetic_set(tem_dir, "tem", write_tem_dataset, n_per_class=per_class, size=256, seed=seed)
     archive = load_dataset(tem_dir, layout="csv")
     result = evaluate("retrieve", archive, k=k, seeds=[seed], loco=True, config=RetrievalConfig(image_size=128))
     page.heading(f"Semi-supervised retrieval on a synthetic TEM archive (precision@{k}, mAP@{k})")

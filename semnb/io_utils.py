@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from semnb.errors import SemnbInputError
+
 
 @contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
@@ -17,15 +19,36 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
-    try:
+    try:  # from here on the temporary file goes whatever happens (SIGTERM too: the CLI makes it SystemExit)
+        os.close(fd)
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_current_umask())  # mkstemp makes files private; results are not
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_writable(target: str | os.PathLike, what: str, folder: bool = False) -> None:
+    """Refuse an output path that cannot be written before any work, not after a long computation.
+
+    `target` is a file written beside itself and renamed into place (`atomic_path`), so its folder
+    must be writable; with `folder=True` it is a folder written into (made if new). `what` names
+    the option in the message, e.g. `--json results.json`.
+    """
+    target = Path(target).absolute()
+    if target.exists() and target.is_dir() != folder:
+        if folder:
+            raise SemnbInputError(what, f"{target} is a file, not a folder", "give a new folder or an existing one")
+        raise SemnbInputError(what, f"{target} is a folder", f"give a file name, e.g. {target / 'results.json'}")
+    place = target if folder else target.parent
+    while not place.exists():  # the nearest folder that exists is where the new ones are made
+        place = place.parent
+    if not place.is_dir():
+        raise SemnbInputError(what, f"{place} is a file, not a folder", "give a path that does not run through a file")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise SemnbInputError(what, f"the folder {place} is not writable", "give a path in a folder you can write to")
 
 
 def _current_umask() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from semnb.errors import SemnbInputError
-from semnb.io_utils import write_text_atomic
+from semnb.io_utils import check_writable, write_text_atomic
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 TEMPLATES = Path(__file__).resolve().parent / "report_template"  # nbconvert template "semnb_report"
@@ -46,7 +46,10 @@ def run_report(notebook: str | Path, out_dir: str | Path, parameters: dict | Non
     from papermill.exceptions import PapermillExecutionError
 
     source = find_notebook(notebook)
+    _check_readable_notebook(source)
     out_dir = Path(out_dir)
+    check_writable(out_dir, f"out_dir (--out) {out_dir}", folder=True)
+    made_out_dir = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{source.stem}.", dir=out_dir))
     try:
@@ -67,7 +70,21 @@ def run_report(notebook: str | Path, out_dir: str | Path, parameters: dict | Non
         shutil.move(str(executed), ipynb_target)  # same folder: an atomic rename
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if made_out_dir and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that wrote nothing leaves no empty folder behind either
     return ipynb_target, html_target
+
+
+def _check_readable_notebook(source: Path) -> None:
+    """Refuse a file Jupyter cannot open before a kernel is started or a folder is made."""
+    import nbformat
+
+    try:
+        nbformat.read(str(source), as_version=4)
+    except Exception as err:  # nbformat fails in many ways (not JSON, not UTF-8, schema); all mean the same here
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise SemnbInputError(source, f"is not a Jupyter notebook ({reason})",
+                              "give an .ipynb file saved by Jupyter") from None
 
 
 def notebook_to_html(path: str | Path) -> str:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import html
+import json
 import re
 
 import pytest
 from click.testing import CliRunner
 
 from semnb.cli import main
-from semnb.demo import choose_backbone, run_demo
+from semnb.data.synth_tem import write_tem_dataset
+from semnb.demo import choose_backbone, run_demo, synthetic_set
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +47,22 @@ def test_demo_reuses_the_data_it_wrote(demo_page):
     assert (out / "data" / "manifest.csv").is_file() and (out / "tem" / "manifest.csv").is_file()
     result = CliRunner().invoke(main, ["demo", "--help"])
     assert result.exit_code == 0 and "--out" in result.output
+
+
+def test_demo_data_is_reused_only_when_made_with_the_settings_asked_for(demo_page):
+    out, _ = demo_page
+    written = []
+
+    def spy(folder, **settings):
+        written.append(settings)
+        return write_tem_dataset(folder, **settings)
+
+    synthetic_set(out / "data", "sem", spy, n_per_class=3, size=128, seed=0)  # what the demo above asked for
+    synthetic_set(out / "tem", "tem", spy, n_per_class=6, size=256, seed=0)
+    assert written == []
+    tem = out / "tem"
+    old_files = set(tem.rglob("*.png"))
+    synthetic_set(tem, "tem", spy, n_per_class=2, size=256, seed=5)  # `semnb demo --seed 5` over the old one
+    marker = json.loads((tem / "semnb_synth.json").read_text())
+    assert written == [dict(n_per_class=2, size=256, seed=5)] and (marker["seed"], marker["n_per_class"]) == (5, 2)
+    assert len(set(tem.rglob("*.png"))) < len(old_files)  # the old set was replaced whole

@@ -4,8 +4,9 @@ import json
 import numpy as np
 import pytest
 
+from semnb.errors import SemnbInputError
 from semnb.html_page import HtmlPage
-from semnb.io_utils import atomic_path, write_json_atomic
+from semnb.io_utils import atomic_path, check_writable, write_json_atomic
 from semnb.results import EvalResult, format_table
 
 
@@ -57,3 +58,18 @@ def test_table_keeps_a_metric_whose_name_ends_in_std():
     table = format_table(results)
     assert table.splitlines()[0].split() == ["method", "precision_at_k", "scale_std"]
     assert table.splitlines()[2].split() == ["ours", "0.500±0.100", "0.420±0.020"]
+
+
+def test_check_writable_accepts_new_folders_and_refuses_a_folder_or_a_file_on_the_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    check_writable("r.json", "--json r.json")  # relative, in the working folder
+    check_writable(tmp_path / "new" / "deeper" / "r.json", "--json")  # folders still to be made
+    check_writable(tmp_path / "new", "--out", folder=True)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(SemnbInputError, match="is a folder. Fix: give a file name"):
+        check_writable(tmp_path, "--json")
+    with pytest.raises(SemnbInputError, match="notes.txt is a file, not a folder"):
+        check_writable(tmp_path / "notes.txt" / "a" / "r.json", "--json")
+    with pytest.raises(SemnbInputError, match="notes.txt is a file, not a folder"):
+        check_writable(tmp_path / "notes.txt", "--out", folder=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # a check makes nothing

@@ -1,4 +1,10 @@
 """`semnb report`: papermill run -> executed notebook + HTML, atomically; failures name the cell."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import nbformat
 import pytest
 from click.testing import CliRunner
@@ -71,3 +77,63 @@ def test_report_html_loads_nothing_and_drops_live_widgets(tmp_path):
     assert "static view 4" in page
     assert "IntSlider" not in page and "widget-view" not in page  # the dead widget is gone, its text/plain too
     assert "<script" not in page and "https://cdn" not in page  # opens offline, contacts nobody
+
+
+@pytest.mark.parametrize("content", ["not json\n", "{}", "[1]"])
+def test_a_file_that_is_not_a_notebook_is_one_line_and_leaves_no_folder(tmp_path, content):
+    source = tmp_path / "notes.ipynb"
+    source.write_text(content)
+    result = CliRunner().invoke(main, ["report", str(source), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "notes.ipynb: is not a Jupyter notebook" in lines[0] and "Fix:" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.ipynb"]
+
+
+def test_a_run_that_fails_before_writing_leaves_no_empty_out_folder(tmp_path):
+    source = tiny_notebook(tmp_path / "tiny.ipynb")
+    with pytest.raises(Exception, match="no_such_kernel"):
+        run_report(source, tmp_path / "new" / "out", kernel="no_such_kernel")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == []
+
+
+def test_out_at_an_existing_file_is_one_line(tmp_path):
+    source = tiny_notebook(tmp_path / "tiny.ipynb")
+    (tmp_path / "page.html").write_text("keep me")
+    result = CliRunner().invoke(main, ["report", str(source), "--out", str(tmp_path / "page.html")])
+    assert result.exit_code == 2
+    assert "page.html is a file, not a folder" in result.output and len(result.output.splitlines()) == 1
+    assert (tmp_path / "page.html").read_text() == "keep me"
+
+
+def test_sigterm_keeps_the_earlier_report_leaves_nothing_hidden_and_stops_the_kernel(tmp_path):
+    source, out, kernel_pid = tmp_path / "slow.ipynb", tmp_path / "out", tmp_path / "kernel.pid"
+    nbformat.write(new_notebook(cells=[
+        new_code_cell("wait = 0", metadata={"tags": ["parameters"]}),
+        new_code_cell(f"import os, time\nopen({str(kernel_pid)!r}, 'w').write(str(os.getpid()))\ntime.sleep(wait)"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}), source)
+    run_report(source, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    kernel_pid.unlink()
+    slow = subprocess.Popen([sys.executable, "-m", "semnb.cli", "report", str(source), "--out", str(out),
+                             "-p", "wait", "120"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not kernel_pid.exists() or not kernel_pid.read_text():
+        assert slow.poll() is None and time.monotonic() < deadline, "the slow cell never started"
+        time.sleep(0.05)
+    slow.send_signal(signal.SIGTERM)
+    _, stderr = slow.communicate(timeout=60)
+    assert slow.returncode == 128 + signal.SIGTERM, stderr.decode()[-2000:]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .slow.* staging folder either
+    pid, stopped_by = int(kernel_pid.read_text()), time.monotonic() + 1.0
+    while _alive(pid) and time.monotonic() < stopped_by:
+        time.sleep(0.05)
+    assert not _alive(pid), "the kernel outlived the report"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

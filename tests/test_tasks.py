@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 import semnb
 from semnb.clustering.evaluate import ClusterEvaluation, evaluate_methods
+from semnb.data.image_io import SuspectDataWarning
 from semnb.errors import SemnbInputError
 from semnb.results import EvalResult
 from semnb.tasks import TASKS, task_function, task_metrics
@@ -24,11 +26,22 @@ CONTRACT_METRICS = {"image_auroc", "pixel_auroc", "pixel_f1_max", "aupro", "accu
     ("stm", "semnb.stm.evaluate", "evaluate_stm"),
 ])
 def test_each_task_runs_its_packages_evaluate_function_with_the_options(monkeypatch, task, module, name):
-    calls = []
-    monkeypatch.setattr(f"{module}.{name}", lambda images, **options: calls.append((images, options)) or "ran")
+    calls, ran = [], EvalResult(task, "d", "b", "w", "fp32", None, [3], 1)
+    monkeypatch.setattr(f"{module}.{name}", lambda images, **options: calls.append((images, options)) or ran)
     assert task_function(task).__name__ == "<lambda>"
-    assert semnb.evaluate(task, "the images", seeds=[3], progress=False) == "ran"
+    assert semnb.evaluate(task, "the images", seeds=[3], progress=False) is ran
     assert calls == [("the images", {"seeds": [3], "progress": False})]
+
+
+def test_suspect_files_met_during_the_run_are_listed_once_in_the_warnings(monkeypatch):
+    def run(images, **options):
+        for _ in range(3):  # the same file read three times (shots, seeds) is listed once
+            warnings.warn("a.png: mask marks no defect pixel", SuspectDataWarning, stacklevel=1)
+        return EvalResult("segment", "d", "b", "w", "fp32", 1, [0], 1, warnings=["backbone note"])
+
+    monkeypatch.setattr("semnb.fewshot.evaluate.evaluate_segmentation", run)
+    result = semnb.evaluate("segment", None)
+    assert result.warnings == ["backbone note", "a.png: mask marks no defect pixel"]
 
 
 def test_every_task_names_contract_metrics_and_an_unknown_task_is_refused():

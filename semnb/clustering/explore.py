@@ -17,7 +17,7 @@ from pathlib import Path
 import ipywidgets as widgets
 import numpy as np
 
-from semnb.clustering.viz import cluster_members_figure
+from semnb.clustering.viz import cluster_members_figure, count_label
 from semnb.errors import SemnbInputError
 from semnb.widgets.base import Explorer, RenderResult, image_at
 
@@ -58,19 +58,20 @@ def render_clusters(points: np.ndarray, clusters: Sequence[int], cluster: int,
         raise SemnbInputError("color_by", f"got {color_by!r}", "use 'cluster', or 'class' when labels are given")
     members = np.flatnonzero(clusters == int(cluster))
     shown = members[:max(1, int(per_page))]
-    names = [paths[i] if paths is not None else f"image {i}" for i in range(len(clusters))]
     summary: dict = {"cluster": int(cluster), "members": int(len(members)), "shown": int(len(shown))}
     if labels is not None:
         counts = Counter(_name(class_names, int(labels[i])) for i in members)
         summary["purity (largest class share)"] = max(counts.values()) / len(members)
         summary["classes in cluster"] = dict(counts.most_common())
-    summary["shown members"] = [{"#": int(i), "path": str(names[i]),
+    summary["shown members"] = [{"#": int(i), **({"path": str(paths[i])} if paths is not None else {}),
                                  **({"class": _name(class_names, int(labels[i]))} if labels is not None else {})}
                                 for i in shown]
     groups = clusters if color_by == "cluster" else labels
     group_names = ({g: f"cluster {g}" for g in np.unique(clusters)} if color_by == "cluster"
                    else {g: _name(class_names, int(g)) for g in np.unique(labels)})
-    titles = [Path(str(names[i])).name if labels is None else _name(class_names, int(labels[i])) for i in shown]
+    # a thumbnail is titled by its class, else its file name, else its row number (the table's "#")
+    titles = [_name(class_names, int(labels[i])) if labels is not None
+              else Path(str(paths[i])).name if paths is not None else f"#{i}" for i in shown]
     figure = cluster_members_figure(points, groups, group_names, members,
                                     [image_at(pixels, paths, i) for i in shown], titles, int(cluster))
     return RenderResult(figure, summary)
@@ -89,7 +90,7 @@ def cluster_explorer(points: np.ndarray, clusters: Sequence[int],
     clusters = np.asarray(clusters, dtype=np.int64)
     ids, sizes = np.unique(clusters, return_counts=True)
     controls = {
-        "cluster": widgets.Dropdown(options=[(f"cluster {c} ({n} images)", int(c)) for c, n in zip(ids, sizes)],
+        "cluster": widgets.Dropdown(options=[(f"cluster {c} ({count_label(int(n))})", int(c)) for c, n in zip(ids, sizes)],
                                     value=int(ids[0]), description="cluster"),
         "per_page": widgets.IntSlider(value=int(per_page), min=1, max=max(int(per_page), int(sizes.max())),
                                       description="thumbnails", continuous_update=False),

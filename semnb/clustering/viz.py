@@ -157,6 +157,14 @@ def scores_figure(results: Mapping[str, Mapping[str, float]], nmi_random: float 
     return fig
 
 
+def count_label(n: int, noun: str = "image") -> str:
+    """'1 image', '12 images': a count with its noun, singular for one.
+
+    Taught in: 06_ssl_clustering.
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def cluster_members_figure(points: np.ndarray, groups: np.ndarray, group_names: Mapping[int, str],
                            members: np.ndarray, thumbs: Sequence[np.ndarray], titles: Sequence[str],
                            cluster: int) -> Figure:
@@ -186,7 +194,7 @@ def cluster_members_figure(points: np.ndarray, groups: np.ndarray, group_names: 
     if len(group_names) <= 20:
         for handle in ax.legend(fontsize=7, frameon=False, loc="best").legend_handles:
             handle.set_alpha(1)
-    ax.set_title(f"cluster {cluster}: {len(members)} images (outlined)", fontsize=9)
+    ax.set_title(f"cluster {cluster}: {count_label(len(members))} (outlined)", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     for k, (thumb, title) in enumerate(zip(thumbs, titles)):

@@ -82,8 +82,11 @@ class ImageSet:
         """
         mask_path = self.mask_paths[i]
         if mask_path is not None:
+            label = self.labels[i]
+            defect_class = self.class_names[label] if label >= 0 else None
             mask = read_mask(
-                mask_path, shape=image_shape(self.paths[i], verify=False), image_path=self.paths[i]
+                mask_path, shape=image_shape(self.paths[i], verify=False), image_path=self.paths[i],
+                defect_class=None if defect_class == self.normal_class else defect_class,
             )
         elif self.normal_class is not None and self.labels[i] == self.class_names.index(
             self.normal_class

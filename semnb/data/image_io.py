@@ -1,14 +1,19 @@
 """Read one image or mask file into the single in-memory form every method uses.
 
 Images become float32 grayscale HxW in [0, 1]; masks become bool HxW. Anything wrong with a
-file (missing, corrupt, unsupported, wrong size) raises `SemnbInputError` naming that file.
+file (missing, corrupt, unsupported, wrong size, too small, over the pixel limit) raises
+`SemnbInputError` naming that file; data that is read but suspect (NaN pixels, an empty mask
+of a defect image) gives one `SuspectDataWarning` naming the file.
 
 Taught in: 01_sem_data.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +52,47 @@ _CONVERT_FIX = "convert it to 8- or 16-bit PNG/TIFF or to a 2-D float .npy"
 # damaged PNG chunks).
 _READ_ERRORS = (OSError, ValueError, SyntaxError, tifffile.TiffFileError)
 
+# A single row or column of pixels is no image: every method would see a constant or a line.
+MIN_SIDE = 2
+
+# Pillow refuses files over twice its MAX_IMAGE_PIXELS as possible decompression bombs; semnb
+# keeps that limit (read when a file is opened) unless this environment variable sets another.
+MAX_PIXELS_ENV = "SEMNB_MAX_IMAGE_PIXELS"
+
+
+class SuspectDataWarning(UserWarning):
+    """Data semnb reads but that is probably not what its owner meant; the message names the file.
+
+    Why a class of its own: callers that report warnings (`load_scans`, the results JSON) pick
+    these out by category.
+    """
+
+
+@contextmanager
+def suspect_data_to(notes: list[str]) -> Iterator[list[str]]:
+    """Within the block, each `SuspectDataWarning` is appended to `notes` (once per message), not printed.
+
+    Why: a command that reports warnings (the results JSON's `warnings`, `ScanSet.warnings`)
+    gives the user each suspect file once, among its other warnings; other warnings pass on.
+
+    Taught in: 08_stm.
+    """
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SuspectDataWarning)
+            yield notes
+    finally:
+        _pass_on(caught, notes)
+
+
+def _pass_on(caught: list[warnings.WarningMessage], notes: list[str]) -> None:
+    for warning in caught:
+        if not issubclass(warning.category, SuspectDataWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in notes:
+            notes.append(str(warning.message))
+
 
 def is_mask_file(path: str | Path) -> bool:
     """True for `X_mask.ext`: a pixel mask that belongs to image `X`, not an image itself."""
@@ -65,18 +111,25 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     array = _read_array(path, _read_pil, "the image", "the file")
-    return _to_gray_unit(_to_unit_range(array, path), path)
+    image = _to_gray_unit(_to_unit_range(array, path), path)
+    _check_size(path, *image.shape)
+    return image
 
 
 def read_mask(
-    path: str | Path, shape: tuple[int, int] | None = None, image_path: str | Path | None = None
+    path: str | Path,
+    shape: tuple[int, int] | None = None,
+    image_path: str | Path | None = None,
+    defect_class: str | None = None,
 ) -> np.ndarray:
     """Read a pixel mask as bool HxW (True = defect).
 
     Why the threshold rule: 8-bit masks drawn as 0/255 may carry compression noise, so they are
     cut at > 127; 8-bit label maps stored as 0/1/2... (max <= 127) and every other type
     (16-bit instance maps, .npy, bool) count any value > 0 as defect. When `shape` is given a
-    mask of another size is an error that names the mask and its image (`image_path`).
+    mask of another size is an error that names the mask and its image (`image_path`). When
+    the image is of a defect class (`defect_class`), a mask that marks no pixel is a
+    `SuspectDataWarning`: the image then counts as defect-free in every pixel score.
 
     Taught in: 01_sem_data.
     """
@@ -95,6 +148,13 @@ def read_mask(
     mask = array > threshold
     if shape is not None:
         check_mask_shape(path, mask.shape, image_path, tuple(shape))
+    if defect_class is not None and not mask.any():
+        image_name = f"{image_path}, " if image_path is not None else ""
+        warnings.warn(SuspectDataWarning(
+            f"{path}: the mask of {image_name}an image of defect class {defect_class!r}, marks no "
+            "defect pixel (all zero); the image counts as defect-free in the pixel scores. "
+            "Fix: draw the defect in the mask (or move the image to the normal class)"),
+            stacklevel=2)
     return mask
 
 
@@ -132,13 +192,18 @@ def image_shape(path: str | Path, verify: bool = True) -> tuple[int, int]:
         if suffix in TIFF_EXTENSIONS:
             with tifffile.TiffFile(path) as tiff:
                 page = tiff.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
+                shape = int(page.imagelength), int(page.imagewidth)
+            _check_size(path, *shape)
+            return shape
         if suffix in NUMPY_EXTENSIONS:
-            return _gray_shape(_npy_header_shape(path), path)
-        with Image.open(path) as image:
+            shape = _gray_shape(_npy_header_shape(path), path)
+            _check_size(path, *shape)
+            return shape
+        with _open_pil(path) as image:
             width, height = image.size
             if verify:
                 image.verify()
+        _check_size(path, height, width)
         return int(height), int(width)
     except SemnbInputError:
         raise
@@ -180,14 +245,68 @@ def _read_array(
         if suffix in NUMPY_EXTENSIONS:
             return np.load(path, allow_pickle=False)
         return read_pil(path)
+    except SemnbInputError:
+        raise
     except _READ_ERRORS as error:
         raise SemnbInputError(
             path, f"cannot read {what} ({error})", f"replace {replace} or {_CONVERT_FIX}"
         ) from error
 
 
+def max_image_pixels() -> int:
+    """The most pixels semnb decodes from a PNG, JPEG or BMP file: `SEMNB_MAX_IMAGE_PIXELS`, or Pillow's limit.
+
+    Why a limit: a small compressed file can claim billions of pixels and fill the memory
+    (a decompression bomb); a user who trusts a large image raises it in the environment.
+
+    Taught in: 01_sem_data.
+    """
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 2**63 - 1
+    if not value.isdigit() or int(value) < 1:
+        raise SemnbInputError(
+            MAX_PIXELS_ENV,
+            f"{value!r} is not a whole number of pixels",
+            "set it to a positive whole number such as 400000000, or unset it for the default",
+        )
+    return int(value)
+
+
+@contextmanager
+def _open_pil(path: Path) -> Iterator[Image.Image]:
+    """`Image.open` under semnb's pixel limit: a file over it is one SemnbInputError with the fix."""
+    limit = max_image_pixels()
+    pillow_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own check warns or raises a bare error; semnb's is below
+    try:
+        image = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
+    with image:
+        width, height = image.size
+        if width * height > limit:
+            raise SemnbInputError(
+                path,
+                f"is {width}x{height} = {width * height:,} pixels, over the limit of {limit:,} "
+                "pixels that guards against decompression bombs",
+                f"if you trust the file, raise the limit: set the environment variable "
+                f"{MAX_PIXELS_ENV}={width * height} (or more); or save the image smaller or in tiles",
+            )
+        yield image
+
+
+def _check_size(path: Path, height: int, width: int) -> None:
+    if min(height, width) < MIN_SIDE:
+        raise SemnbInputError(
+            path,
+            f"is {height}x{width} (HxW) pixels: a single row or column of pixels is no image",
+            f"use images of at least {MIN_SIDE}x{MIN_SIDE} pixels, or remove the file",
+        )
+
+
 def _read_pil(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+    with _open_pil(path) as image:
         image.load()
         if image.mode in ("1", "L", "I", "F") or image.mode.startswith("I;16"):
             return np.asarray(image)
@@ -197,7 +316,7 @@ def _read_pil(path: Path) -> np.ndarray:
 
 
 def _read_pil_mask(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
+    with _open_pil(path) as image:
         # A palette mask holds class indices; other colour masks are mixed to gray.
         keep = image.mode in ("1", "L", "P", "I", "F") or image.mode.startswith("I;16")
         return np.asarray(image if keep else image.convert("L"))
@@ -233,6 +352,12 @@ def _to_unit_range(array: np.ndarray, path: Path) -> np.ndarray:
         raise SemnbInputError(
             path, "has no finite pixel values", "replace the file; every pixel is NaN or infinite"
         )
+    if not finite.all():
+        warnings.warn(SuspectDataWarning(
+            f"{path}: {values.size - finite.sum()} of {values.size} pixel values are NaN or "
+            "infinite; they are read as the lowest value (0). Fix: fill or crop them away "
+            "if they are not meant as the lowest value"),
+            stacklevel=3)
     low, high = values[finite].min(), values[finite].max()
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     return np.where(finite, scaled, 0.0)

@@ -3,20 +3,23 @@
 Layouts:
 - "mvtec": train/good/, test/<class>/, ground_truth/<class>/<stem>_mask.png (+ manifest.csv);
 - "folders": one folder per class, optional X_mask.png beside X.ext (images lying directly
-  in the folder are unlabelled);
+  in the folder are unlabelled); a mask may be any readable image type, its extension in any
+  case (X_mask.PNG, X_mask.jpg), in every layout;
 - "csv": a manifest with columns path, label[, mask][, split][, magnification], paths relative
   to the CSV's folder; other archives' column names are mapped with `path_column`,
   `label_column` (None = an unlabelled collection) and `magnification_column`, and
   `image_folder` names the folder their paths are relative to (e.g. emps: filename,doi with
   the images in images/);
 - "carinthia": the Carinthia SEM defect CSV, `image_path;file_name;label`, labels 1-6.
-"auto" tells them apart by what the folder holds.
+"auto" tells them apart by what the folder holds. A CSV may list each image once only, and the
+classes are the labels that have images.
 
 Taught in: 01_sem_data.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,7 +42,7 @@ MANIFEST_NAME = "manifest.csv"  # optional per-image metadata beside an MVTec-la
 CARINTHIA_COLUMNS = ("image_path", "file_name", "label")
 CARINTHIA_CLASSES = ("1", "2", "3", "4", "5", "6")
 CORE_COLUMNS = ("path", "class", "label", "mask", "split")
-MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff", ".npy")
+DEFAULT_NORMAL_CLASS = "good"
 
 _LAYOUT_HELP = (
     "mvtec = train/<class>/ and test/<class>/ (+ ground_truth/<class>/X_mask.png); "
@@ -58,6 +61,7 @@ class _Entry:
     mask_path: Path | None = None
     split: str = ""
     extra: dict = field(default_factory=dict)
+    row: int | None = None  # the CSV row that lists it, for errors
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class _BadFiles:
 def load_dataset(
     root: str | os.PathLike,
     layout: str = "auto",
-    normal_class: str | None = "good",
+    normal_class: str | None = DEFAULT_NORMAL_CLASS,
     skip_bad: bool = False,
     check: bool = True,
     label_names: dict | None = None,
@@ -118,7 +122,8 @@ def load_dataset(
     each image and mask header now (cheap) so corrupt files and masks of the wrong size are
     found at load time; `skip_bad=True` leaves such files out and lists them in `.skipped`.
     `normal_class` names the defect-free class; when no class has that name the set simply
-    has none (real review sets are often all defective). `label_names` renames raw labels,
+    has none (real review sets are often all defective), but a name close to a class's ("Good"
+    for "good") is refused as a typo. `label_names` renames raw labels,
     e.g. {"1": "particle"} for the Carinthia codes.
 
     The column options let a "csv" manifest from another archive load as it is: `path_column`,
@@ -136,7 +141,7 @@ def load_dataset(
         raise SemnbInputError(root, "does not exist", "check the data path")
     columns = _csv_columns(path_column, label_column, magnification_column, image_folder)
     if layout == "auto":
-        layout = detect_layout(root, path_column=path_column, label_column=label_column)
+        layout = _auto_layout(root, columns)
     if layout not in LAYOUTS:
         raise SemnbInputError(
             "--layout", f"unknown layout {layout!r}", f"use auto or one of: {_LAYOUT_HELP}"
@@ -153,10 +158,7 @@ def load_dataset(
             f"pass a CSV manifest with layout csv, or leave {option} out",
         )
     bad = _BadFiles(skip_bad)
-    if layout == "csv":
-        entries, fixed_classes = _read_csv(root, bad, columns)
-    else:
-        entries, fixed_classes = _READERS[layout](root, bad)
+    entries = _read_csv(root, bad, columns) if layout == "csv" else _READERS[layout](root, bad)
     if check:
         entries = [entry for entry in entries if _headers_ok(entry, bad)]
     if not entries:
@@ -165,9 +167,7 @@ def load_dataset(
             f"holds no readable images for layout {layout!r}",
             f"put images in the layout: {_LAYOUT_HELP}",
         )
-    return _image_set(
-        root, layout, entries, fixed_classes, normal_class, label_names or {}, bad.skipped
-    )
+    return _image_set(root, layout, entries, normal_class, label_names or {}, bad.skipped)
 
 
 def detect_layout(
@@ -207,10 +207,33 @@ def detect_layout(
     )
 
 
+def _auto_layout(root: Path, columns: _CsvColumns) -> str:
+    """`detect_layout`, except that column options with one CSV that lacks those columns read it
+    as csv: the options say a manifest is meant, and the csv reader's error names the missing
+    column and lists the columns the CSV has (instead of a generic "no known layout")."""
+    given = columns.given().keys() & {"path_column", "label_column"}
+    if not given:
+        return detect_layout(root, columns.path_column, columns.label_column)
+    if root.is_dir() and not ((root / "train").is_dir() and (root / "test").is_dir()):
+        csvs = _csv_files(root)
+    else:
+        csvs = [root] if root.is_file() and root.suffix.lower() == ".csv" else []
+    if csvs and all(_csv_kind(path, columns) is None for path in csvs):
+        if len(csvs) == 1:
+            return "csv"
+        raise SemnbInputError(
+            root,
+            f"holds {len(csvs)} CSVs ({', '.join(p.name for p in csvs)}) and none has the columns "
+            f"{' and '.join(repr(getattr(columns, option)) for option in sorted(given))}",
+            "pass the CSV file itself as the data path to see its columns",
+        )
+    return detect_layout(root, columns.path_column, columns.label_column)
+
+
 # ---------------------------------------------------------------- layout readers
 
 
-def _read_mvtec(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
+def _read_mvtec(root: Path, bad: _BadFiles) -> list[_Entry]:
     entries = []
     for split in ("train", "test"):
         class_folders = _subfolders(root / split)
@@ -227,10 +250,10 @@ def _read_mvtec(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ..
                 mask = _find_mask(mask_folder, mask_names, path.stem)
                 entries.append(_Entry(path, folder.name, mask, split))
     _merge_manifest(root, entries)
-    return entries, ()
+    return entries
 
 
-def _read_folders(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
+def _read_folders(root: Path, bad: _BadFiles) -> list[_Entry]:
     root_names = _names_in(root)
     entries = [
         _Entry(path, None, _mask_beside(path, root_names))
@@ -241,12 +264,10 @@ def _read_folders(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, 
         entries += [
             _Entry(path, folder.name, _mask_beside(path, names)) for path in _images_in(folder, bad)
         ]
-    return entries, ()
+    return entries
 
 
-def _read_csv(
-    root: Path, bad: _BadFiles, columns: _CsvColumns
-) -> tuple[list[_Entry], tuple[str, ...]]:
+def _read_csv(root: Path, bad: _BadFiles, columns: _CsvColumns) -> list[_Entry]:
     csv_path = root if root.is_file() else _single_csv(root, "csv", columns)
     path_column, label_column = columns.path_column, columns.label_column
     table = _read_table(csv_path, sep=",", text_columns=(path_column, label_column))
@@ -273,8 +294,9 @@ def _read_csv(
             continue
         label = (row[label_column].strip() or None) if label_column else None
         extra = {name: row[c] for c, name in extra_names.items()}
-        entries.append(_Entry(path, label, mask, row.get("split", "").strip(), extra))
-    return entries, ()
+        entries.append(_Entry(path, label, mask, row.get("split", "").strip(), extra, row_number))
+    _refuse_duplicates(csv_path, entries)
+    return entries
 
 
 def _csv_columns(path_column, label_column, magnification_column, image_folder) -> _CsvColumns:
@@ -330,7 +352,7 @@ def _require_columns(
     )
 
 
-def _read_carinthia(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str, ...]]:
+def _read_carinthia(root: Path, bad: _BadFiles) -> list[_Entry]:
     csv_path = root if root.is_file() else _single_csv(root, "carinthia")
     table = _read_table(csv_path, sep=";")
     missing = [c for c in CARINTHIA_COLUMNS if c not in table.columns]
@@ -360,8 +382,28 @@ def _read_carinthia(root: Path, bad: _BadFiles) -> tuple[list[_Entry], tuple[str
         except SemnbInputError as error:
             bad.report(error)
             continue
-        entries.append(_Entry(path, label))
-    return entries, CARINTHIA_CLASSES
+        entries.append(_Entry(path, label, row=row_number))
+    _refuse_duplicates(csv_path, entries)
+    return entries
+
+
+def _refuse_duplicates(csv_path: Path, entries: list[_Entry]) -> None:
+    """One error for a CSV that lists one image file twice: it would be both a shot and a query
+    (or carry two labels), which inflates every score without a word."""
+    listed: dict[Path, list[_Entry]] = {}
+    for entry in entries:
+        listed.setdefault(entry.path.resolve(), []).append(entry)
+    repeated = [same for same in listed.values() if len(same) > 1]
+    if not repeated:
+        return
+    same = repeated[0]
+    rows = ", ".join(str(entry.row) for entry in same)
+    more = f"; {len(repeated) - 1} more file(s) repeated" if len(repeated) > 1 else ""
+    raise SemnbInputError(
+        csv_path,
+        f"lists the image {same[0].path} {len(same)} times (rows {rows}){more}",
+        "keep one row per image: delete the repeated rows (and settle on one label for the image)",
+    )
 
 
 _READERS = {
@@ -375,17 +417,15 @@ _READERS = {
 # ---------------------------------------------------------------- building the ImageSet
 
 
-def _image_set(
-    root, layout, entries, fixed_classes, normal_class, label_names, skipped
-) -> ImageSet:
+def _image_set(root, layout, entries, normal_class, label_names, skipped) -> ImageSet:
+    """The classes are the labels that have images (a Carinthia CSV without code 4 has no class
+    "4"): a class without images could not be drawn as a shot, nor scored."""
     rename = {str(raw): str(name) for raw, name in label_names.items()}
     names = [
         None if e.class_name is None else rename.get(e.class_name, e.class_name) for e in entries
     ]
-    class_names = sorted(
-        {rename.get(c, c) for c in fixed_classes} | {n for n in names if n is not None},
-        key=_natural_key,
-    )
+    class_names = sorted({n for n in names if n is not None}, key=_natural_key)
+    _refuse_misspelt_normal_class(root, normal_class, class_names)
     number = {name: k for k, name in enumerate(class_names)}
     labels = [UNLABELLED if name is None else number[name] for name in names]
     meta = pd.DataFrame(
@@ -412,6 +452,25 @@ def _image_set(
         normal_class=normal_class if normal_class in number else None,
         skipped=skipped,
     )
+
+
+def _refuse_misspelt_normal_class(root: Path, normal_class: str | None, class_names: list) -> None:
+    """A normal class that is no class but close to one ("Good" for "good") is a typo: left as it
+    is, the normal images would count as defects and be blamed for lacking masks. A name far from
+    every class still means a set without a normal class (review sets are often all defective);
+    so does the default name."""
+    if normal_class in (None, DEFAULT_NORMAL_CLASS) or normal_class in class_names:
+        return
+    folded = {name.casefold(): name for name in class_names}
+    close = difflib.get_close_matches(normal_class.casefold(), folded, n=1, cutoff=0.75)
+    if close:
+        raise SemnbInputError(
+            "--normal-class",
+            f"{normal_class!r} is not a class of {root}; its classes are "
+            f"{', '.join(map(repr, class_names))}",
+            f"pass --normal-class {folded[close[0]]} (normal_class={folded[close[0]]!r}); "
+            "class names are case-sensitive",
+        )
 
 
 def _headers_ok(entry: _Entry, bad: _BadFiles) -> bool:
@@ -455,8 +514,9 @@ def _subfolders(folder: Path) -> list[Path]:
     )
 
 
-def _names_in(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+def _names_in(folder: Path) -> dict[str, str]:
+    """The file names in `folder`, keyed lower-case (so X_mask.PNG is found as X_mask.png)."""
+    return {p.name.lower(): p.name for p in folder.iterdir()} if folder.is_dir() else {}
 
 
 def _images_in(folder: Path, bad: _BadFiles, allow_empty: bool = False) -> list[Path]:
@@ -497,15 +557,16 @@ def _has_images(folder: Path) -> bool:
     )
 
 
-def _find_mask(folder: Path, names: set[str], stem: str) -> Path | None:
-    for suffix in MASK_EXTENSIONS:
-        name = f"{stem}{MASK_SUFFIX}{suffix}"
-        if name in names:
+def _find_mask(folder: Path, names: dict[str, str], stem: str) -> Path | None:
+    """`<stem>_mask.<ext>` in any readable image type, extension in any case (PNG first)."""
+    for suffix in IMAGE_EXTENSIONS:
+        name = names.get(f"{stem}{MASK_SUFFIX}{suffix}".lower())
+        if name is not None and name.startswith(f"{stem}{MASK_SUFFIX}"):
             return folder / name
     return None
 
 
-def _mask_beside(path: Path, names: set[str]) -> Path | None:
+def _mask_beside(path: Path, names: dict[str, str]) -> Path | None:
     return _find_mask(path.parent, names, path.stem)
 
 
@@ -521,18 +582,43 @@ def _csv_kind(path: Path, columns: _CsvColumns = _CsvColumns()) -> str | None:
     """Which layout a CSV's header line announces: "carinthia", "csv", or None."""
     with open(path, encoding="utf-8-sig", errors="replace") as handle:
         header = handle.readline().strip().lower()
-    if set(CARINTHIA_COLUMNS) <= {c.strip() for c in header.split(";")}:
+    if set(CARINTHIA_COLUMNS) <= _header_names(header, ";"):
         return "carinthia"
-    names = {c.strip().strip('"') for c in header.split(",")}
-    label = columns.label_column
-    labels_found = label is None or label in names or (label == "label" and "class" in names)
-    if columns.path_column in names and labels_found:
+    if _is_manifest_header(_header_names(header, ","), columns):
         return "csv"
+    if _is_manifest_header(_header_names(header, ";"), columns):
+        raise _separator_error(path)
     return None
 
 
+def _header_names(header: str, sep: str) -> set[str]:
+    return {c.strip().strip('"') for c in header.split(sep)}
+
+
+def _is_manifest_header(names: set[str], columns: _CsvColumns) -> bool:
+    label = columns.label_column
+    labels_found = label is None or label in names or (label == "label" and "class" in names)
+    return columns.path_column in names and labels_found
+
+
+def _separator_error(csv_path: Path) -> SemnbInputError:
+    """A manifest saved with ';' (a spreadsheet's habit where ',' is the decimal mark)."""
+    return SemnbInputError(
+        csv_path,
+        "separates its columns with ';', but a csv-layout manifest is read with ','",
+        "save it with ',' between columns (only the Carinthia layout, "
+        "image_path;file_name;label, uses ';')",
+    )
+
+
 def _single_csv(folder: Path, kind: str, columns: _CsvColumns = _CsvColumns()) -> Path:
-    found = [p for p in _csv_files(folder) if _csv_kind(p, columns) == kind]
+    """The folder's one CSV of `kind`; for csv, else its only CSV of no known kind (so that
+    reading it names the columns it lacks and lists those it has)."""
+    kinds = {p: _csv_kind(p, columns) for p in _csv_files(folder)}
+    found = [p for p, k in kinds.items() if k == kind]
+    unknown = [p for p, k in kinds.items() if k is None]
+    if not found and kind == "csv" and len(unknown) == 1:
+        return unknown[0]
     if len(found) != 1:
         problem = (
             f"holds no {kind} CSV"
@@ -553,10 +639,12 @@ def _read_table(csv_path: Path, sep: str, text_columns: tuple = ()) -> pd.DataFr
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise SemnbInputError(
             csv_path,
-            f"cannot be read as a CSV ({error})",
-            f"save it as UTF-8 text with '{sep}' between columns",
+            f"cannot be read as a CSV ({' '.join(str(error).split())})",
+            f"save it as UTF-8 text with '{sep}' between columns and as many on every row",
         ) from error
     table.columns = [str(c).strip().lower() for c in table.columns]
+    if sep == "," and len(table.columns) == 1 and ";" in table.columns[0]:
+        raise _separator_error(csv_path)
     for column in table.columns:
         if column not in CORE_COLUMNS + CARINTHIA_COLUMNS + tuple(text_columns):
             table[column] = _numbers_if_possible(table[column])
@@ -604,7 +692,8 @@ def _listed_file(
 
 
 def _carinthia_label(raw: str, csv_path: Path, row_number: int) -> str | None:
-    """The class name for a Carinthia label ("3" or "3.0" -> "3"), None when empty."""
+    """The class name for a Carinthia label ("3" or "3.0" -> "3"), None when empty; a code
+    outside 1-6 is refused rather than made an extra class."""
     raw = raw.strip()
     if not raw:
         return None
@@ -612,13 +701,17 @@ def _carinthia_label(raw: str, csv_path: Path, row_number: int) -> str | None:
         value = float(raw)
     except ValueError:
         value = float("nan")
+    codes = f"use one of the codes {', '.join(CARINTHIA_CLASSES)}, or leave it empty for unlabelled"
     if not value.is_integer():
         raise SemnbInputError(
-            csv_path,
-            f"row {row_number} has label {raw!r}, not an integer class code",
-            "use the codes 1-6 (or leave it empty for unlabelled)",
+            csv_path, f"row {row_number} has label {raw!r}, not an integer class code", codes
         )
-    return str(int(value))
+    label = str(int(value))
+    if label not in CARINTHIA_CLASSES:
+        raise SemnbInputError(
+            csv_path, f"row {row_number} has label {raw!r}, not a Carinthia class code", codes
+        )
+    return label
 
 
 def _lower(name: str | None) -> str | None:

@@ -18,7 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from semnb.data.image_io import IMAGE_EXTENSIONS, MASK_SUFFIX, is_mask_file, read_image, read_mask
+from semnb.data.image_io import (
+    IMAGE_EXTENSIONS,
+    MASK_SUFFIX,
+    is_mask_file,
+    read_image,
+    read_mask,
+    suspect_data_to,
+)
 from semnb.errors import SemnbInputError
 
 
@@ -39,7 +46,8 @@ class LabelledScan:
 class ScanSet(Sequence):
     """The labelled scans of one folder, as `load_scans` read them: what `semnb.stm.evaluate_stm` takes.
 
-    `scans` sorted by name; `warnings` name the files left out; `source` is the folder and
+    `scans` sorted by name; `warnings` name the files left out or read with suspect data
+    (NaN pixels, see `semnb.data.image_io.SuspectDataWarning`); `source` is the folder and
     `load_s` the seconds reading took (both go into the results contract).
     """
 
@@ -54,7 +62,7 @@ class ScanSet(Sequence):
     def __repr__(self) -> str:
         surfaces = sorted({s.surface for s in self.scans if s.surface})
         return (f"ScanSet: {len(self)} labelled scans from {self.source or 'memory'}; surfaces: "
-                f"{', '.join(surfaces) or 'unknown'}; {len(self.warnings)} file(s) left out")
+                f"{', '.join(surfaces) or 'unknown'}; {len(self.warnings)} warning(s)")
 
     def __getitem__(self, i):
         return self.scans[i]
@@ -66,7 +74,8 @@ class ScanSet(Sequence):
 def load_scans(data_dir: str | Path) -> ScanSet:
     """Every scan `X.*` with a mask `X_mask.*` in `data_dir` (not its subfolders), read.
 
-    The warnings of the returned set name the images that have no mask.
+    The warnings of the returned set name the images that have no mask and the files read
+    with suspect data (each `SuspectDataWarning` goes there, once per file, not to stderr).
 
     Taught in: 08_stm.
     """
@@ -82,16 +91,17 @@ def load_scans(data_dir: str | Path) -> ScanSet:
     manifest = _read_optional_csv(root / MANIFEST, ("scan", "surface"))
     defects = _read_optional_csv(root / DEFECTS_CSV, ("scan", "x", "y", "class"))
     surface_of = dict(zip(manifest["scan"].astype(str), manifest["surface"].astype(str))) if manifest is not None else {}
-    scans, warnings = [], []
+    scans, notes = [], []
     for path in files:
         if is_mask_file(path):
             continue
         mask_path = masks.get(path.stem)
         if mask_path is None:
-            warnings.append(f"{path.name}: no mask {path.stem}{MASK_SUFFIX}.* beside it, left out")
+            notes.append(f"{path.name}: no mask {path.stem}{MASK_SUFFIX}.* beside it, left out")
             continue
-        raw = read_image(path)
-        mask = read_mask(mask_path, shape=raw.shape, image_path=path)
+        with suspect_data_to(notes):
+            raw = read_image(path)
+            mask = read_mask(mask_path, shape=raw.shape, image_path=path)
         table = None
         if defects is not None:
             table = defects[defects["scan"].astype(str) == path.stem].reset_index(drop=True)
@@ -101,7 +111,7 @@ def load_scans(data_dir: str | Path) -> ScanSet:
         raise SemnbInputError(root, "holds no scan X.npy (or image) with a mask X_mask.npy beside it",
                               "put each scan's pixel mask beside it as X_mask.npy (1 = defect), "
                               "or write a synthetic set with `semnb data synth --kind stm --out DIR`")
-    return ScanSet(scans, warnings, str(data_dir), time.perf_counter() - started)
+    return ScanSet(scans, notes, str(data_dir), time.perf_counter() - started)
 
 
 def _read_optional_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame | None:

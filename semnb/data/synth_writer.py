@@ -99,8 +99,8 @@ def staged_set(out_dir: str | os.PathLike, kind: str, settings: dict) -> Iterato
     staging = Path(
         tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".writing", dir=out_dir.parent)
     )
-    staging.chmod(0o755)  # mkdtemp makes it private; the finished set is an ordinary folder
-    try:
+    try:  # from here on the staging folder goes whatever happens (SIGTERM too: the CLI makes it SystemExit)
+        staging.chmod(0o755)  # mkdtemp makes it private; the finished set is an ordinary folder
         yield staging
         write_json_atomic(staging / MARKER_FILE, {"generator": "semnb", "kind": kind, **settings})
         _move_into_place(staging, out_dir, kind)

@@ -175,6 +175,9 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
     if len(keep) == 0:
         raise SemnbInputError(str(images.root), "holds no labelled image", "use a layout with class labels")
     images = images.subset(keep)
+    if task == "classify" and len(np.unique(images.labels)) < 2:
+        raise SemnbInputError(str(images.root), f"holds one class only ({images.class_names[images.labels[0]]})",
+                              "classification needs two classes or more: add a folder of images per defect class")
     if task == "segment":
         if images.is_normal.all():
             raise SemnbInputError(str(images.root), "holds only defect-free images", "add defect images with masks")

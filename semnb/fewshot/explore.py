@@ -382,9 +382,27 @@ def _title(data: FewShotData, i: int) -> str:
     return Path(data.images.paths[i]).name
 
 
+def _opening_image(run: SegmentationRun, is_defect: np.ndarray, threshold: float) -> int:
+    """The image an explorer opens on: a view that shows something, not an all-black map.
+
+    The first defect query whose map reaches `threshold`; else the defect query with the
+    highest map; without defect queries, the first query.
+    """
+    queries = run.episode.queries
+    defects = queries[is_defect[queries]]
+    if not len(defects):
+        return int(queries[0])
+    peaks = run.maps[defects].reshape(len(defects), -1).max(axis=1)
+    reaching = np.flatnonzero(peaks >= threshold)
+    return int(defects[reaching[0] if len(reaching) else np.argmax(peaks)])
+
+
 def segmentation_explorer(data: FewShotData, image: int | None = None, shots: int = 1, threshold: float = 0.5,
                           seed: int = 0, config: SegmentationConfig | None = None) -> Explorer:
     """The segmentation explorer widget: image, shots, threshold, level and path controls over one defect map.
+
+    Without `image` it opens on a view that shows something (`_opening_image`): the first
+    defect query whose map reaches `threshold`, not an image whose map is all black.
 
     Example: `segmentation_explorer(prepare_fewshot(load_dataset(folder), "segment", backbone="semnb-tiny"))`.
 
@@ -395,24 +413,23 @@ def segmentation_explorer(data: FewShotData, image: int | None = None, shots: in
     counts = np.bincount(data.labels[data.labels >= 0], minlength=len(data.class_names))
     fewest = int(counts.min())
     max_shots = max(1, min(MAX_SHOTS, fewest - 1 if fewest > 1 else fewest))
-    if image is None:  # the first defect image that the first episode leaves as a query
-        queries = sample_episode(data.labels, min(int(shots), max_shots), seed, data.class_names).queries
-        defect_queries = queries[data.is_defect[queries]]
-        image = int(defect_queries[0]) if len(defect_queries) else int(queries[0])
+    shots = min(int(shots), max_shots)
     names = [f"{i}: {_title(data, i)} ({data.class_names[c] if c >= 0 else '?'})" for i, c in enumerate(data.labels)]
     paths = [("Z + V", "both"), ("Z", "z"), ("V", "v")] if data.patches.v is not None else [("Z", "z")]
+    cache: dict = {}
+    if image is None:
+        image = _opening_image(segment_setting(data, shots, "all", paths[0][1], seed, cache, config), data.is_defect,
+                               float(threshold))
     levels = [("all levels", "all")] + [(f"level {j}", j) for j in range(1, len(data.patches.z) + 1)]
     controls = {
         "image": widgets.Dropdown(options=[(name, i) for i, name in enumerate(names)], value=int(image),
                                   description="image"),
-        "shots": widgets.IntSlider(value=min(int(shots), max_shots), min=1, max=max_shots, description="shots",
-                                   continuous_update=False),
+        "shots": widgets.IntSlider(value=shots, min=1, max=max_shots, description="shots", continuous_update=False),
         "threshold": widgets.FloatSlider(value=float(threshold), min=0.0, max=1.0, step=0.01, description="threshold",
                                          continuous_update=False),
         "level": widgets.Dropdown(options=levels, value="all", description="level"),
         "path": widgets.ToggleButtons(options=paths, value=paths[0][1], description="path"),
     }
-    cache: dict = {}
 
     def render(values: dict) -> RenderResult:
         return render_segmentation(data, seed=seed, cache=cache, config=config, **values)

@@ -15,7 +15,10 @@ Taught in: 02_prompts (loading real weights is the `backbone` parameter).
 from __future__ import annotations
 
 import os
+import re
 import socket
+import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -29,6 +32,7 @@ CHECKPOINT_ENV = "SEMNB_CLIP_CHECKPOINT"
 OFFLINE_ENVS = ("SEMNB_OFFLINE", "HF_HUB_OFFLINE")
 RANDOM_TAG = "random"
 _HF_FILENAMES = ("open_clip_pytorch_model.bin", "open_clip_model.safetensors")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def _download_hint(model: str, tag: str) -> str:
@@ -102,15 +106,105 @@ def env_checkpoint() -> Path | None:
     return path
 
 
+def checkpoint_file(value: str, what: str) -> Path:
+    """`value` as the path of a checkpoint file, or one line on why it is not one.
+
+    A directory is the usual slip (a Hugging Face snapshot folder): name the weight files inside it.
+    """
+    path = Path(value).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        example = path / (inside[0] if inside else "open_clip_pytorch_model.bin")
+        raise SemnbInputError(what, f"{path} is a directory, not a checkpoint file",
+                              f"name the checkpoint file inside it, e.g. {example}")
+    if not path.is_file():
+        raise SemnbInputError(what, f"checkpoint {path} does not exist",
+                              "give the path of a CLIP checkpoint file on this machine")
+    return path
+
+
+def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of a checkpoint, read the way open_clip reads it, or one line on what is wrong.
+
+    Checked before a model is built, so a bad file fails in seconds. Zip checkpoints (torch.save
+    since torch 1.6) are memory-mapped and safetensors files opened lazily: the check costs no
+    second read. `weights_only=True` stays: a pickle that would run code is refused, never run.
+    """
+    what = f"checkpoint {path}"
+    if path.stat().st_size == 0:
+        raise SemnbInputError(what, "is empty (0 bytes)",
+                              "copy or download it again: an interrupted copy leaves an empty file")
+    state_dict_fix = ('save only its tensors, e.g. torch.save(model.state_dict(), "weights.pt"), '
+                      "and give that file")
+    try:
+        if path.suffix == ".safetensors":  # open_clip chooses the reader by this suffix too
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        with warnings.catch_warnings():  # torch warns before refusing a TorchScript archive: one line, ours
+            warnings.simplefilter("ignore")
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except OSError as err:
+        raise SemnbInputError(what, f"cannot be read ({err.strerror or err})",
+                              "check the file's permissions, or copy it again") from None
+    except Exception as err:  # whatever a corrupt file makes the reader raise; its text is torch's, not ours
+        code = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if code or "TorchScript" in str(err):
+            calls = f"its pickle calls {code.group(1)}" if code else "it is a TorchScript archive"
+            raise SemnbInputError(what, f"is not a plain weights file: {calls}, which semnb never runs",
+                                  state_dict_fix) from None
+        kind = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint"
+        raise SemnbInputError(what, f"is not a readable {kind} (corrupt, truncated or another format)",
+                              "copy it again from its source, or convert it: " + state_dict_fix) from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]  # a training checkpoint, as open_clip unwraps it
+    shapes = {key: tuple(value.shape) for key, value in loaded.items() if isinstance(value, torch.Tensor)} \
+        if isinstance(loaded, dict) else {}
+    if not shapes:
+        raise SemnbInputError(what, f"holds no weights (a {type(loaded).__name__} without tensors)", state_dict_fix)
+    return shapes
+
+
+def _architectures_like(shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """open_clip model names whose image tower has the checkpoint's width, depth, patch and embedding size."""
+    import open_clip
+
+    register_tiny_config()
+    shapes = {key.removeprefix("module."): shape for key, shape in shapes.items()}
+    conv, proj = shapes.get("visual.conv1.weight"), shapes.get("visual.proj")
+    if conv is None or proj is None or len(conv) != 4:
+        return []
+    layers = len({key.split(".")[3] for key in shapes if key.startswith("visual.transformer.resblocks.")})
+    found = (conv[0], layers, conv[-1], proj[-1])
+    names = []
+    for name in open_clip.list_models():
+        cfg = open_clip.get_model_config(name) or {}
+        vision = cfg.get("vision_cfg", {})
+        if (vision.get("width"), vision.get("layers"), vision.get("patch_size"), cfg.get("embed_dim")) == found:
+            names.append(name)
+    return sorted(names, key=len)
+
+
 def _create(model: str, pretrained: str | None, image_size: int | None) -> torch.nn.Module:
     import open_clip
 
+    return open_clip.create_model(model, pretrained=pretrained, force_image_size=image_size).eval()
+
+
+def _create_from_file(model: str, path: Path, image_size: int | None) -> torch.nn.Module:
+    """`model` with the weights of a checkpoint file, or one line on why the file will not do."""
+    shapes = _read_shapes(path)
     try:
-        clip = open_clip.create_model(model, pretrained=pretrained, force_image_size=image_size)
-    except RuntimeError as err:  # a checkpoint that does not fit the architecture
-        raise SemnbInputError(f"checkpoint {pretrained}", f"does not load into {model} ({err})",
-                              f"name the architecture it was trained with, as MODEL:{pretrained}") from err
-    return clip.eval()
+        return _create(model, str(path), image_size)
+    except (RuntimeError, AssertionError) as err:  # readable, but open_clip cannot fit it to the architecture
+        like = [name for name in _architectures_like(shapes) if name != model][:3]
+        looks = f"; it looks like {' or '.join(like)}" if like else ""
+        fix = f"--backbone {like[0]}:{path}" if like else f"--backbone MODEL:{path}, MODEL from open_clip.list_models()"
+        raise SemnbInputError(f"checkpoint {path}", f"does not load into {model}: its tensor names or shapes "
+                              f"are not {model}'s{looks}",
+                              f"name the architecture it was trained with: {fix} "
+                              f"(clip:FILE and {CHECKPOINT_ENV} mean {DEFAULT_MODEL})") from err
 
 
 def load_open_clip(model: str, pretrained: str, image_size: int | None = None,
@@ -136,9 +230,11 @@ def load_open_clip(model: str, pretrained: str, image_size: int | None = None,
         return clip, f"random-init ({model}, seed {seed}): NOT CLIP, for timing only"
 
     path = Path(pretrained).expanduser()
-    if path.is_file():
-        return _create(model, str(path), image_size), f"checkpoint {path}"
     tags = open_clip.list_pretrained_tags_by_model(model)
+    if path.is_file() or (pretrained not in tags and (path.exists() or os.sep in pretrained
+                                                      or path.suffix in WEIGHT_SUFFIXES)):
+        path = checkpoint_file(pretrained, f"backbone {model}:{pretrained}")
+        return _create_from_file(model, path, image_size), f"checkpoint {path}"
     if pretrained not in tags:
         raise SemnbInputError(f"backbone {model}:{pretrained}",
                               "is neither an existing checkpoint file nor a pretrained tag of this model",
@@ -146,12 +242,17 @@ def load_open_clip(model: str, pretrained: str, image_size: int | None = None,
 
     cached = cached_checkpoint(model, pretrained)
     if cached is not None:
-        return _create(model, str(cached), image_size), f"{pretrained} from {cached}"
+        return _create_from_file(model, cached, image_size), f"{pretrained} from {cached}"
     from_env = env_checkpoint() if (model, pretrained) == (DEFAULT_MODEL, DEFAULT_TAG) else None
     if from_env is not None:
-        return _create(model, str(from_env), image_size), f"{pretrained} from {CHECKPOINT_ENV}={from_env}"
+        return _create_from_file(model, from_env, image_size), f"{pretrained} from {CHECKPOINT_ENV}={from_env}"
     if _hub_reachable():
-        return _create(model, pretrained, image_size), f"{pretrained} from the model hub"
+        try:
+            return _create(model, pretrained, image_size), f"{pretrained} from the model hub"
+        except RuntimeError as err:  # the download failed or broke off
+            raise SemnbInputError(f"backbone {model}:{pretrained}",
+                                  f"the weights could not be fetched from the model hub ({str(err).splitlines()[0]})",
+                                  _download_hint(model, pretrained)) from err
     raise SemnbInputError(f"backbone {model}:{pretrained}",
                           "the CLIP weights are not on this machine and the model hub cannot be reached",
                           _download_hint(model, pretrained))

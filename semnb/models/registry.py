@@ -20,6 +20,7 @@ from semnb.models.clip_loader import (
     CHECKPOINT_ENV,
     DEFAULT_MODEL,
     DEFAULT_TAG,
+    checkpoint_file,
     env_checkpoint,
     load_open_clip,
     weights_status,
@@ -73,11 +74,7 @@ def _split_clip_name(name: str) -> tuple[str, str]:
     if not sep or not model or not pretrained:
         raise SemnbInputError(f"--backbone {name}", "is not a backbone name", f"use one of: {NAME_FORMS}")
     if model == "clip":
-        path = os.path.expanduser(pretrained)
-        if not os.path.isfile(path):
-            raise SemnbInputError(f"--backbone {name}", f"checkpoint {path} does not exist",
-                                  "give the path of a CLIP checkpoint file on this machine")
-        return DEFAULT_MODEL, path
+        return DEFAULT_MODEL, str(checkpoint_file(pretrained, f"--backbone {name}"))
     return model, pretrained
 
 

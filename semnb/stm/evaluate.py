@@ -93,7 +93,7 @@ def evaluate_stm(scans: ScanSet, shots: int = 1, seeds: Sequence[int] = (0, 1, 2
     timing: dict[str, float] = {"load_s": scans.load_s}
 
     tick = time.perf_counter()
-    analyses = [analyze_scan(s.raw) for s in tqdm(scans, desc="analyse scans", disable=not progress)]
+    analyses = [_analyze(s) for s in tqdm(scans, desc="analyse scans", disable=not progress)]
     timing["analyse_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -121,6 +121,14 @@ def evaluate_stm(scans: ScanSet, shots: int = 1, seeds: Sequence[int] = (0, 1, 2
                "n_defects_with_class": int(sum(
             len(s.defects) for s in scans if s.defects is not None))},
     )
+
+
+def _analyze(scan: LabelledScan) -> ScanAnalysis:
+    """`analyze_scan`, with a bad scan named by its file (the user has many; "scan" alone does not say which)."""
+    try:
+        return analyze_scan(scan.raw)
+    except SemnbInputError as error:
+        raise SemnbInputError(scan.path, error.problem, error.fix) from None
 
 
 # ---------------------------------------------------------------------------------------------

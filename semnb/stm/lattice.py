@@ -382,4 +382,7 @@ def analyze_scan(raw: np.ndarray, polarity: str = "auto") -> ScanAnalysis:
     Taught in: 08_stm.
     """
     z = preprocess_scan(raw)
+    if np.ptp(z) == 0:
+        raise SemnbInputError("scan", "is flat: every pixel has the same height once levelled, so it shows no lattice",
+                              "pass a topograph that shows the surface (check the channel exported)")
     return ScanAnalysis(z=z, defect_map=unsupervised_defect_map(z, polarity=polarity))

@@ -6,6 +6,10 @@ it, and an `Explorer` only wires named controls to it: on every change it calls 
 function again and shows the figure (a PNG in an `Image` widget) and the numbers (an `HTML`
 widget). Both are ordinary widget values, so they can be read without a browser.
 
+A report (papermill, `semnb report`) drops live widgets, so each explorer cell also shows
+`Explorer.snapshot()`: the current view as a static picture, labelled as a snapshot that does
+not follow the controls, so that in Jupyter nobody mistakes it for the live explorer above it.
+
 Taught in: 02_prompts, 04_segmentation, 06_ssl_clustering and 07_retrieval (each notebook's
 explorer section).
 """
@@ -23,12 +27,14 @@ from typing import Any
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import HTML
 from matplotlib.figure import Figure
 
 from semnb.data.image_io import read_image
 from semnb.errors import SemnbInputError
 
 PNG_DPI = 90
+SNAPSHOT_LABEL = "Static snapshot for reports (does not follow the controls)"
 
 
 @dataclass
@@ -142,6 +148,23 @@ def image_at(pixels: Sequence[np.ndarray] | Callable[[int], np.ndarray] | None,
     return read_image(paths[i])
 
 
+def fit_labels(controls: Sequence[widgets.Widget]) -> None:
+    """Show every description and dropdown choice in full: ipywidgets cuts descriptions at 80 px and dropdowns at 300 px.
+
+    A description takes its own width; a dropdown is made as wide as its description and its
+    longest choice (unless a width was set), at most the width of the notebook.
+
+    Taught in: 02_prompts.
+    """
+    for control in controls:
+        if getattr(control, "description", "") and hasattr(control, "style"):
+            control.style.description_width = "initial"
+        if isinstance(control, widgets.Dropdown) and not control.layout.width:
+            longest = max((len(label) for label in control._options_labels), default=0)
+            control.layout.width = f"calc({len(control.description) + longest}ch + 5em)"
+            control.layout.max_width = "100%"
+
+
 class Explorer(widgets.VBox):
     """Named controls above a picture and a table of numbers, re-rendered on every control change.
 
@@ -164,6 +187,7 @@ class Explorer(widgets.VBox):
         self.result: RenderResult | None = None
         self.error: str | None = None
         self._render = render
+        fit_labels(list(self.controls.values()))
         for control in self.controls.values():
             control.observe(self.refresh, names="value")
         self.refresh()
@@ -184,6 +208,18 @@ class Explorer(widgets.VBox):
         self.picture.value = result.png()
         self.summary.value = result.html()
         self.result = result
+
+    def snapshot(self) -> HTML:
+        """What the explorer shows now (picture and numbers) as static HTML under `SNAPSHOT_LABEL`.
+
+        A report keeps this, not the live widget; the label tells a Jupyter user that moving
+        the controls changes the explorer above, not this copy.
+
+        Taught in: 02_prompts.
+        """
+        png = bytes(self.picture.value)
+        image = f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">' if png else ""
+        return HTML(f'<p style="color:#555"><b>{SNAPSHOT_LABEL}</b></p>{image}{self.summary.value}')
 
 
 def random_weights_note(backbone_name: str, weights: str) -> str | None:

@@ -51,3 +51,19 @@ def test_cluster_explorer_checks_its_inputs(clustered):
     result = render_clusters(points, clusters, 2, images)
     result.close()
     assert "classes in cluster" not in result.summary
+
+
+def test_cluster_names_counts_and_files_read_as_a_newcomer_expects(clustered):
+    points, clusters, labels, paths, images = clustered
+    single = np.append(clusters, 3)  # cluster 3 has one member
+    points, images = np.vstack([points, [[20.0, 20.0]]]), images + [images[0]]
+    explorer = cluster_explorer(points, single, images, per_page=3)
+    assert [label for label, _ in explorer.controls["cluster"].options][-1] == "cluster 3 (1 image)"
+    explorer.controls["cluster"].value = 3
+    assert explorer.result.figure.axes[0].get_title() == "cluster 3: 1 image (outlined)"
+    assert explorer.result.summary["shown members"] == [{"#": 12}]  # no made-up "image 12" where no file is known
+    assert explorer.result.figure.axes[1].get_title() == "#12"
+    named = render_clusters(points, single, 3, images, paths=paths + ["data/odd_one.png"])
+    named.close()
+    assert named.summary["shown members"] == [{"#": 12, "path": "data/odd_one.png"}]
+    assert named.figure.axes[1].get_title() == "odd_one.png"

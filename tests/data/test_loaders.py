@@ -6,10 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+from click.testing import CliRunner
 from PIL import Image
 
+from semnb.cli import main
 from semnb.data import ImageSet, detect_layout, load_dataset, read_image, read_mask
 from semnb.errors import SemnbInputError
+from semnb.fewshot.episodes import sample_episode
 
 # ---------------------------------------------------------------- layouts
 
@@ -189,7 +192,8 @@ def test_carinthia_csv_with_tolerant_paths_and_label_names(tmp_path, write_png):
     )
     assert detect_layout(tmp_path) == "carinthia"
     ds = load_dataset(tmp_path / "labels.csv")
-    assert ds.layout == "carinthia" and ds.class_names == ["1", "2", "3", "4", "5", "6"]
+    # issue 13: only the codes the CSV uses become classes (an empty class cannot be evaluated)
+    assert ds.layout == "carinthia" and ds.class_names == ["1", "3", "6"]
     assert [ds.class_names[k] for k in ds.labels] == ["3", "6", "1"]
     assert ds.image(2).mean() == pytest.approx(0.3, abs=0.003)
     named = load_dataset(tmp_path, label_names={3: "particle", "6": "scratch"})
@@ -401,3 +405,210 @@ def test_emps_metadata_loads_with_column_options(shared_data):
     assert ds.layout == "csv" and len(ds) == len(listed) == len(table) - len(ds.skipped)
     assert set(ds.class_names) == set(table["doi"]) - {""}
     assert (ds.labels >= 0).all() and ds.image(0).ndim == 2
+
+
+# ---------------------------------------------------------------- bad input (issue 13)
+# Each `_name(root, write_png)` writes one bad input as a user makes it; the Python tests and
+# the CLI test below feed the same ones.
+
+
+def _pngs(folder, names, write_png):
+    for name in names:
+        write_png(folder / name, np.full((8, 8), 0.5))
+
+
+def _dup_csv(root, write_png):
+    _pngs(root, ["a.png", "b.png", "c.png"], write_png)
+    (root / "list.csv").write_text("path,label\na.png,x\nb.png,x\nc.png,y\n./a.png,y\n")
+
+
+def _dup_carinthia(root, write_png):
+    _pngs(root, ["a.png", "b.png", "c.png"], write_png)
+    (root / "labels.csv").write_text(
+        "image_path;file_name;label\n.;a.png;1\n.;b.png;2\n.;a.png;2\n"
+    )
+
+
+def _carinthia_label_7(root, write_png):
+    _pngs(root, ["a.png", "b.png", "c.png"], write_png)
+    (root / "labels.csv").write_text(
+        "image_path;file_name;label\n.;a.png;1\n.;b.png;7\n.;c.png;2\n"
+    )
+
+
+def _semicolon_csv(root, write_png):
+    _pngs(root, ["a.png", "b.png"], write_png)
+    (root / "list.csv").write_text("path;label\na.png;x\nb.png;y\n")
+
+
+def _ragged_csv(root, write_png):
+    _pngs(root, ["a.png", "b.png"], write_png)
+    (root / "list.csv").write_text("path,label\na.png,x\nb.png,y,extra,more\n")
+
+
+def _other_columns_csv(root, write_png):
+    _pngs(root, ["a.png", "b.png"], write_png)
+    (root / "list.csv").write_text("file,label\na.png,x\nb.png,y\n")
+
+
+def _normal_class_typo(root, write_png):
+    _pngs(root / "good", ["000.png", "001.png"], write_png)
+    _pngs(root / "crack", ["000.png", "000_mask.png", "001.png", "001_mask.png"], write_png)
+
+
+def test_csv_listing_an_image_twice_is_refused_naming_the_rows(tmp_path, write_png):
+    _dup_csv(tmp_path, write_png)
+    for skip_bad in (False, True):  # not a bad file to skip: the manifest itself is wrong
+        with pytest.raises(SemnbInputError) as info:
+            load_dataset(tmp_path, skip_bad=skip_bad)
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / 'list.csv'}: lists the image {tmp_path / 'a.png'}")
+        assert "2 times (rows 2, 5)" in message and "Fix: keep one row per image" in message
+
+
+def test_carinthia_file_under_two_labels_is_refused_naming_the_rows(tmp_path, write_png):
+    _dup_carinthia(tmp_path, write_png)
+    with pytest.raises(
+        SemnbInputError, match=r"labels\.csv: lists the image .*a\.png 2 times \(rows 2, 4\)"
+    ):
+        load_dataset(tmp_path)
+
+
+@pytest.mark.parametrize("label", ["0", "7", "-3", "7.0"])
+def test_carinthia_label_outside_1_to_6_is_refused_with_row_and_codes(tmp_path, write_png, label):
+    _carinthia_label_7(tmp_path, write_png)
+    (tmp_path / "labels.csv").write_text(
+        f"image_path;file_name;label\n.;a.png;1\n.;b.png;{label}\n.;c.png;2\n"
+    )
+    with pytest.raises(SemnbInputError) as info:
+        load_dataset(tmp_path)
+    assert f"labels.csv: row 3 has label '{label}', not a Carinthia class code" in str(info.value)
+    assert "Fix: use one of the codes 1, 2, 3, 4, 5, 6" in str(info.value)
+    ds = load_dataset(tmp_path, skip_bad=True)
+    assert ds.class_names == ["1", "2"] and [p.name for p in ds.paths] == ["a.png", "c.png"]
+
+
+def test_carinthia_codes_without_images_are_not_classes(tmp_path, write_png):
+    _pngs(tmp_path, ["a.png", "b.png", "c.png", "d.png"], write_png)
+    (tmp_path / "labels.csv").write_text(
+        "image_path;file_name;label\n.;a.png;1\n.;b.png;2\n.;c.png;1\n.;d.png;2\n"
+    )
+    ds = load_dataset(tmp_path)
+    assert ds.class_names == ["1", "2"] and ds.class_counts().to_dict() == {"1": 2, "2": 2}
+    episode = sample_episode(ds.labels, 1, 0, ds.class_names)  # was: class '3': has no images
+    assert episode.ways == 2 and len(episode.queries) == 2
+
+
+@pytest.mark.parametrize(
+    "image, mask",
+    [("000.PNG", "000_mask.png"), ("000.png", "000_mask.PNG"), ("000.png", "000_mask.jpg")],
+)
+@pytest.mark.parametrize("layout", ["folders", "mvtec"])
+def test_masks_in_any_image_type_and_extension_case_are_found(tmp_images, layout, image, mask):
+    root = tmp_images(layout, {"good": 1, "crack": 1})
+    folder = root / ("crack" if layout == "folders" else "test/crack")
+    mask_folder = root / ("crack" if layout == "folders" else "ground_truth/crack")
+    (folder / "000.png").rename(folder / image)
+    pixels = np.asarray(Image.open(mask_folder / "000_mask.png"))
+    (mask_folder / "000_mask.png").unlink()
+    Image.fromarray(pixels).save(mask_folder / mask, quality=95)
+    ds = load_dataset(root)
+    crack = ds.paths.index(folder / image)
+    assert ds.mask_paths[crack] == mask_folder / mask and mask not in [p.name for p in ds.paths]
+    assert ds.mask(crack).sum() == 36
+
+
+@pytest.mark.parametrize("typed", ["Good", "godo", "GOOD"])
+def test_misspelt_normal_class_names_the_classes(tmp_path, write_png, typed):
+    _normal_class_typo(tmp_path, write_png)
+    with pytest.raises(SemnbInputError) as info:
+        load_dataset(tmp_path, normal_class=typed)
+    assert str(info.value) == (
+        f"--normal-class: {typed!r} is not a class of {tmp_path}; its classes are 'crack', 'good'. "
+        "Fix: pass --normal-class good (normal_class='good'); class names are case-sensitive"
+    )
+
+
+def test_default_normal_class_absent_or_in_another_case_is_no_error(tmp_path, write_png):
+    _normal_class_typo(tmp_path, write_png)
+    (tmp_path / "good").rename(tmp_path / "Good")
+    assert load_dataset(tmp_path).normal_class is None  # the default name: a set may have none
+    assert load_dataset(tmp_path, normal_class="Good").normal_class == "Good"
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_wrong_path_column_on_auto_names_the_column_and_the_csv_columns(
+    tmp_path, write_png, as_file
+):
+    _other_columns_csv(tmp_path, write_png)
+    root = tmp_path / "list.csv" if as_file else tmp_path
+    with pytest.raises(SemnbInputError) as info:
+        load_dataset(root, path_column="filename")
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'list.csv'}: lacks the column 'filename'; ")
+    assert (
+        "its columns are 'file', 'label'" in message and "path_column= (--path-column)" in message
+    )
+    assert load_dataset(root, path_column="file").class_names == ["x", "y"]
+
+
+def test_wrong_path_column_with_several_csvs_names_them(tmp_path, write_png):
+    _other_columns_csv(tmp_path, write_png)
+    (tmp_path / "notes.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(
+        SemnbInputError,
+        match=r"holds 2 CSVs \(list.csv, notes.csv\) and none has the columns 'filename'",
+    ):
+        load_dataset(tmp_path, path_column="filename")
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+@pytest.mark.parametrize("layout", ["auto", "csv"])
+def test_semicolon_separated_manifest_names_the_separator(tmp_path, write_png, layout, as_file):
+    _semicolon_csv(tmp_path, write_png)
+    with pytest.raises(SemnbInputError) as info:
+        load_dataset(tmp_path / "list.csv" if as_file else tmp_path, layout=layout)
+    assert str(info.value).startswith(
+        f"{tmp_path / 'list.csv'}: separates its columns with ';', but a csv-layout manifest is read with ','"
+    )
+
+
+def test_ragged_csv_is_one_line_naming_the_row(tmp_path, write_png):
+    _ragged_csv(tmp_path, write_png)
+    with pytest.raises(SemnbInputError) as info:
+        load_dataset(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "Expected 2 fields in line 3, saw 4" in message
+
+
+@pytest.mark.parametrize(
+    "make, options, expected",
+    [
+        (_dup_csv, [], "list.csv: lists the image"),
+        (_dup_carinthia, [], "labels.csv: lists the image"),
+        (_carinthia_label_7, [], "labels.csv: row 3 has label '7'"),
+        (_normal_class_typo, ["--normal-class", "Good"], "--normal-class: 'Good' is not a class"),
+        (
+            _other_columns_csv,
+            ["--path-column", "filename"],
+            "list.csv: lacks the column 'filename'",
+        ),
+        (_semicolon_csv, [], "list.csv: separates its columns with ';'"),
+        (_ragged_csv, [], "list.csv: cannot be read as a CSV"),
+    ],
+)
+def test_cli_bad_data_is_one_line_exit_2_and_writes_nothing(
+    tmp_path, write_png, make, options, expected
+):
+    data = tmp_path / "data"
+    make(data, write_png)
+    before = {p: p.read_bytes() for p in data.rglob("*") if p.is_file()}
+    out = tmp_path / "result.json"
+    args = [*"eval classify --backbone semnb-tiny --shots 1 --seeds 0".split(), "--data", str(data)]
+    result = CliRunner().invoke(main, [*args, "--json", str(out), *options])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("semnb: error: ") and "Fix: " in lines[0]
+    assert expected in lines[0]
+    assert {p: p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
+    assert sorted(tmp_path.iterdir()) == [data]

@@ -1,4 +1,6 @@
 """Reading a folder of labelled STM scans (`semnb.data.load_scans`)."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -51,3 +53,23 @@ def test_surfaces_and_defect_classes_come_from_the_tables(tmp_path):
 def test_a_path_that_is_no_folder_is_an_error(tmp_path):
     with pytest.raises(SemnbInputError, match="is not a folder"):
         load_scans(tmp_path / "missing")
+
+
+def test_nan_pixels_of_a_scan_are_a_warning_of_the_set_naming_the_file(tmp_path):
+    scan, mask = lattice_with_pits(64)
+    scan = scan.astype(np.float32)
+    scan[5, :10] = np.nan  # a dropped part of a scan line
+    np.save(tmp_path / "dropout.npy", scan)
+    np.save(tmp_path / "dropout_mask.npy", mask.astype(np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # it goes to the set's warnings (and the results JSON), not to stderr
+        scans = load_scans(tmp_path)
+    assert len(scans.warnings) == 1 and "dropout.npy: 10 of 4096 pixel values are NaN" in scans.warnings[0]
+    assert (scans[0].raw[5, :10] == 0).all() and "1 warning(s)" in repr(scans)
+
+
+def test_a_one_pixel_scan_is_refused(tmp_path):
+    np.save(tmp_path / "dot.npy", np.ones((1, 1), np.float32))
+    np.save(tmp_path / "dot_mask.npy", np.ones((1, 1), np.uint8))
+    with pytest.raises(SemnbInputError, match=r"dot\.npy: is 1x1 \(HxW\) pixels"):
+        load_scans(tmp_path)

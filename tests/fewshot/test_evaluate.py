@@ -96,6 +96,15 @@ def test_missing_masks_are_refused_before_any_work(tmp_images):
     assert "001.png" in run.output and "no defect mask" in run.output
 
 
+def test_classifying_a_single_class_names_the_folder_and_the_class_before_any_work(tmp_images):
+    # issue 13: it named an internal parameter ("class_names: needs the normal class ...")
+    root = tmp_images("folders", {"good": 3}, size=32)
+    run = _run(["eval", "classify", "--data", str(root), "--backbone", "semnb-tiny", "--shots", "1"])
+    assert run.exit_code == 2
+    assert f"{root}: holds one class only (good)" in run.output and "class_names" not in run.output
+    assert "encode" not in run.output  # refused before encoding
+
+
 def test_no_defect_free_images_gives_undefined_image_auroc_and_real_pixel_metrics(tmp_images, tmp_path):
     root = tmp_images("folders", {"crack": 3, "pit": 3}, size=32)
     run, data = _run_json(["eval", "segment", "--data", str(root), "--backbone", "semnb-tiny", "--image-size", "64",

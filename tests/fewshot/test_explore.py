@@ -108,6 +108,7 @@ def test_prompt_editor_map_is_the_mean_of_a_z_and_a_v_terms(prompt_data, tiny):
 def test_editing_a_prompt_changes_the_probabilities_and_encodes_only_new_prompts(prompt_data):
     explorer = prompt_editor(prompt_data, image=1)
     before = dict(explorer.result.summary["class probabilities"])
+    assert explorer.controls["states:particle"].style.description_width == "initial"  # a class name is not cut off
     assert explorer.picture.value.tobytes().startswith(b"\x89PNG") and "random weights" in explorer.summary.value
     known = len(prompt_data.encode.known)
     explorer.controls["states:scratch"].value = "{obj} with a long bright scratch\n\n{obj} with a groove"
@@ -171,6 +172,24 @@ def test_raising_the_threshold_shrinks_the_predicted_area(seg_data):
     assert a_high < a_low
     # threshold-free metrics do not move with the threshold
     assert explorer.result.summary["pixel AUROC (queries)"] == pytest.approx(run.query_scores["pixel_auroc"])
+
+
+def test_the_explorer_opens_on_a_defect_query_whose_map_reaches_the_threshold(seg_data):
+    """Not on an all-black view: the first defect query may have an empty map (notebook 04, 1-shot)."""
+    run = segment_setting(seg_data, shots=1, seed=0, config=FAST)
+    q = run.episode.queries
+    defects = q[seg_data.is_defect[q]]
+    peaks = run.maps[defects].reshape(len(defects), -1).max(axis=1)
+    threshold = float(peaks[0] + peaks.max()) / 2  # the first defect query's map stays below it, another reaches it
+    assert peaks[0] < threshold <= peaks.max()
+    explorer = segmentation_explorer(seg_data, threshold=threshold, config=FAST)
+    summary = explorer.result.summary
+    assert explorer.controls["image"].value == defects[np.flatnonzero(peaks >= threshold)[0]]
+    assert summary["role"] == "query" and summary["predicted defect area (this image)"] > 0
+    explorer.controls["threshold"].value = 1.0  # nothing reaches it: the view is empty, as the user asked
+    assert explorer.result.summary["predicted defect area (this image)"] == 0
+    highest = segmentation_explorer(seg_data, threshold=1.0, config=FAST)  # none reaches it: the highest map
+    assert highest.controls["image"].value == defects[np.argmax(peaks)]
 
 
 def test_shots_level_and_path_switches_retrain_the_right_setting(seg_data):

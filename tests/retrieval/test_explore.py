@@ -63,3 +63,12 @@ def test_thumbnails_are_read_from_the_index_paths_without_images(tmp_path, write
     small = RetrievalIndex(np.eye(4, dtype=np.float32), paths, [0, 0, 1, 1], ["a", "b"])
     browser = retrieval_browser(small, k=2)
     assert browser.picture.value.tobytes().startswith(b"\x89PNG") and len(browser.result.summary["results"]) == 2
+
+
+def test_the_query_dropdown_is_wide_enough_for_its_longest_choice(index, thumbs):
+    browser = retrieval_browser(index, thumbs, k=3)
+    query = browser.controls["query"]
+    assert query.label == "0: img_00.png (via, 20kx)"
+    longest = max(len(label) for label, _ in query.options)
+    assert query.layout.width == f"calc({len('query') + longest}ch + 5em)"  # the default cuts it at 300 px
+    assert all(control.style.description_width == "initial" for control in browser.controls.values())

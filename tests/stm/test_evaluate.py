@@ -89,3 +89,14 @@ def test_real_tio2_scan_if_present(shared_data, tmp_path):
     result = evaluate_stm(load_scans(tmp_path), shots=5, seeds=[0], progress=False)
     assert result.results["fewshot"]["pixel_auroc"] > 0.9
     assert result.results["unsupervised"]["pixel_auroc"] > 0.8
+
+
+def test_a_flat_scan_is_named_by_its_file(tmp_path):
+    # issue 13: a constant scan gave "no lattice found" without saying which of the user's scans
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:14, 10:14] = 1
+    np.save(tmp_path / "blank.npy", np.full((64, 64), 0.5, np.float32))
+    np.save(tmp_path / "blank_mask.npy", mask)
+    run = CliRunner().invoke(main, ["eval", "stm", "--data", str(tmp_path), "--seeds", "0"])
+    assert run.exit_code == 2
+    assert f"{tmp_path / 'blank.npy'}: is flat" in run.output and "Fix:" in run.output
