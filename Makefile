@@ -28,13 +28,14 @@ demo: $(STAMP)
 test: $(STAMP) browser
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile -q --nbval-lax tests notebooks
 
-# Headless Chromium renders the HTML reports in the tests; installed from Debian's packages when
-# we may (root with apt), otherwise those tests skip.
+# Headless Chromium renders the HTML reports in the tests and drives notebook 04 in JupyterLab (with
+# chromium-driver); installed from Debian's packages when we may (root with apt), otherwise those tests skip.
 browser:
-	@command -v chromium > /dev/null || ! command -v apt-get > /dev/null || [ "$$(id -u)" != 0 ] || \
-	  (apt-get install -y -q chromium > /dev/null 2>&1 || \
-	   (apt-get update -q > /dev/null && apt-get install -y -q chromium > /dev/null)) || \
-	  echo "could not install chromium: browser tests will be skipped"
+	@(command -v chromium && command -v chromedriver) > /dev/null || ! command -v apt-get > /dev/null || \
+	  [ "$$(id -u)" != 0 ] || \
+	  (apt-get install -y -q chromium chromium-driver > /dev/null 2>&1 || \
+	   (apt-get update -q > /dev/null && apt-get install -y -q chromium chromium-driver > /dev/null)) || \
+	  echo "could not install chromium and chromium-driver: browser tests will be skipped"
 
 clean:
 	rm -rf $(VENV) semnb-demo .pytest_cache
