@@ -9,7 +9,6 @@ Taught in: 00_quickstart.
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from tqdm.auto import tqdm
 from semnb import viz
 from semnb.clustering import viz as cluster_viz
 from semnb.data import CLASSES, ImageSet, load_dataset, write_sem_dataset
-from semnb.data.synth_writer import MARKER_FILE
+from semnb.data.synth_writer import read_marker
 from semnb.fewshot import FewShotData, prepare_fewshot, sample_episode
 from semnb.fewshot import viz as fewshot_viz
 from semnb.fewshot.evaluate import segment_episode
@@ -107,17 +106,10 @@ def synthetic_set(folder: Path, kind: str, write: Callable[..., Path], **setting
 
     Taught in: 00_quickstart.
     """
-    if not _made_with(folder / MARKER_FILE, {"generator": "semnb", "kind": kind, **settings}):
+    made = read_marker(folder) or {}
+    if any(made.get(name) != value for name, value in {"kind": kind, **settings}.items()):
         write(folder, **settings)
     return folder
-
-
-def _made_with(marker: Path, settings: dict) -> bool:
-    try:
-        made = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(made, dict) and all(made.get(name) == value for name, value in settings.items())
 
 
 def _defect_map_figure(data: FewShotData, shots: int, seed: int, n_show: int = 4):

@@ -116,10 +116,10 @@ def _check_target(out_dir: Path, kind: str) -> None:
         )
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
-    marker = out_dir / MARKER_FILE
-    found = _marked_kind(marker)
-    if found is None:
-        why = f"its {MARKER_FILE} is not semnb's" if marker.exists() else f"it has no {MARKER_FILE}"
+    made = read_marker(out_dir)
+    found = made.get("kind") if made is not None else None
+    if not isinstance(found, str):
+        why = f"its {MARKER_FILE} is not semnb's" if (out_dir / MARKER_FILE).exists() else f"it has no {MARKER_FILE}"
         raise SemnbInputError(
             str(out_dir),
             f"is not empty and is not a semnb synthetic set ({why})",
@@ -133,16 +133,16 @@ def _check_target(out_dir: Path, kind: str) -> None:
         )
 
 
-def _marked_kind(marker: Path) -> str | None:
-    """The kind named in a set's marker file; None where there is no readable semnb marker."""
+def read_marker(folder: str | Path) -> dict | None:
+    """How the semnb synthetic set in `folder` was made (its marker: generator, kind, settings); None if it is not one.
+
+    Taught in: 01_sem_data.
+    """
     try:
-        content = json.loads(marker.read_text(encoding="utf-8"))
+        content = json.loads((Path(folder) / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    if not isinstance(content, dict) or content.get("generator") != "semnb":
-        return None
-    kind = content.get("kind")
-    return kind if isinstance(kind, str) else None
+    return content if isinstance(content, dict) and content.get("generator") == "semnb" else None
 
 
 def _write_sample(root: Path, split: str, sample: SemSample, stem: str) -> dict:
