@@ -18,6 +18,7 @@ from semnb.data.synth_sem import CLASSES, generate_sem_image, generate_sem_set, 
 from semnb.data.synth_writer import MANIFEST_COLUMNS, MARKER_FILE, write_sem_dataset
 from semnb.data.synth_writers import WRITERS, write_synthetic
 from semnb.errors import SemnbInputError
+from tests.data.trees import file_tree
 
 DEFECTS = [cls for cls in CLASSES if cls != "good"]
 SIZE = 96
@@ -294,21 +295,17 @@ def test_writer_interrupted_midway_leaves_no_partial_set(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def _tree(root) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_writer_replaces_an_earlier_set_whole_when_it_has_fewer_images(tmp_path):
     target = write_sem_dataset(tmp_path / "set", n_per_class=2, size=48, seed=0, progress=False)
     write_sem_dataset(target, n_per_class=1, size=48, seed=0, progress=False)
     fresh = write_sem_dataset(tmp_path / "fresh", n_per_class=1, size=48, seed=0, progress=False)
-    assert _tree(target) == _tree(fresh)  # no 001.png of the larger set stays
+    assert file_tree(target) == file_tree(fresh)  # no 001.png of the larger set stays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "set"]
 
 
 def test_writer_failing_midway_keeps_the_earlier_set(tmp_path, monkeypatch):
     target = write_sem_dataset(tmp_path / "set", n_per_class=1, size=48, seed=0, progress=False)
-    before = _tree(target)
+    before = file_tree(target)
     real_save, calls = synth_writer._save_png, []
 
     def failing_save(path, pixels):
@@ -320,7 +317,7 @@ def test_writer_failing_midway_keeps_the_earlier_set(tmp_path, monkeypatch):
     monkeypatch.setattr(synth_writer, "_save_png", failing_save)
     with pytest.raises(OSError, match="disk full"):
         write_sem_dataset(target, n_per_class=2, size=48, seed=1, progress=False)
-    assert _tree(target) == before
+    assert file_tree(target) == before
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
 
 
@@ -330,10 +327,10 @@ def test_each_kind_marks_its_set_and_refuses_a_set_of_another_kind(tmp_path):
         marker = json.loads((root / MARKER_FILE).read_text())
         assert (marker["generator"], marker["kind"], marker["seed"]) == ("semnb", kind, 0)
         other = "sem" if kind != "sem" else "tem"
-        before = _tree(sets[other])
+        before = file_tree(sets[other])
         with pytest.raises(SemnbInputError, match=f"holds a semnb synthetic {other} set, not a {kind} set"):
             write_synthetic(kind, sets[other], n_per_class=1, size=64, seed=0)
-        assert _tree(sets[other]) == before
+        assert file_tree(sets[other]) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(WRITERS)
     for kind in ("sem", "tem"):  # the marker beside manifest.csv is not taken for an image
         images = load_dataset(sets[kind])

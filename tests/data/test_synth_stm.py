@@ -11,6 +11,7 @@ from semnb.data.synth_writers import WRITERS
 from semnb.errors import SemnbInputError
 from semnb.stm.lattice import dominant_period
 from semnb.stm.preprocess import preprocess_scan
+from tests.data.trees import file_tree
 
 
 @pytest.mark.parametrize("surface", list(SURFACES))
@@ -86,25 +87,21 @@ def test_bad_surface_and_size_are_named():
         generate_stm_scan("si001", size=16)
 
 
-def _tree(root) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_writer_refuses_a_folder_that_is_not_an_stm_set(tmp_path):
     user = tmp_path / "scans"
     user.mkdir()
     np.save(user / "my_scan.npy", np.zeros((8, 8), np.float32))
     (user / "manifest.csv").write_text("scan,surface\nmy_scan,si001\n")
-    before = _tree(user)
+    before = file_tree(user)
     with pytest.raises(SemnbInputError, match="not a semnb synthetic set") as error:
         write_stm_dataset(user, n_per_class=1, size=64)
     assert error.value.what == str(user.absolute()) and "--out" in error.value.fix
-    assert _tree(user) == before
+    assert file_tree(user) == before
     # on the command line: exit status 2 and one line that names the folder
     result = CliRunner().invoke(main, ["data", "synth", "--kind", "stm", "--out", str(user),
                                        "--n-per-class", "1", "--size", "64"])
     assert result.exit_code == 2 and str(user) in result.output
-    assert _tree(user) == before
+    assert file_tree(user) == before
     assert [p.name for p in tmp_path.iterdir()] == ["scans"]  # no staging folder left
 
 
@@ -113,7 +110,7 @@ def test_writer_replaces_an_earlier_stm_set_whole(tmp_path):
     target = write_stm_dataset(tmp_path / "stm", n_per_class=2, size=64, seed=3)
     write_stm_dataset(target, n_per_class=1, size=64, seed=3)
     fresh = write_stm_dataset(tmp_path / "fresh", n_per_class=1, size=64, seed=3)
-    assert _tree(target) == _tree(fresh)
+    assert file_tree(target) == file_tree(fresh)
     assert not list(target.glob("*_001*.npy"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "stm"]
 
@@ -121,7 +118,7 @@ def test_writer_replaces_an_earlier_stm_set_whole(tmp_path):
 def test_a_failing_write_keeps_the_earlier_set_and_leaves_no_staging_folder(tmp_path, monkeypatch):
     # issue 13: an interrupted run left half a set that `eval stm` then used without a warning
     target = write_stm_dataset(tmp_path / "stm", n_per_class=1, size=64, seed=0)
-    before = _tree(target)
+    before = file_tree(target)
     real_npy, calls = synth_stm._npy_bytes, []
 
     def failing_npy(array):
@@ -133,5 +130,5 @@ def test_a_failing_write_keeps_the_earlier_set_and_leaves_no_staging_folder(tmp_
     monkeypatch.setattr(synth_stm, "_npy_bytes", failing_npy)
     with pytest.raises(KeyboardInterrupt):
         write_stm_dataset(target, n_per_class=2, size=64, seed=1)
-    assert _tree(target) == before
+    assert file_tree(target) == before
     assert [p.name for p in tmp_path.iterdir()] == ["stm"]

@@ -20,6 +20,7 @@ from semnb.data.synth_tem import (
 )
 from semnb.data.synth_writers import write_synthetic
 from semnb.errors import SemnbInputError
+from tests.data.trees import file_tree
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels():
@@ -110,25 +111,21 @@ def test_writer_is_deterministic(tmp_path):
         assert path.read_bytes() == (b / "images" / path.name).read_bytes()
 
 
-def _tree(root) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def test_writer_refuses_a_folder_that_is_not_a_tem_set(tmp_path):
     # issue 13: the TEM kind overwrote a user's own manifest.csv with exit status 0
     user = tmp_path / "archive"
     (user / "images").mkdir(parents=True)
     (user / MANIFEST).write_text("path,label\nimages/mine.png,mine\n")
-    before = _tree(user)
+    before = file_tree(user)
     with pytest.raises(SemnbInputError, match="not a semnb synthetic set") as error:
         write_tem_dataset(user, n_per_class=1, size=32)
     assert error.value.what == str(user.absolute()) and "--out" in error.value.fix
-    assert _tree(user) == before
+    assert file_tree(user) == before
     stm_set = write_synthetic("stm", tmp_path / "stm", n_per_class=1, size=64, seed=0)
-    before = _tree(stm_set)
+    before = file_tree(stm_set)
     with pytest.raises(SemnbInputError, match="holds a semnb synthetic stm set, not a tem set"):
         write_tem_dataset(stm_set, n_per_class=1, size=32)
-    assert _tree(stm_set) == before
+    assert file_tree(stm_set) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive", "stm"]  # no staging folder left
 
 
@@ -136,14 +133,14 @@ def test_writer_replaces_an_earlier_tem_set_whole(tmp_path):
     target = write_tem_dataset(tmp_path / "tem", n_per_class=3, size=32, seed=1)
     write_tem_dataset(target, n_per_class=1, size=32, seed=1)
     fresh = write_tem_dataset(tmp_path / "fresh", n_per_class=1, size=32, seed=1)
-    assert _tree(target) == _tree(fresh)  # none of the images of the larger set stays
+    assert file_tree(target) == file_tree(fresh)  # none of the images of the larger set stays
     assert len(list((target / "images").iterdir())) == len(ALL_CLASSES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "tem"]
 
 
 def test_a_failing_write_keeps_the_earlier_set_and_leaves_no_staging_folder(tmp_path, monkeypatch):
     target = write_tem_dataset(tmp_path / "tem", n_per_class=1, size=32, seed=0)
-    before = _tree(target)
+    before = file_tree(target)
     real_png, calls = synth_tem._png_bytes, []
 
     def failing_png(image):
@@ -155,5 +152,5 @@ def test_a_failing_write_keeps_the_earlier_set_and_leaves_no_staging_folder(tmp_
     monkeypatch.setattr(synth_tem, "_png_bytes", failing_png)
     with pytest.raises(OSError, match="disk full"):
         write_tem_dataset(target, n_per_class=2, size=32, seed=1)
-    assert _tree(target) == before
+    assert file_tree(target) == before
     assert [p.name for p in tmp_path.iterdir()] == ["tem"]
