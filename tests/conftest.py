@@ -94,3 +94,17 @@ def no_figure_left_open():
     before = set(plt.get_fignums())
     yield
     assert set(plt.get_fignums()) == before, "a matplotlib figure was left open"
+
+
+@pytest.fixture
+def implicit_device_is_meta():
+    """A context in which a tensor or module created without an explicit device lands on `meta`.
+
+    Why: CI has no GPU, so "everything runs on the device asked for" cannot be checked by
+    running on one. Inside this context any tensor a method creates without
+    `device=compute.device` (or on the CPU on purpose, like seeded random draws) is a meta
+    tensor, and the first operation mixing it with the real CPU tensors fails.
+    """
+    import torch
+
+    return lambda: torch.device("meta")

@@ -2,8 +2,10 @@
 
 A backbone turns gray images into `EncodedLevels` (`encode_levels`) and into one vector per
 image (`encode_image`). CLIP backbones also embed text (`encode_texts`); the CNN does not
-(`has_text` is False). Precision is fp32 or bf16: bf16 runs under `torch.autocast` on the
-CPU (AMX where present) while the weights stay fp32, so one loaded model serves both.
+(`has_text` is False). A backbone computes on its `compute.device` under its precision
+(`semnb.hardware.Compute`: fp32, or bf16/fp16 autocast while the weights stay fp32, so one
+loaded model serves every precision) and returns float32 features on the CPU, which is
+where the feature cache and the metrics keep them.
 
 Taught in: 03_vv_attention.
 """
@@ -11,15 +13,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import CPU, Compute, resolve_precision
 from semnb.models.levels import EncodedLevels
 from semnb.models.pixels import normalize, resize_gray
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 Images = Sequence[np.ndarray] | np.ndarray | torch.Tensor
 
@@ -34,33 +38,35 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def __init__(self, name: str, weights: str, image_size: int, precision: str = "fp32"):
+    def __init__(self, name: str, weights: str, image_size: int, compute: Compute = CPU):
         self.name = name
         self.weights = weights
         self.image_size = int(image_size)
-        self.precision = precision
+        self.compute = compute
+
+    @property
+    def device(self):
+        return self.compute.device
 
     @property
     def precision(self) -> str:
-        return self._precision
+        return self.compute.precision
 
     @precision.setter
     def precision(self, value: str) -> None:
         if value not in PRECISIONS:
             raise SemnbInputError("--precision", f"got {value!r}", f"use one of {', '.join(PRECISIONS)}")
-        self._precision = value
+        self.compute = replace(self.compute, precision=resolve_precision(value, self.compute.device))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.name!r}, weights={self.weights!r}, {self.image_size}px, {self.precision})"
+        return f"{type(self).__name__}({self.name!r}, weights={self.weights!r}, {self.image_size}px, {self.compute})"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """The numeric context for a forward pass: bf16 autocast, or nothing for fp32.
+        """The numeric context for a forward pass: bf16/fp16 autocast on the device, or nothing for fp32.
 
         Taught in: 03_vv_attention.
         """
-        if self.precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return self.compute.autocast()
 
     def gray(self, pixels: Images) -> torch.Tensor:
         """Images resized for this backbone, still gray in [0, 1]: [B, 1, S, S] (what the cache hashes).
@@ -88,9 +94,9 @@ class Backbone:
 
         Taught in: 03_vv_attention.
         """
-        x = self.network_input(pixels)
+        x = self.compute.to(self.network_input(pixels))
         with self.autocast():
-            return self._encode_image(x).float()
+            return self._encode_image(x).float().cpu()
 
     @torch.no_grad()
     def encode_levels(self, pixels: Images) -> EncodedLevels:
@@ -98,9 +104,9 @@ class Backbone:
 
         Taught in: 03_vv_attention.
         """
-        x = self.network_input(pixels)
+        x = self.compute.to(self.network_input(pixels))
         with self.autocast():
-            return self._encode_levels(x)
+            return self._encode_levels(x).cpu()
 
     def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         raise SemnbInputError(f"backbone {self.name}", "has no text tower, so prompts cannot be embedded",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import CPU, Compute
 from semnb.models.backbone import Backbone
 from semnb.models.levels import EncodedLevels
 
@@ -170,13 +171,13 @@ class ClipBackbone(Backbone):
     has_text = True
 
     def __init__(self, model: nn.Module, name: str, weights: str, model_name: str,
-                 precision: str = "fp32", groups: tuple[int, int] | None = None):
+                 compute: Compute = CPU, groups: tuple[int, int] | None = None):
         import open_clip  # here, not at the top: importing it costs seconds (see clip_loader)
 
         visual = model.visual
         check_dual_path_support(visual)
-        super().__init__(name, weights, visual.image_size[0], precision)
-        self.model = model.eval().requires_grad_(False)  # a frozen feature extractor
+        super().__init__(name, weights, visual.image_size[0], compute)
+        self.model = model.eval().requires_grad_(False).to(compute.device)  # a frozen feature extractor
         self.visual = visual
         self.tokenizer = open_clip.get_tokenizer(model_name)
         layers = len(visual.transformer.resblocks)
@@ -196,12 +197,13 @@ class ClipBackbone(Backbone):
         """Tokens [..., D] of any level or path -> joint space [..., E]: ln_post then proj (section 3.3).
 
         Differentiable in its input (CLIP's own weights stay frozen), so a trained layer may precede it.
+        Runs on the model's device and returns on the tokens' device.
 
         Taught in: 03_vv_attention.
         """
         with self.autocast():
-            out = self.visual.ln_post(tokens.to(self.visual.proj.dtype))
-            return (out @ self.visual.proj).float()
+            out = self.visual.ln_post(tokens.to(self.device, self.visual.proj.dtype))
+            return (out @ self.visual.proj).float().to(tokens.device)
 
     def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
@@ -228,8 +230,8 @@ class ClipBackbone(Backbone):
         out = []
         with self.autocast():
             for start in range(0, len(prompts), _TEXT_CHUNK):
-                tokens = self.tokenizer(list(prompts[start:start + _TEXT_CHUNK]))
-                out.append(self.model.encode_text(tokens).float())
+                tokens = self.tokenizer(list(prompts[start:start + _TEXT_CHUNK])).to(self.device)
+                out.append(self.model.encode_text(tokens).float().cpu())
         return F.normalize(torch.cat(out), dim=-1)
 
     @torch.no_grad()
@@ -238,7 +240,7 @@ class ClipBackbone(Backbone):
 
         Taught in: 03_vv_attention.
         """
-        x = self.network_input(pixels)
+        x = self.compute.to(self.network_input(pixels))
         target = self.visual.transformer.resblocks[block]
         captured: list[torch.Tensor] = []
         batch_first = getattr(self.visual.transformer, "batch_first", True)
@@ -253,4 +255,4 @@ class ClipBackbone(Backbone):
         finally:
             handle.remove()
         qk, vv = attention_maps(target, captured[0].float())
-        return qk.float(), vv.float()
+        return qk.float().cpu(), vv.float().cpu()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import CPU, Compute
 from semnb.models.backbone import Backbone
 from semnb.models.levels import EncodedLevels
 
@@ -72,14 +73,14 @@ class EfficientNetBackbone(Backbone):
     mean = MEAN
     std = STD
 
-    def __init__(self, image_size: int = 224, precision: str = "fp32"):
+    def __init__(self, image_size: int = 224, compute: Compute = CPU):
         if image_size % 32:
             raise SemnbInputError("--image-size", f"{image_size} is not a multiple of 32",
                                   "use e.g. 224 or 256 for efficientnet-lite0")
         model, path = create_efficientnet_lite0()
         super().__init__(EFFICIENTNET_NAME, f"ImageNet ({path.name} from package {WEIGHTS_PACKAGE})",
-                         image_size, precision)
-        self.model = model.requires_grad_(False)  # a frozen feature extractor
+                         image_size, compute)
+        self.model = model.requires_grad_(False).to(compute.device)  # a frozen feature extractor
         self.grid = (image_size // GRID_STRIDE,) * 2
 
     def _stages(self, pixels: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

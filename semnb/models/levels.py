@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 @dataclass
 class EncodedLevels:
-    """Features of B images at m levels (float32, on the CPU).
+    """Features of B images at m levels (float32; on the CPU as backbones return them, `to` moves them).
 
     cls: m tensors [B, D_j], the class token (CNN: the level's global average).
     patch_z: m tensors [B, N, D_j], the vanilla path's patch tokens, N = h * w in row-major order.
@@ -78,12 +78,24 @@ class EncodedLevels:
         sims = patches @ F.normalize(text, dim=-1).T  # [B, N, C]
         return sims.transpose(1, 2).reshape(self.num_images, -1, *self.grid)
 
+    def to(self, device: torch.device | str) -> EncodedLevels:
+        """The same features on another device (the backbone returns them on the CPU).
+
+        Taught in: 03_vv_attention.
+        """
+        return replace(self, cls=_moved(self.cls, device), patch_z=_moved(self.patch_z, device),
+                       patch_v=None if self.patch_v is None else _moved(self.patch_v, device),
+                       embedding=self.embedding.to(device))
+
+    def cpu(self) -> EncodedLevels:
+        return self.to("cpu")
+
     def subset(self, indices: Sequence[int] | torch.Tensor) -> EncodedLevels:
         """The features of some images only (e.g. the support set of an episode).
 
         Taught in: 03_vv_attention.
         """
-        idx = torch.as_tensor(indices, dtype=torch.long)
+        idx = torch.as_tensor(indices, dtype=torch.long, device=self.embedding.device)
         return replace(self, cls=[t[idx] for t in self.cls], patch_z=[t[idx] for t in self.patch_z],
                        patch_v=None if self.patch_v is None else [t[idx] for t in self.patch_v],
                        embedding=self.embedding[idx])
@@ -105,3 +117,7 @@ class EncodedLevels:
 def _join(parts: Sequence[EncodedLevels], name: str) -> list[torch.Tensor]:
     """Concatenate one per-level field over batches, level by level."""
     return [torch.cat([getattr(p, name)[j] for p in parts]) for j in range(parts[0].num_levels)]
+
+
+def _moved(tensors: Sequence[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    return [t.to(device) for t in tensors]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import Compute
 from semnb.models.backbone import Backbone
 from semnb.models.clip_loader import (
     CHECKPOINT_ENV,
@@ -40,26 +41,28 @@ NAME_FORMS = (f"{TINY_NAME}, {EFFICIENTNET_NAME}, MODEL:PRETRAINED (e.g. {PAPER_
               f"{DEFAULT_MODEL}:random for timing), MODEL:/path/to/checkpoint, clip:/path/to/checkpoint, clip")
 
 
-def load_backbone(name: str = TINY_NAME, precision: str = "fp32", image_size: int | None = None,
-                  seed: int = 0) -> Backbone:
-    """Load a backbone by name; `backbone.weights` says what was really loaded.
+def load_backbone(name: str = TINY_NAME, precision: str = "auto", image_size: int | None = None,
+                  seed: int = 0, device: str = "auto") -> Backbone:
+    """Load a backbone by name onto `device`; `backbone.weights` says what was really loaded.
 
     `image_size` overrides the model's own (CLIP interpolates its position embeddings);
-    `seed` only matters for random weights (`semnb-tiny`, `MODEL:random`).
+    `seed` only matters for random weights (`semnb-tiny`, `MODEL:random`); `device` and
+    `precision` as `semnb.hardware` resolves them (`auto`: the first GPU, else the CPU).
 
     Taught in: 03_vv_attention.
     """
     name = (name or "").strip()
+    compute = Compute.resolve(device, precision)
     if image_size is not None and int(image_size) < 32:
         raise SemnbInputError("--image-size", f"got {image_size}", "use at least 32 pixels")
     if name == TINY_NAME:
         model = create_tiny_clip(seed=seed, image_size=image_size)
-        return ClipBackbone(model, name, tiny_weights_label(seed), TINY_NAME, precision, TINY_GROUPS)
+        return ClipBackbone(model, name, tiny_weights_label(seed), TINY_NAME, compute, TINY_GROUPS)
     if name == EFFICIENTNET_NAME:
-        return EfficientNetBackbone(image_size or 224, precision)
+        return EfficientNetBackbone(image_size or 224, compute)
     model_name, pretrained = _split_clip_name(name)
     model, weights = load_open_clip(model_name, pretrained, image_size=image_size, seed=seed)
-    return ClipBackbone(model, name, weights, model_name, precision)
+    return ClipBackbone(model, name, weights, model_name, compute)
 
 
 def _split_clip_name(name: str) -> tuple[str, str]:

@@ -129,4 +129,4 @@ def test_text_embeddings_are_unit_vectors_in_prompt_order():
 
 def test_precision_is_checked():
     with pytest.raises(SemnbInputError, match="precision"):
-        load_backbone("semnb-tiny", precision="fp16")
+        load_backbone("semnb-tiny", precision="fp8")
