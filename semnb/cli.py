@@ -149,6 +149,35 @@ def eval_options(func):
     return func
 
 
+def compute_options(func):
+    """`--device`, `--precision` and `--deterministic`: where and how every computing command runs.
+
+    The device is checked against this machine before any data is read (one clear line when it
+    is not there); the method resolves `auto` with `semnb.hardware` the same way.
+    """
+    @functools.wraps(func)
+    def command(*args, device: str, precision: str, deterministic: bool, **kwargs):
+        from semnb.hardware import resolve_device, set_deterministic
+
+        resolve_device(device)
+        for note in set_deterministic(deterministic):
+            click.echo(f"deterministic: {note}", err=True)
+        return func(*args, device=device, precision=precision, **kwargs)
+
+    options = [
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (the first CUDA GPU, else the CPU), cpu, cuda, cuda:N or mps."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True, help="auto: bf16 on a GPU that has it, else fp16; on the CPU bf16 only "
+                                            "with AMX or AVX512-BF16, else fp32."),
+        click.option("--deterministic", is_flag=True, default=False,
+                     help="torch.use_deterministic_algorithms on (matters on CUDA; the CPU is deterministic already)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def _with_csv_options(func):
     """Hand the csv-layout options to the command as one dict, `csv_options`, holding only those
     given, so that `load_dataset(..., **csv_options)` keeps the loader's own defaults."""
@@ -211,7 +240,6 @@ def _fewshot_options(func):
         click.option("--image-size", type=click.IntRange(min=32, max=1024), default=None,
                      help="Side the images are resized to  [default: the backbone's own: 224 efficientnet-lite0, "
                           "240 ViT-B-16-plus-240, 128 semnb-tiny]"),
-        click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True),
         click.option("--ablations/--no-ablations", default=False, show_default=True,
                      help="Also run the paper's Table 3 ablations (printed and written under `ablations`)."),
         click.option("--max-per-class", type=click.IntRange(min=1), default=None,
@@ -232,7 +260,7 @@ def _echo_ablations(result) -> None:
 
 
 def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str, csv_options: dict,
-                      backbone: str | None, shots: int | None, seeds: list[int], precision: str,
+                      backbone: str | None, shots: int | None, seeds: list[int], device: str, precision: str,
                       image_size: int | None, ablations: bool, max_per_class: int | None):
     """Load the data and run `task` (segment or classify) as `eval segment` and `eval classify`
     both do: the same defaults, a feature cache, the ablation table when asked."""
@@ -242,7 +270,8 @@ def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str,
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     result = evaluate(task, images, backbone=backbone or DEFAULT_BACKBONE, shots=shots or DEFAULT_SHOTS, seeds=seeds,
-                      precision=precision, image_size=image_size, ablations=ablations, max_per_class=max_per_class,
+                      device=device, precision=precision, image_size=image_size, ablations=ablations,
+                      max_per_class=max_per_class,
                       cache=FeatureCache(), progress=True)
     _echo_ablations(result)
     return result
@@ -251,13 +280,14 @@ def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str,
 @eval_.command("segment")
 @eval_options
 @_fewshot_options
+@compute_options
 def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
-                 seeds: list[int], json_path: Path | None, image_size: int | None, precision: str,
+                 seeds: list[int], json_path: Path | None, image_size: int | None, device: str, precision: str,
                  ablations: bool, max_per_class: int | None, csv_options: dict) -> None:
     """SEM-CLIP few-shot defect segmentation vs WinCLIP+-style and PatchCore-style baselines (default: 5 shots,
     efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     result = _run_fewshot_eval("segment", data_dir, layout, normal_class, csv_options, backbone, shots,
-                               seeds, precision, image_size, ablations, max_per_class)
+                               seeds, device, precision, image_size, ablations, max_per_class)
     click.echo(f"{result.shots}-shot, {len(seeds)} seed(s), {result.extra['n_queries']} queries per episode, "
                f"{result.timing['episode_s']:.1f} s per episode (semclip training {result.timing['semclip_fit_s']:.1f} s)")
     finish_eval(result, json_path)
@@ -266,15 +296,16 @@ def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str |
 @eval_.command("classify")
 @eval_options
 @_fewshot_options
+@compute_options
 def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
-                  seeds: list[int], json_path: Path | None, image_size: int | None, precision: str,
+                  seeds: list[int], json_path: Path | None, image_size: int | None, device: str, precision: str,
                   ablations: bool, max_per_class: int | None, csv_options: dict) -> None:
     """SEM-CLIP few-shot defect classification (P = 0.2 P_S + 0.8 P_C) vs linear probe and prototype baselines
     (default: 5 shots, efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     import pandas as pd
 
     result = _run_fewshot_eval("classify", data_dir, layout, normal_class, csv_options, backbone, shots,
-                               seeds, precision, image_size, ablations, max_per_class)
+                               seeds, device, precision, image_size, ablations, max_per_class)
     names = result.extra["class_names"]
     confusion = pd.DataFrame(result.extra["confusion_matrix"]["semclip"], index=names, columns=names)
     click.echo(f"semclip confusion matrix (rows: true class, columns: predicted; summed over {len(seeds)} seed(s)):")
@@ -303,17 +334,19 @@ def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str 
 @click.option("--ssl-augment", is_flag=True, default=False,
               help="Train ssl on randomly augmented pyramid levels (crop, turn, blur, contrast, noise per level); "
                    "not the paper's  [default: off, the paper's method]")
+@compute_options
 def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                          seeds: list[int], json_path: Path | None, epochs: int, image_size: int, k: int | None,
                          methods: str | None, border: int, crop: str | None, ssl_augment: bool,
-                         csv_options: dict) -> None:
+                         device: str, precision: str, csv_options: dict) -> None:
     """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
     from semnb.data import load_dataset
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     result = evaluate("cluster", images, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
-                      backbone=backbone, border=border, crop=crop, ssl_augment=ssl_augment, progress=True)
+                      backbone=backbone, border=border, crop=crop, ssl_augment=ssl_augment, device=device,
+                      precision=precision, progress=True)
     if shots is not None:
         result.warnings.append("--shots is not used by clustering (no labels are used to train)")
     if crop:
@@ -335,9 +368,10 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
               help="Training epochs of every trained method.")
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=128, show_default=True,
               help="Side in pixels the images are resized to.")
+@compute_options
 def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                   seeds: list[int], json_path: Path | None, k: int, loco: bool, epochs: int, image_size: int,
-                  csv_options: dict) -> None:
+                  device: str, precision: str, csv_options: dict) -> None:
     """Semi-supervised retrieval (classifier, then triplet/autoencoder) vs autoencoder, siamese, classifier, frozen."""
     from semnb.data import load_dataset
     from semnb.models import DEFAULT_BACKBONE
@@ -347,7 +381,7 @@ def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     config = RetrievalConfig(epochs=epochs, image_size=image_size)
     result = evaluate("retrieve", images, backbone=backbone or DEFAULT_BACKBONE, k=k, seeds=seeds, config=config,
-                      loco=loco, shots=shots, progress=True)
+                      loco=loco, shots=shots, device=device, precision=precision, progress=True)
     if loco:
         click.echo(loco_text(result))
     finish_eval(result, json_path)
@@ -357,13 +391,16 @@ def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str 
 @eval_options
 @click.option("--episodes", type=click.IntRange(min=1), default=300, show_default=True,
               help="ProtoNet training episodes (per target surface and seed) for the defect classes.")
+@compute_options
 def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
-             seeds: list[int], json_path: Path | None, episodes: int, csv_options: dict) -> None:
+             seeds: list[int], json_path: Path | None, episodes: int, device: str, precision: str,
+             csv_options: dict) -> None:
     """STM scans X.npy with masks X_mask.npy: few-shot vs unsupervised vs raw-brightness defect maps
     (--shots = labelled defects per scan, default 1) and, with defects.csv, defect classes."""
     from semnb.data import load_scans
 
-    result = evaluate("stm", load_scans(data_dir), shots=shots or 1, seeds=seeds, episodes=episodes, progress=True)
+    result = evaluate("stm", load_scans(data_dir), shots=shots or 1, seeds=seeds, episodes=episodes, device=device,
+                      precision=precision, progress=True)
     if layout != "auto":
         result.warnings.append(f"--layout {layout} is not used: stm reads scans X.npy with masks X_mask.npy")
     for name in csv_options:
@@ -371,6 +408,23 @@ def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | Non
     if backbone is not None:
         result.warnings.append(f"--backbone {backbone} is not used: stm works on the lattice, not on an image backbone")
     finish_eval(result, json_path)
+
+
+# ---------------------------------------------------------------- env
+@main.command("env")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, callback=_check_json_path,
+              help="Also write the report as a JSON object here.")
+def env_command(json_path: Path | None) -> None:
+    """What this machine offers before a long run: versions, CPU and GPUs, what --device/--precision auto
+    pick, and which model weights are present."""
+    from semnb.env import environment
+    from semnb.io_utils import write_json_atomic
+
+    report = environment()
+    click.echo("\n".join(report.lines()))
+    if json_path is not None:
+        write_json_atomic(json_path, report.to_dict())
+        click.echo(f"wrote {json_path}")
 
 
 # ---------------------------------------------------------------- bench
@@ -382,8 +436,10 @@ def bench() -> None:
 @bench.command("encoder")
 @click.option("--backbone", default="semnb-tiny", show_default=True,
               help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED (MODEL:random for timing), clip:/path.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "both"]), default="both", show_default=True,
-              help="Precision(s) to time; bf16 runs also report their cosine drift from fp32.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "both", "all"]), default="both",
+              show_default=True, help="Precision(s) to time (both: fp32 and bf16; all: fp32, fp16, bf16); "
+                                      "bf16 and fp16 runs also report their cosine drift from fp32.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, callback=_check_json_path,
               help="Write the results object here.")
 @click.option("--n-images", type=click.IntRange(min=1), default=16, show_default=True)
@@ -393,13 +449,13 @@ def bench() -> None:
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True,
               help="Timed passes of each kind; the best is kept.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def bench_encoder_command(backbone: str, precision: str, json_path: Path | None, n_images: int,
+def bench_encoder_command(backbone: str, precision: str, device: str, json_path: Path | None, n_images: int,
                           image_size: int | None, batch_size: int, repeats: int, seed: int) -> None:
     """Images/s of plain vs dual-path encoding, their ratio, and bf16 drift from fp32."""
     from semnb.io_utils import write_json_atomic
     from semnb.models.bench import bench_encoder, format_report
 
-    report = bench_encoder(backbone, precision, n_images, image_size, batch_size, repeats, seed)
+    report = bench_encoder(backbone, precision, n_images, image_size, batch_size, repeats, seed, device)
     click.echo(format_report(report))
     if json_path is not None:
         write_json_atomic(json_path, report)

@@ -148,8 +148,11 @@ class Compute:
     precision: str
 
     @classmethod
-    def resolve(cls, device: str | torch.device = "auto", precision: str = "auto") -> Compute:
-        """Check both options against this machine (one clear error or a slow-precision warning)."""
+    def resolve(cls, device: str | torch.device | Compute = "auto", precision: str = "auto") -> Compute:
+        """Check both options against this machine (one clear error or a slow-precision warning).
+
+        An already resolved `Compute` passes through unchanged, so an inner function may take either.
+        """
         if isinstance(device, Compute):
             return device
         resolved = resolve_device(device)
@@ -195,9 +198,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
-def run_in_batches(function: Callable[[Sequence], T], items: Sequence, batch_size: int,
-                   what: str = "batch") -> Iterator[T]:
-    """Yield `function(items[s:s + b])` over `items`, halving `b` and retrying on out-of-memory.
+class ShrinkingBatches:
+    """A batch size that halves on out-of-memory and stays halved for the rest of the run.
 
     Why: the largest batch that fits depends on the GPU and the model; starting big and
     halving on failure keeps the GPU busy without the user guessing. Says so once, and
@@ -205,28 +207,46 @@ def run_in_batches(function: Callable[[Sequence], T], items: Sequence, batch_siz
 
     Taught in: 03_vv_attention.
     """
-    if batch_size < 1:
-        raise SemnbInputError("--batch-size", f"got {batch_size}", "use 1 or more")
-    start, size, said = 0, int(batch_size), False
-    while start < len(items):
-        try:
-            out = function(items[start:start + size])
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
-            if not is_out_of_memory(err):
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if size == 1:
-                raise SemnbInputError("--batch-size", f"one {what} alone does not fit in the device's memory ({err})",
-                                      "use a smaller --image-size, --precision bf16/fp16, or --device cpu") from err
-            size = max(1, size // 2)
-            if not said:
-                warnings.warn(f"out of device memory at --batch-size {size * 2}: {what}es are halved to {size} "
-                              "and retried (results are the same)", RuntimeWarning, stacklevel=2)
-                said = True
-            continue
-        yield out
-        start += size
+
+    def __init__(self, batch_size: int, what: str = "item"):
+        if batch_size < 1:
+            raise SemnbInputError("--batch-size", f"got {batch_size}", "use 1 or more")
+        self.size = int(batch_size)
+        self.what = what
+        self.halved = False
+
+    def map(self, function: Callable[[Sequence], T], items: Sequence) -> Iterator[T]:
+        """Yield `function(items[s:s + size])` over `items`, in order, halving `size` on out-of-memory."""
+        start = 0
+        while start < len(items):
+            size = self.size
+            try:
+                out = function(items[start:start + size])
+            except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
+                if not is_out_of_memory(err):
+                    raise
+                self._halve(err)
+                continue
+            yield out
+            start += size
+
+    def _halve(self, err: BaseException) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.size == 1:
+            raise SemnbInputError("--batch-size", f"one {self.what} alone does not fit in the device's memory ({err})",
+                                  "use a smaller --image-size, --precision bf16/fp16, or --device cpu") from err
+        self.size //= 2
+        if not self.halved:
+            warnings.warn(f"out of device memory at --batch-size {self.size * 2}: batches are halved to {self.size} "
+                          f"{self.what}s and retried (results are the same)", RuntimeWarning, stacklevel=3)
+            self.halved = True
+
+
+def run_in_batches(function: Callable[[Sequence], T], items: Sequence, batch_size: int,
+                   what: str = "item") -> Iterator[T]:
+    """`function` over `items` in batches of `batch_size`, halved on out-of-memory (`ShrinkingBatches`)."""
+    return ShrinkingBatches(batch_size, what).map(function, items)
 
 
 DETERMINISM_NOTES = (

@@ -89,24 +89,31 @@ class Backbone:
         return normalize(self.gray(pixels), self.mean, self.std)
 
     @torch.no_grad()
-    def encode_image(self, pixels: Images) -> torch.Tensor:
-        """One plain embedding per image, [B, E] float32 (not normalised).
+    def encode_image(self, pixels: Images, on_device: bool = False) -> torch.Tensor:
+        """One plain embedding per image, [B, E] float32 (not normalised), on the CPU.
+
+        `on_device=True` leaves it on the backbone's device, for a method that goes on computing
+        there (and for timing the network without the copy back).
 
         Taught in: 03_vv_attention.
         """
         x = self.compute.to(self.network_input(pixels))
         with self.autocast():
-            return self._encode_image(x).float().cpu()
+            embedding = self._encode_image(x).float()
+        return embedding if on_device else embedding.cpu()
 
     @torch.no_grad()
-    def encode_levels(self, pixels: Images) -> EncodedLevels:
-        """Multi-level class and patch tokens of one batch (use `encode_images` for many, cached).
+    def encode_levels(self, pixels: Images, on_device: bool = False) -> EncodedLevels:
+        """Multi-level class and patch tokens of one batch, on the CPU (`on_device` as in `encode_image`).
+
+        Use `encode_images` for many images (batched, cached).
 
         Taught in: 03_vv_attention.
         """
         x = self.compute.to(self.network_input(pixels))
         with self.autocast():
-            return self._encode_levels(x).cpu()
+            levels = self._encode_levels(x)
+        return levels if on_device else levels.cpu()
 
     def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         raise SemnbInputError(f"backbone {self.name}", "has no text tower, so prompts cannot be embedded",

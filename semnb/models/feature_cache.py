@@ -19,7 +19,7 @@ import io
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import ShrinkingBatches
 from semnb.io_utils import atomic_path
-from semnb.models.backbone import Backbone, Images
+from semnb.models.backbone import Backbone
+from semnb.models.batches import Source, resized_batches
 from semnb.models.levels import EncodedLevels
 from semnb.models.pixels import normalize
 
@@ -129,35 +131,50 @@ def _levels_from_arrays(items: Sequence[dict[str, np.ndarray]], backbone: Backbo
     )
 
 
-def encode_images(backbone: Backbone, pixels: Images, cache: FeatureCache | None = None,
-                  batch_size: int = 16, progress: bool = False) -> EncodedLevels:
-    """Multi-level features of many images, in batches, read from / written to `cache` when given.
+def encode_images(backbone: Backbone, pixels: Source, cache: FeatureCache | None = None,
+                  batch_size: int = 16, progress: bool = False, workers: int = 0) -> EncodedLevels:
+    """Multi-level features of many images (arrays or files), in batches, through `cache` when given.
 
     Without a cache the features are exact float32; with one they are rounded to its storage
-    type on every call, so cached and fresh results are identical.
+    type on every call, so cached and fresh results are identical. `workers` processes read
+    and resize the next batches while the backbone encodes (`models.batches`); on
+    out-of-memory the batch is halved and retried (`hardware.ShrinkingBatches`).
 
     Taught in: 03_vv_attention.
     """
-    if batch_size < 1:
-        raise SemnbInputError("batch_size", f"got {batch_size}", "use 1 or more")
-    gray = backbone.gray(pixels)
-    if cache is None:
-        parts = [backbone.encode_levels(normalize(gray[s:s + batch_size], backbone.mean, backbone.std))
-                 for s in tqdm(range(0, len(gray), batch_size), desc=f"encode {backbone.name}", disable=not progress)]
-        return EncodedLevels.concat(parts)
+    sizer = ShrinkingBatches(batch_size, what="image")
+    batches = resized_batches(pixels, backbone.image_size, batch_size, workers,
+                              pin_memory=backbone.device.type == "cuda")
 
+    def encode(gray: torch.Tensor) -> EncodedLevels:
+        return backbone.encode_levels(normalize(gray, backbone.mean, backbone.std))
+
+    parts: list[EncodedLevels] = []
+    items: list[dict[str, np.ndarray]] = []
+    for gray in tqdm(batches, desc=f"encode {backbone.name}", disable=not progress):
+        if cache is None:
+            parts += sizer.map(encode, gray)
+        else:
+            items += _through_cache(cache, backbone, gray, sizer, encode)
+    return EncodedLevels.concat(parts) if cache is None else _levels_from_arrays(items, backbone)
+
+
+def _through_cache(cache: FeatureCache, backbone: Backbone, gray: torch.Tensor, sizer: ShrinkingBatches,
+                   encode: Callable[[torch.Tensor], EncodedLevels]) -> list[dict[str, np.ndarray]]:
+    """One batch's stored arrays: read the ones the cache has, encode and store the others."""
     keys = [cache.key(backbone, "image", g.numpy().tobytes()) for g in gray]
     items: list[dict[str, np.ndarray] | None] = [cache.load(k) for k in keys]
     missing = [i for i, item in enumerate(items) if item is None]
     cache.hits += len(keys) - len(missing)
     cache.misses += len(missing)
-    for s in tqdm(range(0, len(missing), batch_size), desc=f"encode {backbone.name}", disable=not progress):
-        batch = missing[s:s + batch_size]
-        levels = backbone.encode_levels(normalize(gray[batch], backbone.mean, backbone.std))
-        for row, i in enumerate(batch):
+    done = 0
+    for levels in sizer.map(encode, gray[missing]):
+        for row in range(levels.num_images):
+            i = missing[done + row]
             items[i] = _image_arrays(levels, row, cache)
             cache.save(keys[i], items[i])
-    return _levels_from_arrays(items, backbone)
+        done += levels.num_images
+    return items
 
 
 def cached_text_embeddings(backbone: Backbone, prompts: Sequence[str], cache: FeatureCache | None = None) -> torch.Tensor:

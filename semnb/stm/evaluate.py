@@ -11,12 +11,14 @@ per-defect classes) and:
    and scores every other pixel (query) with three maps: `fewshot` (a pixel classifier
    trained on the support), `unsupervised` (no labels) and `brightness` (the raw scan,
    the naive baseline). Pixel AUROC and F1-max pool the query pixels of all scans.
+   Steps 1 and 2 are numpy/scipy/sklearn on the CPU whatever `device` says.
 3. Where per-defect classes exist, per seed and surface (`leave_one_surface_out`): `shots`
    labelled defects per class are the support and all other defects of that surface the
    query. `fewshot` classifies with prototypes of a `ProtoNet` trained episodically on the
    other surfaces (on generated synthetic surfaces when there is one surface only),
    `prototype` with prototypes of the raw crops, `brightness` with prototypes of crops of
-   the raw scan. Crops are cut at the listed defect centres.
+   the raw scan. Crops are cut at the listed defect centres. The ProtoNet trains and embeds
+   on `device` in `precision`; crops and prototypes stay on the CPU.
 
 Figures are means over seeds with their spread (`<metric>_std`, sample std), in the results
 contract of design.md; `per_scan` in the JSON gives each scan's pixel figures and
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from semnb import metrics
 from semnb.data.scans import LabelledScan, ScanSet
 from semnb.errors import SemnbInputError
+from semnb.hardware import Compute
 from semnb.results import EvalResult
 from semnb.stm.fewshot import (
     PrototypeClassifier,
@@ -75,15 +78,17 @@ def pixel_maps_for_seed(scan: LabelledScan, analysis: ScanAnalysis, shots: int, 
 
 
 def evaluate_stm(scans: ScanSet, shots: int = 1, seeds: Sequence[int] = (0, 1, 2), episodes: int = 300,
-                 progress: bool = False) -> EvalResult:
+                 progress: bool = False, device: str = "auto", precision: str = "auto") -> EvalResult:
     """Measure the STM methods on the scans `semnb.data.load_scans` read (see the module docstring).
 
     The set's folder, warnings (listed first) and reading time (timing `load_s`, counted in
-    `total_s`) pass into the results contract.
+    `total_s`) pass into the results contract. `device` and `precision` (resolved once,
+    `semnb.hardware.Compute.resolve`) are where the ProtoNet runs; the result records both.
 
     Taught in: 08_stm.
     """
     started = time.perf_counter()
+    compute = Compute.resolve(device, precision)
     if int(shots) < 1:
         raise SemnbInputError("--shots", f"got {shots}", "use at least 1 labelled defect")
     if not scans:
@@ -101,7 +106,8 @@ def evaluate_stm(scans: ScanSet, shots: int = 1, seeds: Sequence[int] = (0, 1, 2
     timing["pixel_maps_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    class_per_seed, training, per_surface = _class_results(scans, analyses, shots, seeds, episodes, warnings, progress)
+    class_per_seed, training, per_surface = _class_results(scans, analyses, shots, seeds, episodes, warnings, progress,
+                                                           compute)
     timing["classification_s"] = time.perf_counter() - tick
 
     results = {}
@@ -115,11 +121,11 @@ def evaluate_stm(scans: ScanSet, shots: int = 1, seeds: Sequence[int] = (0, 1, 2
     surfaces = sorted({s.surface for s in scans if s.surface})
     return EvalResult(
         task="stm", data=scans.source, backbone="none", weights=training or "none (no classes in the data)",
-        precision="fp32", shots=int(shots), seeds=seeds, n_images=len(scans), results=results,
+        precision=compute.precision, shots=int(shots), seeds=seeds, n_images=len(scans), results=results,
         timing={k: round(v, 2) for k, v in timing.items()}, warnings=warnings,
         extra={"per_scan": per_scan, "per_surface_accuracy": per_surface, "surfaces": surfaces,
-               "n_defects_with_class": int(sum(
-            len(s.defects) for s in scans if s.defects is not None))},
+               "n_defects_with_class": int(sum(len(s.defects) for s in scans if s.defects is not None)),
+               "device": str(compute.device)},
     )
 
 
@@ -193,7 +199,8 @@ class SurfaceRun:
 
 
 def leave_one_surface_out(crops: Mapping[str, SurfaceCrops], shots: int = 1, seed: int = 0, episodes: int = 300,
-                          warnings: list[str] | None = None, progress: bool = False) -> dict[str, SurfaceRun]:
+                          warnings: list[str] | None = None, progress: bool = False, device: str | Compute = "auto",
+                          precision: str = "auto") -> dict[str, SurfaceRun]:
     """Adapt to each surface in turn from `shots` labels per class (`sample_class_support`).
 
     For each target surface a `ProtoNet` is trained on the crops of all the other surfaces
@@ -202,10 +209,12 @@ def leave_one_surface_out(crops: Mapping[str, SurfaceCrops], shots: int = 1, see
     (ProtoNet prototypes), `prototype` (prototypes of the raw crops) and `brightness`
     (prototypes of raw-brightness crops) classify the target's query defects. A target with
     fewer than two classes that have a query left is skipped; classes left out are reported
-    in `warnings` (when a list is given). Same seed, same runs.
+    in `warnings` (when a list is given). Same seed, same runs. The ProtoNets train on
+    `device` in `precision` (a resolved `Compute` passes as `device`).
 
     Taught in: 08_stm.
     """
+    compute = Compute.resolve(device, precision)
     runs = {}
     for target, (detail, bright, labels) in crops.items():
         support, query, left_out = sample_class_support(labels, shots, seed)
@@ -215,7 +224,7 @@ def leave_one_surface_out(crops: Mapping[str, SurfaceCrops], shots: int = 1, see
         if len(np.unique(labels)) - len(left_out) < 2:
             continue
         train_x, train_y, source = _training_crops(crops, [k for k in crops if k != target], seed)
-        net = train_protonet(train_x, train_y, episodes=episodes, seed=seed, progress=progress)
+        net = train_protonet(train_x, train_y, episodes=episodes, seed=seed, progress=progress, device=compute)
         classifiers, predicted = {}, {}
         for method, embed, x in (("fewshot", net.embed, detail), ("prototype", flatten_embedding, detail),
                                  ("brightness", brightness_embedding, bright)):
@@ -258,7 +267,7 @@ def _pixel_scores(maps, masks) -> dict[str, float]:
             "pixel_f1_max": metrics.pixel_f1_max(maps, masks, num_thresholds=None)}
 
 
-def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):
+def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress, compute):
     """Leave-one-surface-out defect classification; ({}, None, {}) when no scan lists classes."""
     crops = crops_by_surface(scans, analyses)
     if not crops:
@@ -267,7 +276,8 @@ def _class_results(scans, analyses, shots, seeds, episodes, warnings, progress):
     per_surface_runs: dict[str, list[dict]] = {}
     sources = []
     for seed in tqdm(seeds, desc="defect classes", disable=not progress):
-        runs = leave_one_surface_out(crops, shots, seed, episodes, warnings if seed == seeds[0] else None)
+        runs = leave_one_surface_out(crops, shots, seed, episodes, warnings if seed == seeds[0] else None,
+                                     device=compute)
         truth, predicted = [], {m: [] for m in CLASS_METHODS}
         for target, run in runs.items():
             if seed == seeds[0]:

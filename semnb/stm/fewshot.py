@@ -11,7 +11,9 @@
   other scales look alike. The embedding is either the crop itself (z-scored) or a small
   prototypical network (`ProtoNet`, Snell et al. 2017) trained episodically with
   `train_protonet` on other surfaces, or on synthetic ones (`synthetic_training_crops`);
-  adapting to a new surface needs only its k labels.
+  adapting to a new surface needs only its k labels. The ProtoNet trains and embeds on
+  `compute.device` under `compute.autocast()`; everything else here (features, the pixel
+  classifier, crops, prototypes) is numpy/scipy/sklearn on the CPU: it is small and fast there.
 - `sample_class_support`: the k labelled defects per class and the query, as the evaluation draws them.
 
 Taught in: 08_stm.
@@ -29,6 +31,7 @@ from skimage.measure import label
 from semnb.components import torch_threads
 from semnb.data.synth_stm import generate_stm_scan, surface_names
 from semnb.errors import SemnbInputError
+from semnb.hardware import CPU, Compute
 from semnb.stm.lattice import MIN_SIDE, ScanAnalysis, analyze_scan
 from semnb.stm.preprocess import check_scan
 
@@ -261,7 +264,8 @@ class PrototypeClassifier:
     prototype (squared Euclidean distance), with softmax(-d^2) as class probabilities.
 
     `embed` maps N x 2 x S x S crops to N x D; `flatten_embedding` or a trained
-    `ProtoNet.embed`.
+    `ProtoNet.embed` (which computes on the network's device and returns numpy); the
+    prototypes and distances are numpy on the CPU (a few classes by a few hundred dimensions).
 
     Taught in: 08_stm.
     """
@@ -305,22 +309,28 @@ class ProtoNet:
     embedding in which class means separate classes it has never seen, such as the defects
     of a new surface. Use `embed` inside a `PrototypeClassifier`.
 
+    The network lives on `compute.device` and runs under `compute.autocast()`; it is
+    initialised on the CPU and then moved, so a seed gives the same initial weights on
+    every device.
+
     Taught in: 08_stm.
     """
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, compute: Compute = CPU):
         import torch
         from torch import nn
 
         def block(c_in, c_out):
             return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
 
-        with torch.random.fork_rng(devices=[]):
+        self.compute = compute
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             torch.manual_seed(seed)
-            self.net = nn.Sequential(*block(2, 32), *block(32, 32), *block(32, 32), *block(32, 32)[:-1], nn.Flatten())
+            net = nn.Sequential(*block(2, 32), *block(32, 32), *block(32, 32), *block(32, 32)[:-1], nn.Flatten())
+        self.net = net.to(compute.device)
 
     def tensor(self, crops: np.ndarray):
-        """Crops as a float tensor, each channel of each crop z-scored (as `flatten_embedding`)."""
+        """Crops as a float tensor on the CPU, each channel of each crop z-scored (as `flatten_embedding`)."""
         import torch
 
         x = np.asarray(crops, np.float32)
@@ -328,17 +338,24 @@ class ProtoNet:
         std = x.std(axis=(-2, -1), keepdims=True)
         return torch.from_numpy((x - mean) / np.where(std > 0, std, 1.0))
 
+    def forward(self, crops: np.ndarray):
+        """The float32 embeddings of `crops` on the network's device (autocast to the precision)."""
+        with self.compute.autocast():
+            return self.net(self.compute.to(self.tensor(crops))).float()
+
     def embed(self, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+        """N x 288 float64 embeddings on the CPU (numpy), computed in batches of `batch` crops."""
         import torch
 
         self.net.eval()
         with torch.no_grad(), torch_threads(1):
-            parts = [self.net(self.tensor(crops[i:i + batch])).numpy() for i in range(0, len(crops), batch)]
+            parts = [self.forward(crops[i:i + batch]).cpu().numpy() for i in range(0, len(crops), batch)]
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 288))
 
 
 def train_protonet(crops: np.ndarray, labels, episodes: int = 300, n_way: int = 4, max_shots: int = 5,
-                   n_query: int = 5, seed: int = 0, progress: bool = False) -> ProtoNet:
+                   n_query: int = 5, seed: int = 0, progress: bool = False, device: str | Compute = "auto",
+                   precision: str = "auto") -> ProtoNet:
     """Train a `ProtoNet` episodically on labelled crops (e.g. the defects of two surfaces).
 
     Each episode draws `n_way` classes (labels should name the surface too, e.g.
@@ -346,6 +363,10 @@ def train_protonet(crops: np.ndarray, labels, episodes: int = 300, n_way: int = 
     and up to `n_query` query crops per class, each in a random rotation/reflection; the
     loss is the cross-entropy of softmax(-squared distance to the class means) on the
     queries (Snell et al. 2017). Adam, learning rate 1e-3. Same seed, same network.
+
+    Trains on `device` in `precision` (`Compute.resolve`; a resolved `Compute` passes as
+    `device`), with a gradient scaler for fp16; the episodes are drawn on the CPU (numpy),
+    so a seed draws the same episodes on every device.
 
     Taught in: 08_stm.
     """
@@ -359,9 +380,11 @@ def train_protonet(crops: np.ndarray, labels, episodes: int = 300, n_way: int = 
         raise SemnbInputError("labels", "fewer than two classes with two or more crops",
                               "train on more labelled defects (at least two classes, two crops each)")
     n_way = min(n_way, len(usable))
+    compute = Compute.resolve(device, precision)
     rng = np.random.default_rng(seed)
-    model = ProtoNet(seed)
+    model = ProtoNet(seed, compute)
     optimiser = torch.optim.Adam(model.net.parameters(), lr=1e-3)
+    scaler = compute.grad_scaler()
     views = dihedral(np.asarray(crops, np.float32))  # 8 x N x 2 x S x S
     with torch.random.fork_rng(devices=[]), torch_threads(1):
         torch.manual_seed(seed)
@@ -378,15 +401,16 @@ def train_protonet(crops: np.ndarray, labels, episodes: int = 300, n_way: int = 
                 support.append(chosen[:k])
                 query.append(chosen[k:])
                 query_target += [target] * (len(picked) - k)
-            embedded = model.net(model.tensor(np.concatenate(support + query)))
+            embedded = model.forward(np.concatenate(support + query))
             n_support = sum(len(s) for s in support)
             sizes = [len(s) for s in support]
             prototypes = torch.stack([part.mean(0) for part in torch.split(embedded[:n_support], sizes)])
             distances = torch.cdist(embedded[n_support:], prototypes) ** 2
-            loss = torch.nn.functional.cross_entropy(-distances, torch.as_tensor(query_target))
+            loss = torch.nn.functional.cross_entropy(-distances, torch.as_tensor(query_target, device=compute.device))
             optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
     model.net.eval()
     return model
 

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from semnb.cli import main
 from semnb.data import load_scans
 from semnb.data.synth_stm import write_stm_dataset
+from semnb.errors import SemnbInputError
 from semnb.stm.evaluate import SurfaceCrops, evaluate_stm, leave_one_surface_out
 from tests.stm.pits import lattice_with_pits
 
@@ -100,3 +101,23 @@ def test_a_flat_scan_is_named_by_its_file(tmp_path):
     run = CliRunner().invoke(main, ["eval", "stm", "--data", str(tmp_path), "--seeds", "0"])
     assert run.exit_code == 2
     assert f"{tmp_path / 'blank.npy'}: is flat" in run.output and "Fix:" in run.output
+
+
+def test_eval_runs_on_the_device_asked_for_and_records_it(tmp_path, implicit_device_is_meta):
+    data = write_stm_dataset(tmp_path / "stm", n_per_class=1, size=128, seed=0)
+    scans = load_scans(data)
+    with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail
+        result = evaluate_stm(scans, shots=1, seeds=[0], episodes=2, device="cpu", precision="fp32")
+    assert result.precision == "fp32" and result.extra["device"] == "cpu"
+    assert 0 <= result.results["fewshot"]["accuracy"] <= 1
+
+
+def test_eval_on_a_missing_gpu_says_so_before_computing(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    scan, mask = lattice_with_pits(64)
+    np.save(tmp_path / "pits.npy", scan)
+    np.save(tmp_path / "pits_mask.npy", mask.astype(np.uint8))
+    with pytest.raises(SemnbInputError, match="--device cuda"):
+        evaluate_stm(load_scans(tmp_path), device="cuda")

@@ -1,4 +1,6 @@
 """STM from k labels: the few-shot pixel map, crops, prototypes, the ProtoNet, the class support."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -99,3 +101,26 @@ def test_class_support_draws_shots_per_class_and_leaves_small_classes_out():
     assert not np.array_equal(support, stm.sample_class_support(labels, shots=2, seed=3)[0])
     none, nothing, all_out = stm.sample_class_support(labels, shots=5, seed=0)
     assert len(none) == len(nothing) == 0 and set(all_out) == {"a", "b", "c", "d"}
+
+
+def test_protonet_places_every_tensor_on_the_device_asked_for(implicit_device_is_meta):
+    crops, labels = _surface_crops("si001", seeds=(0,))
+    with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail
+        net = stm.train_protonet(crops, labels, episodes=2, seed=1, device="cpu", precision="fp32")
+        embedded = net.embed(crops[:4])
+        predicted = stm.PrototypeClassifier(net.embed).fit(crops[:8], labels[:8]).predict(crops[8:12])
+    assert all(p.device.type == "cpu" for p in net.net.parameters()) and net.compute.precision == "fp32"
+    assert isinstance(embedded, np.ndarray) and embedded.shape == (4, 288) and len(predicted) == 4
+    plain = stm.train_protonet(crops, labels, episodes=2, seed=1, device="cpu", precision="fp32")
+    assert np.array_equal(embedded, plain.embed(crops[:4]))  # the context changes nothing on the CPU
+
+
+def test_protonet_in_bf16_runs_on_a_cpu_without_bf16_arithmetic():
+    from semnb.hardware import SlowPrecisionWarning
+
+    crops, labels = _surface_crops("si001", seeds=(0,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPrecisionWarning)  # said where the CPU lacks AMX / AVX512-BF16
+        net = stm.train_protonet(crops, labels, episodes=2, seed=1, device="cpu", precision="bf16")
+    embedded = net.embed(crops[:4])
+    assert net.compute.precision == "bf16" and embedded.dtype == np.float64 and np.isfinite(embedded).all()
