@@ -26,8 +26,8 @@ DATA_TYPES = {"ImageSet", "load_dataset", "LabelledScan", "load_scans"}
 FILE_IO_ALLOWED = {
     "data/*", "models/*", "retrieval/index.py",
     # infrastructure: atomic writers, the results JSON, reports and the demo page, the CLI,
-    # the prompt knowledge base (a YAML file), the environment report
-    "io_utils.py", "results.py", "report.py", "demo.py", "cli.py", "prompts.py", "env.py",
+    # the prompt knowledge base (a YAML file), the environment report, the CPU's flags (/proc/cpuinfo)
+    "io_utils.py", "results.py", "report.py", "demo.py", "cli.py", "prompts.py", "env.py", "hardware.py",
 }
 FILE_CALLS = {"open", "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_path"}
 FILE_METHODS = {"open", "read_text", "write_text", "read_bytes", "write_bytes", "iterdir", "glob", "rglob", "mkdir",

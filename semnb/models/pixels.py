@@ -67,6 +67,6 @@ def normalize(gray: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -
 
     Taught in: 03_vv_attention.
     """
-    mean_t = torch.tensor(mean, dtype=gray.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=gray.dtype).view(1, 3, 1, 1)
+    mean_t = torch.tensor(mean, dtype=gray.dtype, device=gray.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=gray.dtype, device=gray.device).view(1, 3, 1, 1)
     return (gray.expand(-1, 3, -1, -1) - mean_t) / std_t

@@ -19,6 +19,12 @@ fraction of a full forward pass, which makes five methods, several seeds and
 leave-one-class-out affordable on two cores. Augmented views (shifts, horizontal flips,
 scale changes) are drawn once per seed: `views` per image.
 
+Device and precision: `load_split_backbone(..., device, precision)` puts the backbone on one
+`semnb.hardware.Compute`; the view bank, training and embedding run there (forward passes
+under its autocast, training with its gradient scaler). Networks are initialised and
+augmentations drawn on the CPU, so a seed gives the same weights and views on every device;
+the view bank and the embeddings come back to the CPU.
+
 Method modules never read files and never plot: images come in as arrays.
 
 Taught in: 07_retrieval.
@@ -38,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import CPU, Compute, run_in_batches
 from semnb.models import DEFAULT_BACKBONE
 from semnb.models.efficientnet import EFFICIENTNET_NAME, MEAN, STD, create_efficientnet_lite0
 from semnb.models.pixels import normalize, resize_gray
@@ -97,15 +104,16 @@ class SplitBackbone(nn.Module):
 
     `frozen(pixels)` gives an intermediate map that is computed once per image view;
     `tuned(map)` gives the last convolutional map [B, C, h, w] that pooling and the decoder use.
-    `mean`/`std` are the input normalisation the weights were trained with.
+    `mean`/`std` are the input normalisation the weights were trained with. `compute`: where
+    the layers live and in which precision everything built on this backbone runs.
 
     Taught in: 07_retrieval.
     """
 
     def __init__(self, name: str, weights: str, frozen: nn.Module, tuned: nn.Module,
-                 mean: Sequence[float], std: Sequence[float], stride: int):
+                 mean: Sequence[float], std: Sequence[float], stride: int, compute: Compute = CPU):
         super().__init__()
-        self.name, self.weights, self.stride = name, weights, stride
+        self.name, self.weights, self.stride, self.compute = name, weights, stride, compute
         self.mean, self.std = tuple(mean), tuple(std)
         self.frozen = frozen.eval().requires_grad_(False)
         self.tuned = tuned
@@ -116,15 +124,18 @@ class SplitBackbone(nn.Module):
         return self
 
     def pixels(self, gray: torch.Tensor) -> torch.Tensor:
-        """Gray [B, 1, S, S] in [0, 1] -> the network's input: 3 channels replicated, normalised."""
-        return normalize(gray, self.mean, self.std)
+        """Gray [B, 1, S, S] in [0, 1] (on the CPU) -> the network's input on the device: 3 channels, normalised."""
+        return self.compute.to(normalize(gray, self.mean, self.std))
 
     @torch.no_grad()
     def frozen_features(self, gray: torch.Tensor) -> torch.Tensor:
-        return self.frozen(self.pixels(gray))
+        """The frozen layers' map of CPU gray images, on the device, under the backbone's autocast."""
+        with self.compute.autocast():
+            return self.frozen(self.pixels(gray))
 
     def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        return self.tuned(self.frozen_features(gray))
+        with self.compute.autocast():
+            return self.tuned(self.frozen_features(gray))
 
 
 class _EfficientNetTop(nn.Module):
@@ -161,15 +172,30 @@ def _tiny_cnn_parts() -> tuple[nn.Module, nn.Module]:
     return nn.Sequential(*stage(3, 8), *stage(8, 16)), nn.Sequential(*stage(16, 32), *stage(32, 64))
 
 
-def load_split_backbone(name: str = DEFAULT_BACKBONE, tuned_blocks: int = 3, seed: int = 0) -> SplitBackbone:
+def load_split_backbone(name: str = DEFAULT_BACKBONE, tuned_blocks: int = 3, seed: int = 0,
+                        device: str | torch.device | Compute = "auto", precision: str = "auto") -> SplitBackbone:
     """The retrieval backbone by name: `efficientnet-lite0` (ImageNet, offline) or `semnb-tiny-cnn`.
 
     `semnb-tiny-cnn` is a 4-layer CNN with random weights (stride 16, 64 channels): for tests
     and smoke runs only, its embeddings mean nothing before training. Retrieval needs a
     convolutional map to mirror, so CLIP names (`semnb-tiny` included) are refused.
+    Built on the CPU (same seed, same weights everywhere), then moved to `device`; `device`
+    and `precision` as `semnb.hardware.Compute.resolve` takes them (a resolved `Compute` too).
 
     Taught in: 07_retrieval.
     """
+    if name not in BACKBONES:
+        raise SemnbInputError(f"--backbone {name}", "is not a convolutional backbone retrieval can use",
+                              f"use one of {', '.join(BACKBONES)} ({EFFICIENTNET_NAME}: ImageNet, offline; "
+                              f"{TINY_CNN}: random, tests only)")
+    compute = Compute.resolve(device, precision)
+    with torch.device("cpu"):
+        backbone = _split_backbone_on_cpu(name, tuned_blocks, seed)
+    backbone.compute = compute
+    return backbone.to(compute.device)
+
+
+def _split_backbone_on_cpu(name: str, tuned_blocks: int, seed: int) -> SplitBackbone:
     if name == EFFICIENTNET_NAME:
         net, path = create_efficientnet_lite0()
         n_blocks = len(net._blocks)
@@ -179,15 +205,11 @@ def load_split_backbone(name: str = DEFAULT_BACKBONE, tuned_blocks: int = 3, see
         weights = f"ImageNet ({path.name}); last {tuned_blocks} of {n_blocks} blocks + head fine-tuned"
         return SplitBackbone(name, weights, _EfficientNetBottom(net, first), _EfficientNetTop(net, first),
                              MEAN, STD, stride=32)
-    if name == TINY_CNN:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            frozen, tuned = _tiny_cnn_parts()
-        weights = f"random-init tiny CNN ({TINY_CNN}, seed {seed}): NOT ImageNet, for tests only"
-        return SplitBackbone(name, weights, frozen, tuned, (0.5,) * 3, (0.25,) * 3, stride=16)
-    raise SemnbInputError(f"--backbone {name}", "is not a convolutional backbone retrieval can use",
-                          f"use one of {', '.join(BACKBONES)} ({EFFICIENTNET_NAME}: ImageNet, offline; "
-                          f"{TINY_CNN}: random, tests only)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        frozen, tuned = _tiny_cnn_parts()
+    weights = f"random-init tiny CNN ({TINY_CNN}, seed {seed}): NOT ImageNet, for tests only"
+    return SplitBackbone(name, weights, frozen, tuned, (0.5,) * 3, (0.25,) * 3, stride=16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +252,8 @@ class EmbeddingNet(nn.Module):
         return self.backbone.tuned(frozen_features)
 
     def embed_map(self, conv_map: torch.Tensor) -> torch.Tensor:
-        return self.standardize(self.projection(conv_map.mean(dim=(2, 3))))
+        """Pool in float32, project (in the autocast precision), then standardise in float32."""
+        return self.standardize(self.projection(conv_map.float().mean(dim=(2, 3))).float())
 
     def forward(self, frozen_features: torch.Tensor) -> torch.Tensor:
         return self.embed_map(self.conv_map(frozen_features))
@@ -258,7 +281,7 @@ def mirror_levels(backbone: SplitBackbone, image_size: int) -> list[tuple[int, i
     try:
         backbone.eval()
         with torch.no_grad():
-            backbone(torch.zeros(1, 1, image_size, image_size))
+            backbone(torch.zeros(1, 1, image_size, image_size, device="cpu"))
     finally:
         for hook in hooks:
             hook.remove()
@@ -306,20 +329,21 @@ def augment(gray: torch.Tensor, generator: torch.Generator, max_shift: float = 0
 
     Why horizontal flips only: a cross-section has a top (the surface) and a bottom (the
     substrate); mirroring left-right keeps it a plausible image, upside-down does not.
-    Borders are filled by reflection.
+    Borders are filled by reflection. The random numbers are drawn on the generator's device
+    (the CPU for `torch.Generator()`), so a seed gives the same views on every device.
 
     Taught in: 07_retrieval.
     """
-    n = gray.shape[0]
+    n, draw = gray.shape[0], generator.device
     lo, hi = math.log(scale_range[0]), math.log(scale_range[1])
-    zoom = torch.exp(torch.empty(n).uniform_(lo, hi, generator=generator))
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
-    shift = torch.empty(n, 2).uniform_(-2 * max_shift, 2 * max_shift, generator=generator)
-    theta = torch.zeros(n, 2, 3)
+    zoom = torch.exp(torch.empty(n, device=draw).uniform_(lo, hi, generator=generator))
+    flip = torch.where(torch.rand(n, generator=generator, device=draw) < 0.5, -1.0, 1.0)
+    shift = torch.empty(n, 2, device=draw).uniform_(-2 * max_shift, 2 * max_shift, generator=generator)
+    theta = torch.zeros(n, 2, 3, device=draw)
     theta[:, 0, 0] = flip / zoom
     theta[:, 1, 1] = 1.0 / zoom
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(gray.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(gray.device), list(gray.shape), align_corners=False)
     return F.grid_sample(gray, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -328,6 +352,7 @@ class ViewBank:
     """Frozen-layer features of every image: `clean` [N, ...] and `views` [N, V, ...] of augmented copies.
 
     `targets` [N, V, 1, S, S] uint8 holds the augmented gray images the autoencoder rebuilds.
+    All on the CPU (training moves one batch at a time), so a bank fits however small the GPU.
 
     Taught in: 07_retrieval.
     """
@@ -344,8 +369,9 @@ def build_view_bank(backbone: SplitBackbone, pixels, image_size: int, n_views: i
                     config: RetrievalConfig | None = None, batch_size: int = 32, progress: bool = False) -> ViewBank:
     """Run the frozen layers once over every image (and over `n_views` augmented copies of each).
 
-    Same seed, same views. Stored as float16 to halve memory (the frozen features are
-    activations of moderate range; the tuned layers compute in float32).
+    Same seed, same views (augmented on the CPU, then through the frozen layers on the
+    backbone's device). Stored as float16 on the CPU to halve memory (the frozen features
+    are activations of moderate range; the tuned layers compute in float32 or autocast).
 
     Taught in: 07_retrieval.
     """
@@ -355,12 +381,12 @@ def build_view_bank(backbone: SplitBackbone, pixels, image_size: int, n_views: i
     n = len(pixels)
     for start in tqdm(range(0, n, batch_size), desc="frozen layers", disable=not progress):
         gray = resize_gray(pixels[start:start + batch_size], image_size)
-        clean.append(backbone.frozen_features(gray).half())
+        clean.append(backbone.frozen_features(gray).half().cpu())
         if n_views:
             stacked = torch.stack([augment(gray, generator, config.max_shift, config.scale_range)
                                    for _ in range(n_views)], dim=1)  # [B, V, 1, S, S]
             features = backbone.frozen_features(stacked.flatten(0, 1))
-            views.append(features.half().unflatten(0, tuple(stacked.shape[:2])))
+            views.append(features.half().cpu().unflatten(0, tuple(stacked.shape[:2])))
             targets.append((stacked * 255).round().to(torch.uint8))
     return ViewBank(
         clean=torch.cat(clean),
@@ -389,21 +415,21 @@ def mine_semihard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float
     Semi-hard negative (FaceNet): farther from the anchor than the positive but within the
     margin, d(a,p) < d(a,n) < d(a,p) + R; of those the closest is taken. When a pair has no
     semi-hard negative, the closest negative of all is taken instead. Anchors without any
-    negative in the batch are dropped.
+    negative in the batch are dropped. Computed on the embeddings' device.
 
     Taught in: 07_retrieval.
     """
-    labels = torch.as_tensor(labels)
+    labels = torch.as_tensor(labels, device=embeddings.device)
     with torch.no_grad():
         dist = embedding_distances(embeddings)
     same = labels[:, None] == labels[None, :]
-    eye = torch.eye(len(labels), dtype=torch.bool)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=embeddings.device)
     anchors, positives = torch.nonzero(same & ~eye, as_tuple=True)
     negative = ~same[anchors]
     d_ap = dist[anchors, positives][:, None]
     d_an = dist[anchors]
     semihard = negative & (d_an > d_ap) & (d_an < d_ap + margin)
-    inf = torch.tensor(float("inf"))
+    inf = torch.tensor(float("inf"), device=dist.device)
     closest_semihard = torch.where(semihard, d_an, inf).argmin(dim=1)
     closest_negative = torch.where(negative, d_an, inf).argmin(dim=1)
     negatives = torch.where(semihard.any(dim=1), closest_semihard, closest_negative)
@@ -437,6 +463,8 @@ def phase_schedule(method: str, epochs: int, warmup_epochs: int) -> list[str]:
 class TrainedEmbedding:
     """A trained (or frozen) embedding: `encode(images)` for any image; `history` per epoch.
 
+    It computes where its backbone lives (`compute`) and returns numpy arrays.
+
     Taught in: 07_retrieval.
     """
 
@@ -449,11 +477,25 @@ class TrainedEmbedding:
     def backbone(self) -> SplitBackbone:
         return self.net.backbone
 
+    @property
+    def compute(self) -> Compute:
+        return self.backbone.compute
+
     @torch.no_grad()
     def encode_frozen(self, frozen_features: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-        """Embeddings [N, M] float32 from precomputed frozen-layer features (`ViewBank.clean`)."""
+        """Embeddings [N, M] float32 from precomputed frozen-layer features (`ViewBank.clean`, on the CPU).
+
+        Batches are halved and retried if the device runs out of memory (each embedding
+        depends on its own image only, so the result is the same).
+        """
         self.net.eval()
-        out = [self.net(frozen_features[s:s + batch_size].float()) for s in range(0, len(frozen_features), batch_size)]
+        compute = self.compute
+
+        def embed(chunk: torch.Tensor) -> torch.Tensor:
+            with compute.autocast():
+                return self.net(compute.to(chunk.float())).float().cpu()
+
+        out = list(run_in_batches(embed, frozen_features, batch_size, "embedding batch"))
         return torch.cat(out).numpy().astype(np.float32)
 
     def encode(self, pixels, batch_size: int = 32, progress: bool = False) -> np.ndarray:
@@ -501,7 +543,9 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
 
     The classifier and triplet losses see only labelled images; the autoencoder sees all.
     Every step draws one of the precomputed augmented views of each image. Same seed, same
-    model. The backbone is modified in place: load a fresh one per method.
+    model. The backbone is modified in place: load a fresh one per method. Trains on the
+    backbone's `compute` (its device, autocast and gradient scaler); the heads are
+    initialised on the CPU first, so a seed gives the same start on every device.
 
     Taught in: 07_retrieval.
     """
@@ -510,14 +554,17 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
         raise SemnbInputError("labels", f"{len(labels)} labels for {len(bank)} images", "pass one label per image")
     _check_labels(method, labels)
     schedule = phase_schedule(method, config.epochs, config.warmup_epochs())
+    compute = backbone.compute
     backbone.eval()
     with torch.no_grad():
-        channels = int(backbone.tuned(bank.clean[:1].float()).shape[1])
-    with torch.random.fork_rng(devices=[]):
+        channels = int(backbone.tuned(compute.to(bank.clean[:1].float())).shape[1])
+    levels = mirror_levels(backbone, config.image_size)
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(int(seed))
         net = EmbeddingNet(backbone, channels, config.dims if method in LABEL_METHODS else None)
         head = nn.Linear(net.dims, max(n_classes, 1))
-        decoder = MirrorDecoder(mirror_levels(backbone, config.image_size), channels, config.image_size)
+        decoder = MirrorDecoder(levels, channels, config.image_size)
+    net, head, decoder = net.to(compute.device), head.to(compute.device), decoder.to(compute.device)
     trained = TrainedEmbedding(method, net, config.image_size)
     if not schedule:
         return trained
@@ -527,6 +574,7 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
         [{"params": backbone.tuned.parameters(), "lr": config.backbone_lr},
          {"params": [*net.projection.parameters(), *head.parameters(), *decoder.parameters()], "lr": config.lr}],
         weight_decay=config.weight_decay)
+    scaler = compute.grad_scaler()
     triplet_loss = TripletMarginLoss(margin=config.margin, distance=LpDistance(normalize_embeddings=True, p=2))
     rng = np.random.default_rng([int(seed), 7])
     labelled = np.flatnonzero(labels >= 0)
@@ -534,7 +582,7 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
 
     def features(indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         view = rng.integers(0, n_views, len(indices))
-        return bank.views[indices, view].float(), view
+        return compute.to(bank.views[indices, view].float()), view
 
     net.train()
     decoder.train()
@@ -553,19 +601,24 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
             if len(batch) < 2:
                 continue
             x, view = features(batch)
-            conv_map = net.conv_map(x)
+            with compute.autocast():  # the networks in the autocast precision, the losses in float32
+                conv_map = net.conv_map(x)
+                output = decoder(conv_map) if phase == "autoencoder" else net.embed_map(conv_map)
+                if phase == "classifier":
+                    output = head(output)
+            output = output.float()
             if phase == "autoencoder":
-                target = bank.targets[batch, view].float() / 255.0
-                loss = F.mse_loss(decoder(conv_map), target)
+                target = compute.to(bank.targets[batch, view]).float() / 255.0
+                loss = F.mse_loss(output, target)
             elif phase == "classifier":
-                loss = F.cross_entropy(head(net.embed_map(conv_map)), torch.from_numpy(labels[batch]))
+                loss = F.cross_entropy(output, compute.to(torch.from_numpy(labels[batch])))
             else:
-                emb = net.embed_map(conv_map)
-                batch_labels = torch.from_numpy(labels[batch])
-                loss = triplet_loss(emb, batch_labels, indices_tuple=mine_semihard(emb, batch_labels, config.margin))
+                batch_labels = compute.to(torch.from_numpy(labels[batch]))
+                loss = triplet_loss(output, batch_labels, indices_tuple=mine_semihard(output, batch_labels, config.margin))
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             losses.append(float(loss.detach()))
         trained.history.append({"epoch": epoch + 1, "phase": phase, "loss": float(np.mean(losses)) if losses else float("nan")})
     net.eval()

@@ -17,6 +17,9 @@ Protocol (per seed):
   their main-run models are scored on the same queries.
 Figures are means over seeds with the sample std (`<metric>_std`).
 
+Everything trains and embeds on one `device` in one `precision`, resolved once (`auto`: the
+first GPU, else the CPU); the faiss search runs there too where faiss can (see `index`).
+
 Taught in: 07_retrieval.
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from tqdm.auto import tqdm
 from semnb import metrics
 from semnb.data.dataset import UNLABELLED, ImageSet
 from semnb.errors import SemnbInputError
+from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE
 from semnb.results import EvalResult
 from semnb.retrieval.embedding import (
@@ -42,7 +46,7 @@ from semnb.retrieval.embedding import (
     load_split_backbone,
     train_embedding,
 )
-from semnb.retrieval.index import RetrievalIndex
+from semnb.retrieval.index import RetrievalIndex, faiss_device
 
 METRICS = ("precision_at_k", "map_at_k", "scale_std")
 
@@ -163,17 +167,20 @@ def _check_k(k: int, n_gallery: int) -> None:
 def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, methods=METHODS, k: int = 100,
                        seeds=(0,), config: RetrievalConfig | None = None, loco: bool = False,
                        shots: int | None = None, test_fraction: float = 0.5, n_expand: int = 5,
-                       progress: bool = False) -> EvalResult:
+                       progress: bool = False, device: str = "auto", precision: str = "auto") -> EvalResult:
     """Train and score every method in `methods` on `images` (the protocol in the module docstring).
 
     `extra` of the result holds: settings, the split sizes, per-class scores, scores without
     query expansion, leave-one-class-out per class and mean (with `loco=True`), the
     precision@K ceiling (the best any ranking can score when a class has fewer than K
     other held-out images), the gallery's own magnification spread, and the first seed's
-    training history of each method.
+    training history of each method, and the device the models (`device`) and the search
+    (`index_device`) ran on.
 
     Taught in: 07_retrieval.
     """
+    compute = Compute.resolve(device, precision)
+    search_device = faiss_device(compute.device)
     config = config or RetrievalConfig()
     methods = [m for m in METHODS if m in methods]
     if not methods:
@@ -188,7 +195,7 @@ def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, metho
     pixels = np.stack([images.image(i, config.image_size) for i in tqdm(range(len(images)), desc="read images",
                                                                             disable=not progress)])
     timing["read_images_s"] = time.perf_counter() - tick
-    reference = load_split_backbone(backbone, config.tuned_blocks)
+    reference = load_split_backbone(backbone, config.tuned_blocks, device=compute)
     tick = time.perf_counter()
     clean = build_view_bank(reference, pixels, config.image_size, progress=progress).clean
     timing["frozen_layers_s"] = time.perf_counter() - tick
@@ -215,12 +222,12 @@ def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, metho
         main_indexes = {}
         for method in methods:
             tick = time.perf_counter()
-            trained = train_embedding(method, load_split_backbone(backbone, config.tuned_blocks), bank,
-                                      split.train_labels, config, seed, progress)
+            trained = train_embedding(method, load_split_backbone(backbone, config.tuned_blocks, device=compute),
+                                      bank, split.train_labels, config, seed, progress)
             timing[f"train_{method}_s"] = timing.get(f"train_{method}_s", 0.0) + time.perf_counter() - tick
             history.setdefault(method, trained.history)
             index = RetrievalIndex(trained.encode_frozen(clean[split.gallery]), [str(images.paths[i]) for i in split.gallery],
-                                   images.labels[split.gallery], names, mags_all[split.gallery])
+                                   images.labels[split.gallery], names, mags_all[split.gallery], device=search_device)
             main_indexes[method] = index
             scores, ids = _search_scores(index, rows, k, n_expand)
             per_seed[method].append(scores)
@@ -230,7 +237,8 @@ def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, metho
             tick = time.perf_counter()
             for method in methods:
                 loco_runs[method].append(_leave_one_class_out(method, main_indexes[method], split, rows, images.labels,
-                                                              clean, bank, backbone, config, seed, k, n_expand, progress))
+                                                              clean, bank, backbone, config, seed, k, n_expand, progress,
+                                                              compute))
             timing["loco_s"] = timing.get("loco_s", 0.0) + time.perf_counter() - tick
     timing["total_s"] = time.perf_counter() - started
 
@@ -245,6 +253,8 @@ def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, metho
         "without_query_expansion": {m: metrics.mean_std_over_seeds(plain[m]) for m in methods},
         "per_class": {m: _class_means(per_class[m], names) for m in methods},
         "history": history,
+        "device": str(compute.device),
+        "index_device": str(search_device),
     }
     if loco:
         extra["loco"] = {m: _loco_table(loco_runs[m], names) for m in methods}
@@ -255,7 +265,7 @@ def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, metho
     if not np.any(np.isfinite(mags_all)):
         warnings.append("no magnification column in the data: scale_std is undefined")
     return RetrievalResult(
-        task="retrieve", data=str(images.root), backbone=backbone, weights=reference.weights, precision="fp32",
+        task="retrieve", data=str(images.root), backbone=backbone, weights=reference.weights, precision=compute.precision,
         shots=shots, seeds=seeds, n_images=len(images), results=results, timing=timing, warnings=warnings,
         extra=_without_nan(extra),
     )
@@ -296,17 +306,17 @@ def _without_nan(value):
 
 
 def _leave_one_class_out(method, main_index, split, rows, labels, clean, bank, backbone, config, seed, k,
-                         n_expand, progress) -> dict[int, dict[str, float]]:
+                         n_expand, progress, compute) -> dict[int, dict[str, float]]:
     """Per held-out class: scores of that class's queries after training without its labels."""
     out = {}
     for cls in np.unique(labels[split.queries]):
         mine = rows[labels[split.queries] == cls]
         if method in LABEL_METHODS:
             hidden = withhold_class(split, int(cls))
-            trained = train_embedding(method, load_split_backbone(backbone, config.tuned_blocks), bank,
-                                      hidden.train_labels, config, seed, progress)
+            trained = train_embedding(method, load_split_backbone(backbone, config.tuned_blocks, device=compute),
+                                      bank, hidden.train_labels, config, seed, progress)
             index = RetrievalIndex(trained.encode_frozen(clean[split.gallery]), main_index.paths, main_index.labels,
-                                   main_index.class_names, main_index.magnifications)
+                                   main_index.class_names, main_index.magnifications, device=main_index.device)
         else:  # trains without labels: hiding one class's labels changes nothing
             index = main_index
         scores, _ = _search_scores(index, mine, k, n_expand)

@@ -14,35 +14,51 @@ Query expansion (average query expansion): the query is averaged with its 5 near
 neighbours and searched again, which pulls in images that resemble the neighbours more than
 the query itself (another magnification of the same structure, say).
 
+Device: on a CUDA device, and where the installed faiss has GPU support, the exact and IVF
+indexes search on the GPU (HNSW has no GPU version in faiss and stays on the CPU); otherwise
+the CPU index, said once. What is saved is the embeddings, never a faiss index, so a saved
+collection reloads on any machine, with or without a GPU.
+
 Taught in: 07_retrieval.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import resolve_device
 from semnb.io_utils import atomic_path, write_json_atomic
 
 ARRAYS_FILE = "embeddings.npz"
 TEXT_FILE = "index.json"
 APPROXIMATE_KINDS = (None, "hnsw", "ivf")
 FORMAT_VERSION = 1
+GPU_KINDS = (None, "ivf")
+"""The index kinds faiss can search on a GPU (HNSW cannot)."""
+_GPU_RESOURCES: dict[int, object] = {}  # one faiss.StandardGpuResources per GPU: each reserves scratch memory
+_SAID_NO_GPU_FAISS = False
 
 
 class RetrievalIndex:
     """Embeddings [N, M] float32 with, per row, its path, label (-1 = none) and magnification (NaN = unknown).
 
+    `device` (`auto`, `cpu`, `cuda`, `cuda:N`): where faiss searches (`self.device` says where
+    it really does); the embeddings themselves always stay a numpy array.
+
     Taught in: 07_retrieval.
     """
 
     def __init__(self, embeddings, paths: Sequence[str | Path], labels=None, class_names: Sequence[str] = (),
-                 magnifications=None, approximate: str | None = None, info: dict | None = None):
+                 magnifications=None, approximate: str | None = None, info: dict | None = None,
+                 device: str | torch.device = "auto"):
         self.embeddings = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         if self.embeddings.ndim != 2 or len(self.embeddings) == 0:
             raise SemnbInputError("embeddings", f"has shape {self.embeddings.shape}", "pass one embedding row per image")
@@ -61,14 +77,15 @@ class RetrievalIndex:
         self.class_names = list(class_names)
         self.approximate = approximate
         self.info = dict(info or {})
-        self._index = build_faiss_index(self.embeddings, approximate)
+        self.device = faiss_device(device, approximate)
+        self._index = build_faiss_index(self.embeddings, approximate, device=self.device)
 
     def __len__(self) -> int:
         return len(self.embeddings)
 
     def __repr__(self) -> str:
         kind = self.approximate or "exact"
-        return f"RetrievalIndex({len(self)} images, {self.embeddings.shape[1]} dims, {kind} search)"
+        return f"RetrievalIndex({len(self)} images, {self.embeddings.shape[1]} dims, {kind} search on {self.device})"
 
     @property
     def dims(self) -> int:
@@ -138,8 +155,11 @@ class RetrievalIndex:
         return folder
 
     @classmethod
-    def load(cls, folder: str | Path, approximate: str | None = "stored") -> RetrievalIndex:
+    def load(cls, folder: str | Path, approximate: str | None = "stored",
+             device: str | torch.device = "auto") -> RetrievalIndex:
         """Read a saved index (no model, no images needed); `approximate` overrides the stored kind.
+
+        The faiss index is rebuilt from the stored embeddings on `device`, wherever it was saved.
 
         Taught in: 07_retrieval.
         """
@@ -158,7 +178,8 @@ class RetrievalIndex:
         with np.load(arrays_path, allow_pickle=False) as arrays:
             embeddings, labels, mags = arrays["embeddings"], arrays["labels"], arrays["magnifications"]
         kind = text.get("approximate") if approximate == "stored" else approximate
-        return cls(embeddings, text["paths"], labels, text.get("class_names", []), mags, kind, text.get("info"))
+        return cls(embeddings, text["paths"], labels, text.get("class_names", []), mags, kind, text.get("info"),
+                   device)
 
     # ---------------------------------------------------------------- checks
 
@@ -189,12 +210,34 @@ class RetrievalIndex:
         return exclude
 
 
+def faiss_has_gpu() -> bool:
+    """True where the installed faiss was built with GPU support and sees a GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def faiss_device(device: str | torch.device = "auto", approximate: str | None = None) -> torch.device:
+    """Where faiss searches when asked for `device`: that CUDA device if faiss can search there, else the CPU.
+
+    Says once per process when a CUDA device was asked for but faiss has no GPU support.
+
+    Taught in: 07_retrieval.
+    """
+    device = resolve_device(device)
+    if device.type != "cuda" or approximate not in GPU_KINDS:
+        return torch.device("cpu")
+    if not faiss_has_gpu():
+        _say_no_gpu_faiss(device)
+        return torch.device("cpu")
+    return device
+
+
 def build_faiss_index(embeddings: np.ndarray, approximate: str | None = None, hnsw_links: int = 32,
-                      ivf_lists: int | None = None, seed: int = 0) -> faiss.Index:
+                      ivf_lists: int | None = None, seed: int = 0, device: str | torch.device = "cpu") -> faiss.Index:
     """An exact (`IndexFlatL2`) or approximate ("hnsw": `IndexHNSWFlat`; "ivf": `IndexIVFFlat`) faiss index.
 
     IVF: `ivf_lists` lists (default about 4*sqrt(N); k-means on the vectors, seeded), probing 1/16 of them.
-    HNSW: `hnsw_links` neighbours per node, efSearch 64.
+    HNSW: `hnsw_links` neighbours per node, efSearch 64. Built on the CPU (the same seeded
+    k-means everywhere), then copied to the GPU where `faiss_device(device)` says faiss can.
 
     Taught in: 07_retrieval.
     """
@@ -215,7 +258,23 @@ def build_faiss_index(embeddings: np.ndarray, approximate: str | None = None, hn
     else:
         raise SemnbInputError("approximate", f"got {approximate!r}", "use None (exact), 'hnsw' or 'ivf'")
     index.add(embeddings)
-    return index
+    device = faiss_device(device, approximate)
+    if device.type != "cuda":
+        return index
+    gpu = device.index or 0
+    if gpu not in _GPU_RESOURCES:
+        _GPU_RESOURCES[gpu] = faiss.StandardGpuResources()
+    return faiss.index_cpu_to_gpu(_GPU_RESOURCES[gpu], gpu, index)
+
+
+def _say_no_gpu_faiss(device: torch.device) -> None:
+    """Warn once per process that the search stays on the CPU although a GPU was asked for."""
+    global _SAID_NO_GPU_FAISS
+    if not _SAID_NO_GPU_FAISS:
+        _SAID_NO_GPU_FAISS = True
+        warnings.warn(f"--device {device}: the installed faiss {faiss.__version__} has no GPU support, so retrieval "
+                      "searches on the CPU (the embeddings are still computed on the GPU); install faiss-gpu "
+                      "for GPU search", RuntimeWarning, stacklevel=3)
 
 
 def expand_queries(queries: np.ndarray, embeddings: np.ndarray, neighbor_ids: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from semnb.cli import main
 from semnb.data import load_dataset
 from semnb.data.synth_tem import write_tem_dataset
 from semnb.errors import SemnbInputError
+from semnb.hardware import SlowPrecisionWarning
 from semnb.retrieval.embedding import (
     BACKBONES,
     LABEL_METHODS,
@@ -239,6 +242,39 @@ def test_label_methods_refuse_data_without_two_labelled_classes():
     assert _train("autoencoder", 0, images, only_one)[0].history  # the autoencoder needs no labels
 
 
+def test_training_and_embedding_place_every_tensor_on_the_device_asked_for(implicit_device_is_meta):
+    images, labels = _toy_images()
+    config = replace(TINY_CONFIG, epochs=3, classifier_epochs=1)  # classifier, triplet and autoencoder epochs
+    with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail
+        backbone = load_split_backbone(TINY_CNN, device="cpu", precision="fp32")
+        bank = build_view_bank(backbone, images, SIZE, config.views, 0, config)
+        trained = train_embedding("ours", backbone, bank, labels, config, 0)
+        stored = trained.encode_frozen(bank.clean)
+        fresh = trained.encode(images[:2])
+    assert [h["phase"] for h in trained.history] == ["classifier", "triplet", "autoencoder"]
+    assert trained.compute.device.type == "cpu" and trained.compute.precision == "fp32"
+    assert all(p.device.type == "cpu" for p in trained.net.parameters())
+    assert all(t.device.type == "cpu" for t in (bank.clean, bank.views, bank.targets))
+    assert isinstance(stored, np.ndarray) and stored.dtype == np.float32 and isinstance(fresh, np.ndarray)
+    plain = load_split_backbone(TINY_CNN, device="cpu", precision="fp32")
+    again = train_embedding("ours", plain, build_view_bank(plain, images, SIZE, config.views, 0, config), labels, config, 0)
+    assert np.array_equal(stored, again.encode_frozen(bank.clean))  # the context changes nothing on the CPU
+
+
+def test_bf16_training_runs_on_a_cpu_without_bf16_arithmetic():
+    images, labels = _toy_images()
+    config = replace(TINY_CONFIG, epochs=3, classifier_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPrecisionWarning)  # said where the CPU lacks AMX / AVX512-BF16
+        backbone = load_split_backbone(TINY_CNN, device="cpu", precision="bf16")
+    bank = build_view_bank(backbone, images, SIZE, config.views, 0, config)
+    trained = train_embedding("ours", backbone, bank, labels, config, 0)
+    embeddings = trained.encode_frozen(bank.clean)
+    assert trained.compute.precision == "bf16" and all(math.isfinite(h["loss"]) for h in trained.history)
+    assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
+    assert np.allclose(embeddings.std(axis=1), 1.0, atol=1e-3)  # standardised in float32
+
+
 # ------------------------------------------------------------------ evaluation protocol
 
 
@@ -315,6 +351,21 @@ def test_evaluate_retrieval_contract(tem_folder, tmp_path):
     data = json.loads(path.read_text(), parse_constant=no_nan)
     assert data["k"] == 3 and set(data["results"]) == set(METHODS)
     assert set(LABEL_METHODS) <= set(data["history"])
+
+
+def test_evaluate_retrieval_runs_on_the_device_asked_for_and_records_it(tem_folder, implicit_device_is_meta):
+    images = load_dataset(tem_folder)
+    config = RetrievalConfig(image_size=SIZE, epochs=3, classifier_epochs=1, views=1, dims=8, batch_size=8, per_class=2)
+    with implicit_device_is_meta():
+        result = evaluate_retrieval(images, TINY_CNN, methods=("ours", "frozen"), k=3, seeds=(0,), config=config,
+                                    loco=True, device="cpu", precision="fp32")
+    assert result.precision == "fp32" and result.extra["device"] == "cpu" and result.extra["index_device"] == "cpu"
+    assert set(result.extra["loco"]) == {"ours", "frozen"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPrecisionWarning)
+        bf16 = evaluate_retrieval(images, TINY_CNN, methods=("ours",), k=3, seeds=(0,), config=config,
+                                  device="cpu", precision="bf16")
+    assert bf16.precision == "bf16" and 0 <= bf16.results["ours"]["precision_at_k"] <= 1
 
 
 def test_cli_retrieve_writes_json_and_rejects_a_bad_k(tem_folder, tmp_path):

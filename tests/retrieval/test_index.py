@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 
+import faiss
 import numpy as np
 import pytest
+import torch
 
+import semnb.retrieval.index as index_module
 from semnb import metrics
 from semnb.errors import SemnbInputError
 from semnb.retrieval.index import ARRAYS_FILE, TEXT_FILE, RetrievalIndex, expand_queries
@@ -124,3 +128,40 @@ def test_bad_input_is_named():
         RetrievalIndex(stored, [str(i) for i in range(20)], labels[:5])
     with pytest.raises(SemnbInputError, match="embeddings"):
         RetrievalIndex(np.full((3, 4), np.nan), ["a", "b", "c"])
+
+
+def _pretend_cuda(monkeypatch, gpu_faiss: bool):
+    """A machine with CUDA GPUs, and a faiss with or without GPU support (CI has neither)."""
+    monkeypatch.setattr(index_module, "resolve_device", lambda spec: torch.device(str(spec).replace("auto", "cuda:0")))
+    monkeypatch.setattr(index_module, "faiss_has_gpu", lambda: gpu_faiss)
+    monkeypatch.setattr(index_module, "_SAID_NO_GPU_FAISS", False)
+    monkeypatch.setattr(index_module, "_GPU_RESOURCES", {})
+
+
+def test_a_cuda_device_with_a_cpu_only_faiss_searches_on_the_cpu_and_says_so_once(monkeypatch):
+    _pretend_cuda(monkeypatch, gpu_faiss=False)
+    stored, labels = _clustered()
+    with pytest.warns(RuntimeWarning, match="no GPU support"):
+        index = RetrievalIndex(stored, [str(i) for i in range(len(stored))], labels, device="cuda:0")
+    assert index.device == torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not per index
+        again = RetrievalIndex(stored, [str(i) for i in range(len(stored))], labels, device="cuda:0")
+    assert np.array_equal(again.search(stored[:5], 4)[1], _brute_force(stored[:5], stored, 4)[0])
+
+
+def test_with_a_gpu_faiss_exact_and_ivf_move_to_the_gpu_and_hnsw_stays(monkeypatch, tmp_path):
+    _pretend_cuda(monkeypatch, gpu_faiss=True)
+    copies, resources = [], []
+    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: resources.append(1) or "resources", raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, gpu, cpu_index: copies.append((res, gpu)) or cpu_index,
+                        raising=False)
+    stored, labels = _clustered(n=400)
+    paths = [str(i) for i in range(len(stored))]
+    exact = RetrievalIndex(stored, paths, labels, device="cuda:1")
+    ivf = RetrievalIndex(stored, paths, labels, approximate="ivf", device="cuda:1")
+    hnsw = RetrievalIndex(stored, paths, labels, approximate="hnsw", device="cuda:1")
+    assert exact.device == ivf.device == torch.device("cuda:1") and hnsw.device == torch.device("cpu")
+    assert copies == [("resources", 1), ("resources", 1)] and len(resources) == 1  # one set of GPU resources
+    exact.save(tmp_path / "store")  # the embeddings are saved, never the GPU index: it reloads anywhere
+    assert RetrievalIndex.load(tmp_path / "store", device="cpu").device == torch.device("cpu")
