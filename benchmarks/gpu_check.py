@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from semnb.data.synth_sem import CLASSES, generate_sem_image, sample_seed
 from semnb.env import environment
 from semnb.hardware import Compute
 from semnb.models import load_backbone
@@ -91,8 +92,8 @@ def encoder_section(args, compute: Compute) -> list[str]:
     backbone = load_backbone(args.backbone, precision="fp32", image_size=args.image_size, device=str(compute.device))
     flops = {kind: flops_per_image(backbone, kind) for kind in ("plain", "dual")}
     print(f"\n## encoder: {backbone.name} ({backbone.weights}), {backbone.image_size} px, "
-          f"{flops['plain'] / 1e9:.1f} GFLOP/image plain, {flops['dual'] / 1e9:.1f} dual-path")
-    print(f"{'precision':>9} {'batch':>5} {'plain img/s':>12} {'dual img/s':>11} {'ratio':>6} {'TFLOP/s':>8} "
+          f"{flops['plain'] / 1e9:.2f} GFLOP/image plain, {flops['dual'] / 1e9:.2f} dual-path")
+    print(f"{'precision':>9} {'batch':>5} {'plain img/s':>12} {'dual img/s':>11} {'cost':>6} {'TFLOP/s':>8} "
           f"{'of peak':>8}")
     images = bench_images(max(args.batch_sizes), backbone.image_size)
     for precision in args.precisions:
@@ -128,15 +129,85 @@ def _encoder_agreement(args, backbone, images) -> list[str]:
     return failures
 
 
-def sem_images(n_per_class: int, size: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    pixels, masks, labels = [], [], []
-    for cls in CLASSES:
-        for i in range(n_per_class):
-            sample = generate_sem_image(cls, size, sample_seed(seed, cls, i))
-            pixels.append(sample.image)
-            masks.append(sample.mask)
-            labels.append(cls)
-    return pixels, masks, labels
+def _timed(fn):
+    started = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - started
+
+
+def episode_check(args, compute: Compute, folder: Path) -> tuple[dict, float]:
+    """One SEM-CLIP segmentation episode: encode support + queries, fit, predict; seconds and pixel AUROC."""
+    from semnb.data import load_dataset, write_sem_dataset
+    from semnb.fewshot import prepare_fewshot, sample_episode
+    from semnb.fewshot.evaluate import segment_episode, segmentation_scores
+
+    data_dir = folder / "sem"
+    if not data_dir.exists():
+        write_sem_dataset(data_dir, n_per_class=args.episode_per_class, size=args.episode_image_size, seed=0)
+    images = load_dataset(data_dir, layout="mvtec")
+    data, encode_s = _timed(lambda: prepare_fewshot(images, "segment", args.backbone, image_size=args.image_size,
+                                                    device=str(compute.device), precision=compute.precision))
+    episode = sample_episode(data.labels, args.shots, 0, data.class_names)
+    (out, seconds), _ = _timed(lambda: segment_episode(data, episode, "semclip"))
+    queries = episode.queries
+    scores = segmentation_scores(out, data.masks[queries], data.is_defect[queries])
+    per_image = encode_s / len(images)
+    episode_s = per_image * (len(episode.support) + len(queries)) + seconds["fit_s"] + seconds["predict_s"]
+    figures = {"images": len(images), "support": len(episode.support), "queries": len(queries),
+               "encode_s_per_image": per_image, **seconds, "episode_s": episode_s}
+    return figures, float(scores["pixel_auroc"])
+
+
+def retrieval_check(args, compute: Compute) -> tuple[float, np.ndarray]:
+    """Images/s of the retrieval embedding (frozen ImageNet layers + embedding head) and the embeddings."""
+    from semnb.retrieval.embedding import (
+        RetrievalConfig,
+        build_view_bank,
+        load_split_backbone,
+        train_embedding,
+    )
+
+    pixels = bench_images(args.retrieval_images, args.retrieval_image_size)
+    backbone = load_split_backbone(args.retrieval_backbone, device=str(compute.device), precision=compute.precision)
+    config = RetrievalConfig(epochs=1, image_size=args.retrieval_image_size)
+    bank = build_view_bank(backbone, pixels[:4], config.image_size)
+    model = train_embedding("frozen", backbone, bank, np.full(4, -1), config)
+    model.encode(pixels[:4])  # warm-up
+    embeddings, seconds = _timed(lambda: model.encode(pixels, batch_size=args.retrieval_batch))
+    return len(pixels) / seconds, embeddings
+
+
+def workload_section(args, compute: Compute) -> list[str]:
+    """Few-shot episode, SSL epoch and retrieval embedding: on the device and on the CPU, and their agreement."""
+    targets = [compute] if compute.device.type == "cpu" else [compute, Compute.resolve("cpu", "fp32")]
+    failures, episodes, retrievals = [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in targets:
+            episodes[target], auroc = episode_check(args, target, Path(tmp))
+            episodes[target]["pixel_auroc"] = auroc
+            retrievals[target] = retrieval_check(args, target)
+    print(f"\n## workloads ({args.backbone} few-shot episode of {args.shots} shots; retrieval "
+          f"{args.retrieval_backbone} at {args.retrieval_image_size} px)")
+    for target in targets:
+        e = episodes[target]
+        print(f"  {target}: episode {e['episode_s']:.2f} s ({e['support']} support + {e['queries']} queries; "
+              f"encode {e['encode_s_per_image'] * 1e3:.1f} ms/image, fit {e['fit_s']:.2f} s, predict "
+              f"{e['predict_s']:.2f} s), pixel AUROC {e['pixel_auroc']:.4f}; retrieval embedding "
+              f"{retrievals[target][0]:.1f} images/s")
+    if len(targets) == 2:
+        device, cpu = targets
+        gap = abs(episodes[device]["pixel_auroc"] - episodes[cpu]["pixel_auroc"])
+        cosine = float(F.cosine_similarity(torch.from_numpy(retrievals[device][1]),
+                                           torch.from_numpy(retrievals[cpu][1]), dim=-1).min())
+        print(f"  device vs CPU: episode pixel AUROC differs by {gap:.4f} (tolerance {TOLERANCE['episode_auroc_abs']}); "
+              f"retrieval embedding worst cosine {cosine:.5f} (tolerance >= {TOLERANCE['retrieval_cosine']}); "
+              f"speed-up episode {episodes[cpu]['episode_s'] / episodes[device]['episode_s']:.1f}x, retrieval "
+              f"{retrievals[device][0] / retrievals[cpu][0]:.1f}x")
+        if gap > TOLERANCE["episode_auroc_abs"]:
+            failures.append(f"episode pixel AUROC differs by {gap:.4f}")
+        if cosine < TOLERANCE["retrieval_cosine"]:
+            failures.append(f"retrieval embedding cosine {cosine:.5f}")
+    return failures
 
 
 def main() -> int:
@@ -147,12 +218,21 @@ def main() -> int:
     parser.add_argument("--precisions", default=None, help="comma-separated; default fp32,fp16,bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--batch-sizes", default=None, help="comma-separated; default 1,8,32,64,128,256 on a GPU, 1,8 on the CPU")
     parser.add_argument("--seconds", type=float, default=1.0, help="time each figure for at least this long")
+    parser.add_argument("--shots", type=int, default=10, help="support images per class of the few-shot episode")
+    parser.add_argument("--episode-per-class", type=int, default=14, help="synthetic SEM test images per class")
+    parser.add_argument("--episode-image-size", type=int, default=256)
+    parser.add_argument("--retrieval-backbone", default="efficientnet-lite0")
+    parser.add_argument("--retrieval-image-size", type=int, default=128)
+    parser.add_argument("--retrieval-images", type=int, default=512)
+    parser.add_argument("--retrieval-batch", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes: checks the script runs (CI)")
     args = parser.parse_args()
     compute = Compute.resolve(args.device, "fp32")
     on_gpu = compute.device.type == "cuda"
     if args.quick:
         args.backbone, args.image_size, args.seconds = "semnb-tiny", 64, 0.05
+        args.shots, args.episode_per_class, args.episode_image_size = 1, 2, 64
+        args.retrieval_backbone, args.retrieval_image_size, args.retrieval_images = "semnb-tiny-cnn", 48, 8
     gpu_precisions = ["fp32", "fp16"] + (["bf16"] if on_gpu and torch.cuda.is_bf16_supported() else [])
     args.precisions = args.precisions.split(",") if args.precisions else (gpu_precisions if on_gpu else ["fp32"])
     default_sizes = "1,8,32,64,128,256" if on_gpu else ("1,2" if args.quick else "1,8")

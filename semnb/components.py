@@ -23,13 +23,15 @@ _QUERY_CHUNK = 2048  # query patches per distance block
 def upsample_and_smooth(patch_maps: torch.Tensor, grid: tuple[int, int], size: int, sigma: float = 4.0) -> torch.Tensor:
     """Patch maps [B, h*w] or [B, h, w] -> [B, size, size]: bilinear upsampling, then a Gaussian (sigma in pixels).
 
+    Computed in float32 on the maps' device.
+
     Taught in: 04_segmentation.
     """
     maps = patch_maps.reshape(-1, 1, *grid).float()
     maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
     if sigma > 0:
         radius = max(1, int(math.ceil(3 * sigma)))
-        x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
         kernel = torch.exp(-0.5 * (x / sigma) ** 2)
         kernel = kernel / kernel.sum()
         maps = F.pad(maps, (radius, radius, radius, radius), mode="replicate")
@@ -50,6 +52,9 @@ def image_scores(maps: torch.Tensor, top_fraction: float = 0.01) -> torch.Tensor
 
 def nearest_distance(queries: torch.Tensor, memory: torch.Tensor, metric: str = "euclidean") -> torch.Tensor:
     """Distance [Q] of each query row [Q, d] to its nearest memory row [M, d]: Euclidean, or (1 - cos) / 2.
+
+    Computed on the inputs' device (a GPU computes PatchCore's distances far faster), in
+    blocks of queries to bound memory.
 
     Taught in: 04_segmentation.
     """
@@ -80,6 +85,8 @@ def greedy_coreset(features: torch.Tensor, n_keep: int, seed: int = 0, projectio
     """Indices of `n_keep` rows chosen by greedy k-center on a random projection (PatchCore's coreset).
 
     Each step adds the row farthest from those already chosen, so the kept rows cover the memory.
+    Computed on the features' device (the indices come back there); the projection and the
+    first row are drawn on the CPU, so a seed picks the same rows on every device.
 
     Taught in: 04_segmentation.
     """
@@ -87,14 +94,15 @@ def greedy_coreset(features: torch.Tensor, n_keep: int, seed: int = 0, projectio
     n_keep = int(min(max(n_keep, 1), m))
     generator = torch.Generator().manual_seed(int(seed))
     if d > projection_dim:
-        features = features @ (torch.randn(d, projection_dim, generator=generator) / projection_dim ** 0.5)
-    chosen = [int(torch.randint(m, (1,), generator=generator))]
-    nearest = torch.cdist(features, features[chosen]).squeeze(1)
+        projection = torch.randn(d, projection_dim, generator=generator, device="cpu") / projection_dim ** 0.5
+        features = features @ projection.to(features.device)
+    chosen = [torch.randint(m, (1,), generator=generator, device="cpu").to(features.device)]
+    nearest = torch.cdist(features, features[chosen[0]]).squeeze(1)
     for _ in range(n_keep - 1):
-        nxt = int(nearest.argmax())
+        nxt = nearest.argmax().reshape(1)  # stays on the device: no GPU-to-CPU wait per step
         chosen.append(nxt)
-        nearest = torch.minimum(nearest, torch.cdist(features, features[nxt:nxt + 1]).squeeze(1))
-    return torch.as_tensor(chosen)
+        nearest = torch.minimum(nearest, torch.cdist(features, features[nxt]).squeeze(1))
+    return torch.cat(chosen)
 
 
 def middle_levels(num_levels: int) -> list[int]:

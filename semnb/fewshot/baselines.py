@@ -19,6 +19,9 @@ Classification:
   (CLIP's linear-probe protocol, scikit-learn L-BFGS);
 - `prototype_proba`: nearest class mean of the unit-length image embeddings (cosine).
 
+The maps are computed on the device of the features given (a GPU computes PatchCore's
+nearest-patch distances far faster), in float32; the classifiers' scikit-learn fits run on the CPU.
+
 Taught in: 04_segmentation (winclip, patchcore) and 05_classification (linear_probe, prototype).
 """
 from __future__ import annotations
@@ -42,7 +45,7 @@ def memory_rows(coverage: torch.Tensor, is_normal: np.ndarray) -> torch.Tensor:
 
     Taught in: 04_segmentation.
     """
-    is_normal = torch.as_tensor(np.asarray(is_normal, dtype=bool))
+    is_normal = torch.as_tensor(np.asarray(is_normal, dtype=bool), device=coverage.device)
     if bool(is_normal.any()):
         return is_normal[:, None].expand_as(coverage).clone()
     return coverage <= 0
@@ -63,7 +66,7 @@ def winclip_patch_maps(query_z: Sequence[torch.Tensor], support_z: Sequence[torc
     visual = visual / len(query_z)
     if text is None:
         return visual
-    zero_shot = (logit_scale * cosine(query_z[-1], text)).softmax(dim=-1)[..., DEFECT]
+    zero_shot = (logit_scale * cosine(query_z[-1], text.to(query_z[-1].device))).softmax(dim=-1)[..., DEFECT]
     return (zero_shot + visual) / 2
 
 
@@ -92,9 +95,9 @@ def linear_probe_proba(support_tokens: torch.Tensor, support_labels: np.ndarray,
     Taught in: 05_classification.
     """
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    model.fit(support_tokens.numpy(), np.asarray(support_labels))
+    model.fit(support_tokens.float().cpu().numpy(), np.asarray(support_labels))
     out = np.zeros((len(query_tokens), n_classes))
-    out[:, model.classes_] = model.predict_proba(query_tokens.numpy())
+    out[:, model.classes_] = model.predict_proba(query_tokens.float().cpu().numpy())
     return out
 
 
@@ -106,11 +109,11 @@ def prototype_proba(support_embeddings: torch.Tensor, support_labels: np.ndarray
 
     Taught in: 05_classification.
     """
-    labels = torch.as_tensor(np.asarray(support_labels), dtype=torch.long)
+    labels = torch.as_tensor(np.asarray(support_labels), dtype=torch.long, device=support_embeddings.device)
     unit = F.normalize(support_embeddings, dim=-1)
     present = torch.unique(labels)
     prototypes = torch.stack([F.normalize(unit[labels == c].mean(0), dim=0) for c in present])
     sims = F.normalize(query_embeddings, dim=-1) @ prototypes.T
     out = np.zeros((len(query_embeddings), n_classes))
-    out[:, present.numpy()] = (logit_scale * sims).softmax(dim=-1).numpy()
+    out[:, present.cpu().numpy()] = (logit_scale * sims).softmax(dim=-1).cpu().numpy()
     return out

@@ -17,6 +17,10 @@ share one space as CLIP's projected tokens do, and an early stage, where every i
 alike, wins every max (measured: 5-shot accuracy on magnetic_tile 0.21 with the max over
 stages, 0.47 with the pooled embedding).
 
+The head trains and predicts on `compute.device` under `compute.autocast()` (with
+`compute.grad_scaler()`); it is initialised on the CPU from a seeded CPU generator, so a seed
+starts from the same weights on every device; probabilities come back as CPU float32 arrays.
+
 Taught in: 05_classification.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import Compute
 from semnb.models.levels import EncodedLevels
 
 
@@ -73,7 +78,7 @@ def class_prototypes(tokens: Sequence[torch.Tensor], labels: np.ndarray, n_class
 
     Taught in: 05_classification.
     """
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=tokens[0].device)
     missing = sorted(set(range(n_classes)) - set(labels.tolist()))
     if missing:
         raise SemnbInputError("support", f"has no example of class {missing[0]}", "draw at least one shot per class")
@@ -131,11 +136,16 @@ class ClassificationOutput:
 class SemClipClassifier:
     """SEM-CLIP's few-shot classifier: fit the head on the support, mix with text (or prototype) probabilities.
 
+    `device` and `precision` as `semnb.hardware.Compute.resolve` reads them (or a resolved
+    `Compute` as `device`): features given on another device are moved there.
+
     Taught in: 05_classification.
     """
 
-    def __init__(self, config: ClassificationConfig | None = None):
+    def __init__(self, config: ClassificationConfig | None = None, device: str | torch.device | Compute = "auto",
+                 precision: str = "auto"):
         self.config = config or ClassificationConfig()
+        self.compute = Compute.resolve(device, precision)
         mix_probabilities(torch.zeros(1), torch.zeros(1), self.config.alpha)  # checks alpha
         self.head: ClassHead | None = None
         self.anchors: list[torch.Tensor] = []
@@ -143,11 +153,11 @@ class SemClipClassifier:
         self.loss_history: list[float] = []
 
     def _tokens(self, levels: EncodedLevels) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(raw class tokens for the head, tokens compared with the anchors), at the levels in use."""
-        cls = levels.cls[-1:] if self.config.last_level_only else levels.cls
+        """(raw class tokens for the head, tokens compared with the anchors), at the levels in use, on the device."""
+        cls = [self.compute.to(t) for t in (levels.cls[-1:] if self.config.last_level_only else levels.cls)]
         if levels.has_text:
             return cls, [levels.project(t) for t in cls]
-        return cls, [levels.embedding]
+        return cls, [self.compute.to(levels.embedding)]
 
     def fit(self, support: EncodedLevels, labels: Sequence[int] | np.ndarray, n_classes: int,
             class_text: torch.Tensor | None = None, seed: int = 0) -> SemClipClassifier:
@@ -166,33 +176,39 @@ class SemClipClassifier:
         self.uses_text = support.has_text
         if cfg.alpha < 1:
             with torch.no_grad():
-                self.anchors = ([class_text.float()] * len(compared) if support.has_text
+                self.anchors = ([self.compute.to(class_text.float())] * len(compared) if support.has_text
                                 else class_prototypes(compared, labels, n_classes))
         self.head, self.loss_history = None, []
         if cfg.alpha > 0:
             generator = torch.Generator().manual_seed(int(seed))
-            self.head = ClassHead([int(t.shape[-1]) for t in raw], n_classes, generator)
-            target = torch.as_tensor(labels)
+            with torch.device("cpu"):  # the same initial weights on every device
+                head = ClassHead([int(t.shape[-1]) for t in raw], n_classes, generator)
+            self.head = head.to(self.compute.device)
+            target = torch.as_tensor(labels, device=self.compute.device)
             optimizer = torch.optim.Adam(self.head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            scaler = self.compute.grad_scaler()
             for _ in range(cfg.steps):
                 optimizer.zero_grad()
-                loss = F.cross_entropy(self.head(raw), target)
-                loss.backward()
-                optimizer.step()
+                with self.compute.autocast():
+                    loss = F.cross_entropy(self.head(raw), target)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 self.loss_history.append(float(loss.detach()))
         return self
 
     @torch.no_grad()
     def predict(self, levels: EncodedLevels) -> ClassificationOutput:
-        """P = (1 - a) P_S + a P_C for every image.
+        """P = (1 - a) P_S + a P_C for every image (CPU float32 arrays).
 
         Taught in: 05_classification.
         """
         cfg = self.config
         raw, compared = self._tokens(levels)
-        p_s = max_level_probabilities(compared, self.anchors, cfg.logit_scale) if cfg.alpha < 1 else None
-        p_c = self.head(raw).softmax(dim=-1) if cfg.alpha > 0 else None
+        with self.compute.autocast():
+            p_s = max_level_probabilities(compared, self.anchors, cfg.logit_scale).float() if cfg.alpha < 1 else None
+            p_c = self.head(raw).softmax(dim=-1).float() if cfg.alpha > 0 else None
         proba = mix_probabilities(p_s if p_s is not None else torch.zeros_like(p_c),
                                   p_c if p_c is not None else torch.zeros_like(p_s), cfg.alpha)
-        return ClassificationOutput(proba.numpy(), None if p_s is None else p_s.numpy(),
-                                    None if p_c is None else p_c.numpy())
+        return ClassificationOutput(proba.cpu().numpy(), None if p_s is None else p_s.cpu().numpy(),
+                                    None if p_c is None else p_c.cpu().numpy())

@@ -32,6 +32,8 @@ the figures `semnb eval classify` reports come from other data):
   pattern every class shares (0.45 with c_j, 0.43 without the subtraction). Adding the
   global embedding hurt (0.34): its 1280 dimensions are mostly background.
 - true masks for the support: 0.43, against 0.37 with the segmenter's own maps (beta = 40).
+The contrasts are computed on the segmenter's device; the logistic regression (scikit-learn)
+runs on the CPU.
 The method needs masks for every defect image of the data set (`prepare_fewshot` keeps them
 for task "classify" when they exist); without them `evaluate_classification` skips it with
 a warning.
@@ -56,6 +58,7 @@ from semnb.fewshot.segmentation import (
     SemClipSegmenter,
     mask_coverage,
 )
+from semnb.hardware import Compute
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,16 @@ def defect_probability(segmenter: SemClipSegmenter, feats: PatchFeatures) -> tor
 class DefectPooledClassifier:
     """Fit on the support (segmenter on its masks; logistic regression on its defect contrasts), classify queries.
 
+    `device` and `precision` as `semnb.hardware.Compute.resolve` reads them (or a resolved
+    `Compute` as `device`): the segmenter's, and where the contrasts are computed.
+
     Taught in: 05_classification.
     """
 
-    def __init__(self, config: DefectPoolingConfig | None = None):
+    def __init__(self, config: DefectPoolingConfig | None = None, device: str | torch.device | Compute = "auto",
+                 precision: str = "auto"):
         self.config = config or DefectPoolingConfig()
+        self.compute = Compute.resolve(device, precision)
         self.segmenter: SemClipSegmenter | None = None
         self.probe: Pipeline | None = None
         self.n_classes = 0
@@ -128,24 +136,26 @@ class DefectPooledClassifier:
         if len(labels) != support.num_images:
             raise SemnbInputError("labels", f"{len(labels)} labels for {support.num_images} support images",
                                   "pass one label per support image")
-        self.segmenter = SemClipSegmenter(self.config.segmentation).fit(support, masks, text, seed=seed)
-        coverage = mask_coverage(masks, support.grid).reshape(support.num_images, -1)
+        support = support.to(self.compute.device)
+        self.segmenter = SemClipSegmenter(self.config.segmentation, self.compute).fit(support, masks, text, seed=seed)
+        coverage = self.compute.to(mask_coverage(masks, support.grid).reshape(support.num_images, -1))
         vectors = defect_contrast(support.z, defect_weights(coverage, self.config.sharpness))
         self.probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        self.probe.fit(vectors.numpy(), labels)
+        self.probe.fit(vectors.cpu().numpy(), labels)
         self.n_classes = int(n_classes)
         return self
 
     @torch.no_grad()
     def query_vectors(self, feats: PatchFeatures) -> torch.Tensor:
-        """The defect contrasts [B, sum D_j] of images without masks, pooled by the segmenter's maps.
+        """The defect contrasts [B, sum D_j] (CPU float32) of images without masks, pooled by the segmenter's maps.
 
         Taught in: 05_classification.
         """
         if self.segmenter is None:
             raise SemnbInputError("DefectPooledClassifier", "is not fitted", "call fit(...) on the support first")
+        feats = feats.to(self.compute.device)
         weights = defect_weights(defect_probability(self.segmenter, feats), self.config.sharpness)
-        return defect_contrast(feats.z, weights)
+        return defect_contrast(feats.z, weights).cpu()
 
     def predict_proba(self, feats: PatchFeatures) -> np.ndarray:
         """Class probabilities [B, n_classes] (rows sum to 1; a class absent from the support gets 0).

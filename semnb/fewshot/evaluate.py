@@ -14,6 +14,9 @@ Protocol:
   method and its baselines, `defect_pooled` (semnb.fewshot.defect_pooling) classifies the
   defect region the segmenter finds; it needs a mask for every defect image and is skipped,
   with a warning, on data sets without them;
+- device and precision: resolved once, by the backbone (`load_backbone`); the features are
+  moved to that device once and every method computes there (its models under the
+  precision's autocast), each episode's maps and probabilities coming back to the CPU;
 - figures: the mean over seeds and the sample std (`semnb.metrics.mean_std_over_seeds`);
   timing: seconds per episode of each method's fitting and predicting.
 
@@ -52,6 +55,7 @@ from semnb.fewshot.segmentation import (
     mask_coverage,
     patch_features,
 )
+from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE, EncodedLevels, FeatureCache, encode_images, load_backbone
 from semnb.models.tiny_clip import TINY_NAME
 from semnb.prompts import NORMAL_KEY, class_text_embeddings, normal_defect_embeddings
@@ -82,6 +86,9 @@ CLASSIFY_ABLATIONS = {
 class FewShotData:
     """What every episode reads, computed once: features, masks and pixels at S x S, text embeddings.
 
+    `compute`: the device and precision the backbone resolved; `levels`, `patches` (and the
+    PatchCore features) are on its device, pixels and masks are numpy arrays.
+
     Taught in: 04_segmentation and 05_classification.
     """
 
@@ -89,7 +96,7 @@ class FewShotData:
     task: str
     backbone: str
     weights: str
-    precision: str
+    compute: Compute
     image_size: int
     levels: EncodedLevels
     pixels: np.ndarray
@@ -104,6 +111,14 @@ class FewShotData:
     @property
     def has_text(self) -> bool:
         return self.levels.has_text
+
+    @property
+    def precision(self) -> str:
+        return self.compute.precision
+
+    @property
+    def device(self) -> torch.device:
+        return self.compute.device
 
     @property
     def labels(self) -> np.ndarray:
@@ -156,10 +171,13 @@ def backbone_warnings(backbone_name: str, has_text: bool, task: str) -> list[str
 
 
 def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEFAULT_BACKBONE,
-                    precision: str = "fp32", image_size: int | None = None, max_per_class: int | None = None,
+                    precision: str = "auto", image_size: int | None = None, max_per_class: int | None = None,
                     cache: FeatureCache | None = None, prompt_styles: Sequence[str] = ("expert",),
-                    progress: bool = False) -> FewShotData:
+                    progress: bool = False, device: str = "auto") -> FewShotData:
     """Read, encode (once, cached) and embed the prompts of a data set for few-shot episodes.
+
+    `device` and `precision` are resolved once, by `load_backbone`; the features are then
+    moved to that device, where every episode's methods compute.
 
     `task` is "segment" (masks required for every defect image) or "classify". For "classify"
     the masks, patch features and (CLIP) normal/defect text are kept too when every defect
@@ -182,14 +200,14 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
         if images.is_normal.all():
             raise SemnbInputError(str(images.root), "holds only defect-free images", "add defect images with masks")
         require_masks(images.mask_paths, images.is_normal, images.paths)
-    model = load_backbone(backbone, precision=precision, image_size=image_size)
+    model = load_backbone(backbone, precision=precision, image_size=image_size, device=device)
     size = model.image_size
     tick = time.perf_counter()
     pixels = np.stack([images.image(i, size) for i in tqdm(range(len(images)), desc="read images", disable=not progress)])
     with_masks = task == "segment" or not missing_masks(images.mask_paths, images.is_normal)
     masks = np.stack([images.mask(i, size) for i in range(len(images))]) if with_masks else None
-    levels = encode_images(model, pixels, cache, progress=progress)
-    data = FewShotData(images=images, task=task, backbone=model.name, weights=model.weights, precision=model.precision,
+    levels = encode_images(model, pixels, cache, progress=progress).to(model.device)
+    data = FewShotData(images=images, task=task, backbone=model.name, weights=model.weights, compute=model.compute,
                        image_size=size, levels=levels, pixels=pixels, masks=masks,
                        warnings=backbone_warnings(model.name, model.has_text, task))
     if model.has_text:
@@ -214,8 +232,8 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
 # ------------------------------------------------------------------ one episode, one method
 def _finish_maps(patch_maps: torch.Tensor, data: FewShotData, sigma: float, top_fraction: float) -> SegmentationOutput:
     maps = upsample_and_smooth(patch_maps, data.levels.grid, data.image_size, sigma)
-    return SegmentationOutput(maps=maps.numpy(), scores=image_scores(maps, top_fraction).numpy(),
-                              patch_maps={"map": patch_maps.reshape(-1, *data.levels.grid).numpy()})
+    return SegmentationOutput(maps=maps.cpu().numpy(), scores=image_scores(maps, top_fraction).cpu().numpy(),
+                              patch_maps={"map": patch_maps.reshape(-1, *data.levels.grid).cpu().numpy()})
 
 
 def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip",
@@ -234,12 +252,13 @@ def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip"
         raise SemnbInputError("prompt_style", f"{prompt_style!r} was not prepared", "pass it in prepare_fewshot(prompt_styles=...)")
     tick = time.perf_counter()
     if method == "semclip":
-        model = SemClipSegmenter(config).fit(data.patches.subset(support), data.masks[support], text, seed=episode.seed)
+        model = SemClipSegmenter(config, data.compute).fit(data.patches.subset(support), data.masks[support], text,
+                                                           seed=episode.seed)
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
         out = model.predict(data.patches.subset(queries), data.image_size)
         return out, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
-    coverage = mask_coverage(data.masks[support], data.levels.grid).reshape(len(support), -1)
+    coverage = data.compute.to(mask_coverage(data.masks[support], data.levels.grid).reshape(len(support), -1))
     memory = baselines.memory_rows(coverage, data.images.is_normal[support])
     if method == "winclip":
         patches = data.patches
@@ -293,8 +312,8 @@ def classify_episode(data: FewShotData, episode: Episode, method: str = "semclip
         if data.has_text and class_text is None and config.alpha < 1:
             raise SemnbInputError("prompt_style", f"{prompt_style!r} was not prepared",
                                   "pass it in prepare_fewshot(prompt_styles=...)")
-        model = SemClipClassifier(config).fit(data.levels.subset(support), labels, n_classes, class_text,
-                                              seed=episode.seed)
+        model = SemClipClassifier(config, data.compute).fit(data.levels.subset(support), labels, n_classes,
+                                                            class_text, seed=episode.seed)
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
         proba = model.predict(data.levels.subset(queries)).proba
@@ -314,8 +333,8 @@ def classify_episode(data: FewShotData, episode: Episode, method: str = "semclip
         if data.has_text and text is None:
             raise SemnbInputError("prompt_style", f"{prompt_style!r} was not prepared",
                                   "pass it in prepare_fewshot(prompt_styles=...)")
-        model = DefectPooledClassifier(config).fit(data.patches.subset(support), data.masks[support], labels,
-                                                   n_classes, text, seed=episode.seed)
+        model = DefectPooledClassifier(config, data.compute).fit(data.patches.subset(support), data.masks[support],
+                                                                 labels, n_classes, text, seed=episode.seed)
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
         proba = model.predict_proba(data.patches.subset(queries))
@@ -411,33 +430,37 @@ def _query_warnings(data: FewShotData, episodes: list[Episode]) -> list[str]:
 
 
 def _prepared(images: ImageSet | FewShotData, task: str, backbone: str, precision: str, image_size: int | None,
-              max_per_class: int | None, cache: FeatureCache | None, ablations: bool, progress: bool) -> FewShotData:
+              max_per_class: int | None, cache: FeatureCache | None, ablations: bool, progress: bool,
+              device: str) -> FewShotData:
     """`images` ready for episodes: as given when already prepared, else read and encoded once
     (with the generic prompts too when the ablations need them)."""
     if isinstance(images, FewShotData):
         return images
     styles = ("expert", "generic") if ablations else ("expert",)
-    return prepare_fewshot(images, task, backbone, precision, image_size, max_per_class, cache, styles, progress)
+    return prepare_fewshot(images, task, backbone, precision, image_size, max_per_class, cache, styles, progress,
+                           device)
 
 
 def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAULT_BACKBONE, shots: int = DEFAULT_SHOTS,
-                          seeds: Sequence[int] = (0, 1, 2), precision: str = "fp32", image_size: int | None = None,
+                          seeds: Sequence[int] = (0, 1, 2), precision: str = "auto", image_size: int | None = None,
                           ablations: bool = False, max_per_class: int | None = None,
                           config: SegmentationConfig | None = None, coreset_fraction: float = 1.0,
-                          cache: FeatureCache | None = None, progress: bool = False) -> EvalResult:
+                          cache: FeatureCache | None = None, progress: bool = False, device: str = "auto") -> EvalResult:
     """SEM-CLIP segmentation, WinCLIP+-style and PatchCore-style baselines (and, with `ablations`, Table 3).
 
     `images` may be a `FewShotData` already prepared (then backbone, precision, image_size,
-    max_per_class and cache are not used), so a shot sweep encodes nothing twice.
-    `extra` holds: ablations (method -> metrics) when asked, class_names, image_size,
-    n_queries, settings.
+    max_per_class, cache and device are not used), so a shot sweep encodes nothing twice.
+    `device` (`auto|cpu|cuda|cuda:N|mps`) and `precision` (`auto|fp32|bf16|fp16`): where and how
+    the backbone and every method compute. `extra` holds: ablations (method -> metrics) when
+    asked, class_names, image_size, n_queries, settings, device.
 
     Taught in: 04_segmentation.
     """
     started = time.perf_counter()
     seeds = _check_seeds(seeds)
     config = config or SegmentationConfig()
-    data = _prepared(images, "segment", backbone, precision, image_size, max_per_class, cache, ablations, progress)
+    data = _prepared(images, "segment", backbone, precision, image_size, max_per_class, cache, ablations, progress,
+                     device)
     variants, skipped = _segment_variants(data, config, ablations)
 
     def score(variant: _Variant, episode: Episode) -> tuple[dict, dict]:
@@ -458,6 +481,7 @@ def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAUL
         "n_queries": int(np.mean([len(e.queries) for e in episodes])),
         "settings": {**asdict(config), "coreset_fraction": coreset_fraction},
         "image_score": f"mean of the top {config.top_fraction:.0%} of each smoothed map",
+        "device": str(data.device),
     }
     if ablations:
         result.extra["ablations"] = {name: aggregated[name] for name in aggregated if name not in SEGMENT_METHODS}
@@ -465,25 +489,28 @@ def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAUL
 
 
 def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFAULT_BACKBONE,
-                            shots: int = DEFAULT_SHOTS, seeds: Sequence[int] = (0, 1, 2), precision: str = "fp32",
+                            shots: int = DEFAULT_SHOTS, seeds: Sequence[int] = (0, 1, 2), precision: str = "auto",
                             image_size: int | None = None, ablations: bool = False,
                             max_per_class: int | None = None, config: ClassificationConfig | None = None,
-                            cache: FeatureCache | None = None, progress: bool = False) -> EvalResult:
+                            cache: FeatureCache | None = None, progress: bool = False,
+                            device: str = "auto") -> EvalResult:
     """SEM-CLIP classification, linear-probe and prototype baselines, defect_pooled (and, with `ablations`, Table 3).
 
     defect_pooled runs when the data set has a mask for every defect image; otherwise it is
     left out of `results` and a warning says why.
 
+    `device` and `precision`, and a prepared `images`, as in `evaluate_segmentation`.
     `extra` holds: confusion_matrix (method -> counts summed over seeds, rows = true class),
     per_class (method -> class -> precision/recall/f1 means over seeds), ablations when asked,
-    class_names, image_size, n_queries, settings.
+    class_names, image_size, n_queries, settings, device.
 
     Taught in: 05_classification.
     """
     started = time.perf_counter()
     seeds = _check_seeds(seeds)
     config = config or ClassificationConfig()
-    data = _prepared(images, "classify", backbone, precision, image_size, max_per_class, cache, ablations, progress)
+    data = _prepared(images, "classify", backbone, precision, image_size, max_per_class, cache, ablations, progress,
+                     device)
     if len(data.class_names) < 2:
         raise SemnbInputError(str(data.images.root), "has only one class", "classification needs two classes or more")
     variants, skipped = _classify_variants(data, config, ablations)
@@ -516,6 +543,7 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
         "confusion_matrix": {m: np.sum([r["confusion_matrix"] for r in reports[m]], axis=0).tolist()
                              for m in methods},
         "per_class": {m: _per_class_means(reports[m]) for m in methods},
+        "device": str(data.device),
     }
     if ablations:
         result.extra["ablations"] = {name: aggregated[name] for name in aggregated if name not in CLASSIFY_METHODS}

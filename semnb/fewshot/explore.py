@@ -310,7 +310,7 @@ def segment_setting(data: FewShotData, shots: int, level: str | int = "all", pat
     episode = sample_episode(data.labels, shots, seed, data.class_names)
     config = replace(config or SegmentationConfig(), use_z=path in ("both", "z"), use_v=path in ("both", "v"))
     text = data.text.get("expert") if data.has_text else None
-    model = SemClipSegmenter(config).fit(feats.subset(episode.support), data.masks[episode.support], text, seed=seed)
+    model = SemClipSegmenter(config, data.compute).fit(feats.subset(episode.support), data.masks[episode.support], text, seed=seed)
     out = model.predict(feats, data.image_size)
     maps = out.maps / model.num_terms(feats)
     q = episode.queries

@@ -31,6 +31,10 @@ Choices the paper leaves open, and why:
   same number to every class's score and cancels inside the softmax, so it would remove
   nothing; the mean over the image's patches is what every patch shares (CLIP Surgery's
   "redundant" global feature), and removing it leaves what is local.
+- Device and precision: the segmenter trains and maps on `compute.device`, the layer's
+  forward passes (and the loss) under `compute.autocast()`, with `compute.grad_scaler()`;
+  the layer is initialised on the CPU from a seeded CPU generator, so a seed starts from the
+  same weights on every device, and the maps come back as CPU float32 arrays.
 - Without a text tower (efficientnet-lite0) the layer maps the layer-normalised stage features
   into a 64-d space, the text pair t is replaced, per level, by two learned anchors (normal,
   defect) initialised from the mask-weighted mean features of the support, and there is no
@@ -52,6 +56,7 @@ from tqdm.auto import tqdm
 
 from semnb.components import image_scores, upsample_and_smooth
 from semnb.errors import SemnbInputError
+from semnb.hardware import Compute
 from semnb.models.levels import EncodedLevels
 
 NORMAL, DEFECT = 0, 1
@@ -90,6 +95,8 @@ class PatchFeatures:
     no text: the layer-normalised Z_j). v: m tensors [B, N, E], the projected V_j, or None.
     `in_joint_space` says whether z already lives where text embeddings do.
 
+    The tokens are on the device of the features they came from (`patch_features`), `to` moves them.
+
     Taught in: 04_segmentation.
     """
 
@@ -103,8 +110,12 @@ class PatchFeatures:
         return int(self.z[0].shape[0])
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> PatchFeatures:
-        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.z[0].device)
         return replace(self, z=[t[idx] for t in self.z], v=None if self.v is None else [t[idx] for t in self.v])
+
+    def to(self, device: torch.device | str) -> PatchFeatures:
+        """The same tokens on another device (no copy where they are there already)."""
+        return replace(self, z=[t.to(device) for t in self.z], v=None if self.v is None else [t.to(device) for t in self.v])
 
     def last_level(self) -> PatchFeatures:
         return replace(self, z=self.z[-1:], v=None if self.v is None else self.v[-1:])
@@ -113,6 +124,8 @@ class PatchFeatures:
 @torch.no_grad()
 def patch_features(levels: EncodedLevels) -> PatchFeatures:
     """Project (CLIP) or normalise (no text) every level's patch tokens once, for all episodes to share.
+
+    Computed on the device the levels are on, and kept there.
 
     Taught in: 04_segmentation.
     """
@@ -164,9 +177,11 @@ def v_path_map(v_joint: Sequence[torch.Tensor], text: torch.Tensor, logit_scale:
 def mask_coverage(masks: torch.Tensor | np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """Fraction [K, h, w] of each cell of an h x w grid that the masks [K, H, W] cover (area average).
 
+    Computed on the CPU, where masks are read (a [K, h, w] result is cheaper to move than the masks).
+
     Taught in: 04_segmentation.
     """
-    masks = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
+    masks = torch.as_tensor(np.asarray(masks), dtype=torch.float32, device="cpu")
     return F.adaptive_avg_pool2d(masks[:, None], size)[:, 0]
 
 
@@ -237,12 +252,16 @@ class SemClipSegmenter:
 
     `anchors` are the learned (normal, defect) anchors per level of a backbone without text;
     in CLIP's joint space the text pair is every level's anchor and `anchors` stays empty.
+    `device` and `precision` as `semnb.hardware.Compute.resolve` reads them (or a resolved
+    `Compute` as `device`): features given on another device are moved there.
 
     Taught in: 04_segmentation.
     """
 
-    def __init__(self, config: SegmentationConfig | None = None):
+    def __init__(self, config: SegmentationConfig | None = None, device: str | torch.device | Compute = "auto",
+                 precision: str = "auto"):
         self.config = config or SegmentationConfig()
+        self.compute = Compute.resolve(device, precision)
         if not (self.config.use_z or self.config.use_v):
             raise SemnbInputError("SegmentationConfig", "uses neither the Z nor the V path", "set use_z or use_v")
         self.layer: TransformationLayer | None = None
@@ -251,7 +270,8 @@ class SemClipSegmenter:
         self.loss_history: list[float] = []
 
     @classmethod
-    def untrained(cls, text: torch.Tensor, config: SegmentationConfig | None = None) -> SemClipSegmenter:
+    def untrained(cls, text: torch.Tensor, config: SegmentationConfig | None = None,
+                  device: str | torch.device | Compute = "auto", precision: str = "auto") -> SemClipSegmenter:
         """The segmenter without the transformation layer, on CLIP features: its map reads the text alone.
 
         This is `fit` with `transform=False` on a CLIP backbone (the paper's Table 3 "without the
@@ -260,8 +280,8 @@ class SemClipSegmenter:
 
         Taught in: 02_prompts and 04_segmentation.
         """
-        model = cls(replace(config or SegmentationConfig(), transform=False))
-        model.text = F.normalize(text.float(), dim=-1)
+        model = cls(replace(config or SegmentationConfig(), transform=False), device, precision)
+        model.text = F.normalize(model.compute.to(text.float()), dim=-1)
         return model
 
     def _select(self, feats: PatchFeatures) -> PatchFeatures:
@@ -290,32 +310,34 @@ class SemClipSegmenter:
 
         Taught in: 04_segmentation.
         """
-        cfg = self.config
-        feats = self._select(support)
+        cfg, compute = self.config, self.compute
+        feats = self._select(support).to(compute.device)
         if feats.in_joint_space and text is None:
             raise SemnbInputError("text", "is missing for a CLIP backbone", "pass the (normal, defect) text embeddings")
         if feats.v is None and not cfg.use_z:
             raise SemnbInputError("V path", "needs a dual-path CLIP backbone (this one has no V-V tokens)",
                                   "use the Z path, or a CLIP backbone")
-        masks = torch.as_tensor(np.asarray(masks), dtype=torch.float32)
+        masks = torch.as_tensor(np.asarray(masks), dtype=torch.float32, device="cpu")
         if masks.ndim != 3 or masks.shape[0] != feats.num_images:
             raise SemnbInputError("masks", f"has shape {tuple(masks.shape)} for {feats.num_images} support images",
                                   "pass one mask [S, S] per support image")
-        self.text = None if text is None else F.normalize(text.float(), dim=-1)
+        self.text = None if text is None else F.normalize(compute.to(text.float()), dim=-1)
         self.loss_history = []
         if not cfg.use_z:
             return self
         generator = torch.Generator().manual_seed(int(seed))
-        coverage = mask_coverage(masks, feats.grid).reshape(feats.num_images, -1)
+        coverage = compute.to(mask_coverage(masks, feats.grid).reshape(feats.num_images, -1))
         self.layer = None
         if cfg.transform:
             dims = [int(t.shape[-1]) for t in feats.z]
             out_dim = int(text.shape[-1]) if feats.in_joint_space else cfg.visual_dim
-            self.layer = TransformationLayer(dims, out_dim, identity=feats.in_joint_space, generator=generator)
+            with torch.device("cpu"):  # the same initial weights on every device
+                layer = TransformationLayer(dims, out_dim, identity=feats.in_joint_space, generator=generator)
+            self.layer = layer.to(compute.device)
         self.anchors = []
         if not feats.in_joint_space:
-            with torch.no_grad():
-                self.anchors = [mask_prototypes(z, coverage) for z in self._map(feats.z)]
+            with torch.no_grad(), compute.autocast():
+                self.anchors = [mask_prototypes(z, coverage).float() for z in self._map(feats.z)]
         if self.layer is not None and cfg.steps > 0:
             self._train(feats, masks, generator, progress)
         return self
@@ -324,23 +346,26 @@ class SemClipSegmenter:
         return list(tokens) if self.layer is None else self.layer(tokens)
 
     def _train(self, feats: PatchFeatures, masks: torch.Tensor, generator: torch.Generator, progress: bool) -> None:
-        cfg = self.config
+        cfg, compute = self.config, self.compute
         h, w = feats.grid
-        target = mask_coverage(masks, (h * cfg.loss_upsample, w * cfg.loss_upsample))
+        target = compute.to(mask_coverage(masks, (h * cfg.loss_upsample, w * cfg.loss_upsample)))
         params = list(self.layer.parameters())
         if not feats.in_joint_space:  # no text: the anchors are learned too
             self.anchors = [nn.Parameter(a.clone()) for a in self.anchors]
             params += self.anchors
         optimizer = torch.optim.Adam(params, lr=cfg.lr_text if feats.in_joint_space else cfg.lr_visual)
+        scaler = compute.grad_scaler()
         for _ in tqdm(range(cfg.steps), desc="train transformation layer", disable=not progress):
             optimizer.zero_grad()
-            loss = 0.0
-            for z, t in zip(self.layer(feats.z), self._anchors(len(feats.z))):
-                cos = cosine(z, t)
-                logits = cfg.logit_scale * (cos[..., DEFECT] - cos[..., NORMAL])
-                loss = loss + focal_dice_loss(logits.reshape(-1, h, w), target, cfg.focal_gamma)
-            loss.backward()
-            optimizer.step()
+            with compute.autocast():
+                loss = 0.0
+                for z, t in zip(self.layer(feats.z), self._anchors(len(feats.z))):
+                    cos = cosine(z, t)
+                    logits = cfg.logit_scale * (cos[..., DEFECT] - cos[..., NORMAL])
+                    loss = loss + focal_dice_loss(logits.float().reshape(-1, h, w), target, cfg.focal_gamma)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             self.loss_history.append(float(loss.detach()))
         self.anchors = [a.detach() for a in self.anchors]
 
@@ -348,25 +373,29 @@ class SemClipSegmenter:
     def patch_maps(self, feats: PatchFeatures) -> dict[str, torch.Tensor]:
         """Raw maps on the patch grid [B, N]: "z" (A_Z) and "v" (A_V), each present when its path is used.
 
+        float32, on the segmenter's device (`predict` brings its maps back to the CPU).
+
         Taught in: 04_segmentation.
         """
         cfg = self.config
-        feats = self._select(feats)
+        feats = self._select(feats).to(self.compute.device)
         out = {}
-        if cfg.use_z:
-            out["z"] = z_path_map(self._map(feats.z), self._anchors(len(feats.z)), cfg.logit_scale)
-        if cfg.use_v and feats.v is not None and self.text is not None:
-            out["v"] = v_path_map(feats.v, self.text, cfg.logit_scale)
-        return out
+        with self.compute.autocast():
+            if cfg.use_z:
+                out["z"] = z_path_map(self._map(feats.z), self._anchors(len(feats.z)), cfg.logit_scale)
+            if cfg.use_v and feats.v is not None and self.text is not None:
+                out["v"] = v_path_map(feats.v, self.text, cfg.logit_scale)
+        return {k: v.float() for k, v in out.items()}
 
     @torch.no_grad()
     def predict(self, feats: PatchFeatures, image_size: int) -> SegmentationOutput:
-        """A = A_Z + A_V, upsampled to `image_size` and smoothed, with one score per image.
+        """A = A_Z + A_V, upsampled to `image_size` and smoothed, with one score per image (CPU float32 arrays).
 
         Taught in: 04_segmentation.
         """
         parts = self.patch_maps(feats)
         combined = sum(parts.values())
         maps = upsample_and_smooth(combined, feats.grid, image_size, self.config.sigma)
-        return SegmentationOutput(maps=maps.numpy(), scores=image_scores(maps, self.config.top_fraction).numpy(),
-                                  patch_maps={k: v.reshape(-1, *feats.grid).numpy() for k, v in parts.items()})
+        scores = image_scores(maps, self.config.top_fraction)
+        return SegmentationOutput(maps=maps.cpu().numpy(), scores=scores.cpu().numpy(),
+                                  patch_maps={k: v.reshape(-1, *feats.grid).cpu().numpy() for k, v in parts.items()})
