@@ -4,7 +4,8 @@ The SSL paper measures its embedding against GLCM, LBP, wavelet-energy and raw-p
 features put through the same k-means; we add two stronger references, a frozen ImageNet
 CNN and CLIP image embeddings. Every extractor takes preprocessed gray images [N, S, S] in
 [0, 1] (`semnb.clustering.ssl.prepare_images`) and returns float32 features [N, D]. The texture code is
-scikit-image's and PyWavelets', not hand-written.
+scikit-image's and PyWavelets', not hand-written, and runs on the CPU (numpy); only the frozen
+networks compute on a device (the backbone's, see `semnb.models.load_backbone`).
 
 Taught in: 06_ssl_clustering.
 """
@@ -17,6 +18,7 @@ from sklearn.decomposition import PCA
 from tqdm.auto import tqdm
 
 from semnb.errors import SemnbInputError
+from semnb.hardware import run_in_batches
 
 GLCM_PROPERTIES = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 GLCM_DISTANCES = (1, 2, 4)
@@ -107,13 +109,15 @@ def backbone_features(pixels: np.ndarray, backbone, batch_size: int = 16, progre
     """Frozen-network embeddings (`backbone.encode_image`, from `semnb.models.load_backbone`).
 
     With `efficientnet-lite0` this is the pooled 1280-d ImageNet feature; with a CLIP backbone
-    it is CLIP's image embedding. The backbone resizes and normalises the gray images itself.
+    it is CLIP's image embedding. The backbone resizes and normalises the gray images itself
+    and computes on its own device; a batch that does not fit there is halved and retried.
 
     Taught in: 06_ssl_clustering.
     """
     pixels = _check_images(pixels)
-    parts = [backbone.encode_image(pixels[s:s + batch_size]).numpy()
-             for s in tqdm(range(0, len(pixels), batch_size), desc=f"encode {backbone.name}", disable=not progress)]
+    batches = run_in_batches(backbone.encode_image, pixels, batch_size, "image")
+    parts = [part.numpy() for part in tqdm(batches, desc=f"encode {backbone.name}",
+                                           total=-(-len(pixels) // batch_size), disable=not progress)]
     return np.concatenate(parts).astype(np.float32)
 
 

@@ -145,11 +145,14 @@ def self_referential_distance(features: torch.Tensor, grid: tuple[int, int], exc
 
     features: [B, N, d] patch features on a row-major `grid`. Patches within `exclude_radius`
     grid steps (Chebyshev) are skipped; a patch with nothing left to compare gets 0. The
-    outer ring gets the inner patches' minimum (see the module docstring).
+    outer ring gets the inner patches' minimum (see the module docstring). Computed on the
+    features' device.
 
     Taught in: 06_ssl_clustering.
     """
-    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    device = features.device
+    rows, cols = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
+                                indexing="ij")
     rows, cols = rows.reshape(-1), cols.reshape(-1)
     near = ((rows[:, None] - rows[None]).abs() <= exclude_radius) & ((cols[:, None] - cols[None]).abs() <= exclude_radius)
     distances = torch.cdist(features, features).masked_fill(near, float("inf")).amin(dim=-1)
@@ -162,11 +165,14 @@ def self_referential_distance(features: torch.Tensor, grid: tuple[int, int], exc
 
 
 def locate_defects(pixels: Sequence[np.ndarray], normal_images: Sequence[np.ndarray] = (),
-                   config: CropConfig | None = None, backbone=None, progress: bool = False) -> DefectLocations:
+                   config: CropConfig | None = None, backbone=None, progress: bool = False, device: str = "auto",
+                   precision: str = "auto") -> DefectLocations:
     """The most anomalous place of each gray image and the crop window around it (see the module docstring).
 
     `normal_images`: defect-free images that are not among `images` (empty: self-referential
-    scores). `backbone`: a loaded `DEFAULT_BACKBONE` to reuse (loaded here when None).
+    scores). `backbone`: a loaded `DEFAULT_BACKBONE` to reuse (loaded here onto `device` at
+    `precision` when None). The patch distances, the coreset and the map smoothing are computed
+    on the backbone's device; the windows on the CPU.
 
     Taught in: 06_ssl_clustering.
     """
@@ -174,17 +180,19 @@ def locate_defects(pixels: Sequence[np.ndarray], normal_images: Sequence[np.ndar
     if len(pixels) == 0:
         raise SemnbInputError("pixels", "is empty", "pass at least one image")
     if backbone is None:
-        backbone = load_backbone(DEFAULT_BACKBONE, image_size=config.encode_size)
+        backbone = load_backbone(DEFAULT_BACKBONE, image_size=config.encode_size, device=device, precision=precision)
+    compute = backbone.compute
     if backbone.image_size != config.encode_size:
         raise SemnbInputError("backbone", f"encodes at {backbone.image_size} px, the config asks for "
                               f"{config.encode_size}", "load it with image_size=config.encode_size")
     queries, grid = _patch_features(pixels, backbone, config.encode_size, progress, "locate: encode images")
+    queries = compute.to(queries)
     patch_maps = torch.cat([self_referential_distance(queries[s:s + 16], grid, config.exclude_radius)
                             for s in range(0, len(queries), 16)])
     reference, memory_patches = SELF_REFERENTIAL, 0
     if len(normal_images):
         bank, _ = _patch_features(normal_images, backbone, config.encode_size, progress, "locate: encode normal images")
-        bank = bank.reshape(-1, bank.shape[-1])
+        bank = compute.to(bank.reshape(-1, bank.shape[-1]))
         if config.coreset_fraction < 1 and len(bank) > 1:
             bank = bank[greedy_coreset(bank, int(round(config.coreset_fraction * len(bank))), config.seed)]
         memory_patches = len(bank)
@@ -192,8 +200,7 @@ def locate_defects(pixels: Sequence[np.ndarray], normal_images: Sequence[np.ndar
         patch_maps = torch.minimum(patch_maps, normal)
         reference = NORMAL_AND_SELF
     maps = upsample_and_smooth(patch_maps, grid, config.encode_size, config.sigma)
-    flat = maps.reshape(len(maps), -1)
-    peak, where = flat.max(dim=1)
+    peak, where = (t.cpu() for t in maps.reshape(len(maps), -1).max(dim=1))
     rows, cols = (where // config.encode_size).numpy(), (where % config.encode_size).numpy()
     centers, windows = [], []
     for image, row, col in zip(pixels, rows, cols):

@@ -10,6 +10,11 @@ go through the same k-means, with k = number of classes, and the same scores
 (`split_for_clustering`), preprocesses them (optionally cut to a window around each located
 defect) and returns the results contract (`EvalResult`) with what notebook 06 plots.
 
+The networks (SSL training and embedding, the frozen ImageNet and CLIP baselines, the defect
+locator) compute on the `device` and `precision` resolved once by `evaluate_clustering`;
+k-means, the scores and the texture features (GLCM, LBP, wavelet, PCA) are numpy and
+scikit-learn code and stay on the CPU.
+
 Taught in: 06_ssl_clustering.
 """
 from __future__ import annotations
@@ -43,6 +48,7 @@ from semnb.clustering.ssl import (
 from semnb.data.dataset import ImageSet
 from semnb.data.preprocess import crop_border, detect_banner
 from semnb.errors import SemnbInputError
+from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE, PAPER_CLIP, available_weights, load_backbone
 from semnb.models.tiny_clip import TINY_NAME
 from semnb.results import NOT_IN_JSON, EvalResult
@@ -70,13 +76,15 @@ class FeatureSpec:
 
 
 def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress: bool = False,
-                   warnings: list[str] | None = None) -> dict[str, FeatureSpec]:
+                   warnings: list[str] | None = None, device: str = "auto",
+                   precision: str = "auto") -> dict[str, FeatureSpec]:
     """Feature extractors of the baselines in `methods` (everything but "ssl" and "ssl_untrained").
 
     "imagenet" loads `DEFAULT_BACKBONE` (the ImageNet efficientnet-lite0); "clip" loads `backbone` when it names a CLIP
     model, else the default CLIP when its weights are on this machine. When "clip" was not
     asked for by name (`methods` is the default list) and no weights exist, it is left out
-    with a note in `warnings` instead of failing; a random model is never called CLIP.
+    with a note in `warnings` instead of failing; a random model is never called CLIP. The
+    frozen networks are loaded onto `device` at `precision`; the texture features run on the CPU.
 
     Taught in: 06_ssl_clustering.
     """
@@ -88,7 +96,7 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
         elif method == "pca":
             specs[method] = FeatureSpec(lambda x, seed: pca_features(x, seed=seed), seeded=True)
         elif method == "imagenet":
-            net = load_backbone(DEFAULT_BACKBONE, image_size=IMAGENET_SIZE)
+            net = load_backbone(DEFAULT_BACKBONE, image_size=IMAGENET_SIZE, device=device, precision=precision)
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
                                         seeded=False, backbone=net.name, weights=net.weights)
         elif method == "clip":
@@ -100,7 +108,7 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
                                           "give --backbone MODEL:/path/to/checkpoint or clip:/path/to/checkpoint")
                 warnings.append(note)
                 continue
-            net = load_backbone(name, image_size=224 if name == TINY_NAME else None)
+            net = load_backbone(name, image_size=224 if name == TINY_NAME else None, device=device, precision=precision)
             if name == TINY_NAME and warnings is not None:
                 warnings.append("clip: semnb-tiny has random weights, NOT CLIP; its row is for tests only")
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
@@ -133,13 +141,15 @@ class ClusterEvaluation(EvalResult):
 def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                      methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,), k: int | None = None,
                      ssl_config: SSLConfig | None = None, backbone: str | None = None, data: str = "arrays",
-                     progress: bool = False) -> ClusterEvaluation:
+                     progress: bool = False, device: str = "auto", precision: str = "auto") -> ClusterEvaluation:
     """Features, k-means and scores for every method on preprocessed images [N, S, S] (`prepare_images`).
 
     For each seed: the SSL model is trained with that seed (`ssl_config.seed` is replaced)
     and every method's k-means uses it; deterministic features (GLCM, LBP, wavelet, frozen
     networks) are computed once. Results are means over seeds with `<metric>_std`.
-    `methods=None` runs all of `METHODS`, leaving out "clip" without weights.
+    `methods=None` runs all of `METHODS`, leaving out "clip" without weights. `device` and
+    `precision` are resolved once here and replace those of `ssl_config`; the result records
+    the resolved ones (`precision`, `extra["device"]`).
 
     Taught in: 06_ssl_clustering.
     """
@@ -152,12 +162,14 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
     if not seeds:
         raise SemnbInputError("--seeds", "no seed given", "write e.g. --seeds 0,1,2")
     k = _number_of_clusters(labels, k)
+    compute = Compute.resolve(device, precision)
+    hardware = {"device": str(compute.device), "precision": compute.precision}
     warnings: list[str] = []
     load_start = time.perf_counter()
-    specs = baseline_specs(requested, backbone, progress, warnings if methods is None else None)
+    specs = baseline_specs(requested, backbone, progress, warnings if methods is None else None, **hardware)
     load_s = time.perf_counter() - load_start
     order = [m for m in requested if m in ("ssl", "ssl_untrained") or m in specs]
-    ssl_config = ssl_config or SSLConfig()
+    ssl_config = replace(ssl_config or SSLConfig(), **hardware)
     timing: dict[str, float] = {m: 0.0 for m in order}
     per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in order}
     first_features: dict[str, np.ndarray] = {}
@@ -169,11 +181,11 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
             start = time.perf_counter()
             if method == "ssl":
                 run = train_ssl(pixels, replace(ssl_config, seed=int(seed)), progress=progress)
-                features = embed(run.model, pixels, channels_last=ssl_config.channels_last)
+                features = embed(run.model, pixels, channels_last=ssl_config.channels_last, **hardware)
                 first_run = first_run or run
             elif method == "ssl_untrained":
                 features = embed(create_model(replace(ssl_config, seed=int(seed))), pixels,
-                                 channels_last=ssl_config.channels_last)
+                                 channels_last=ssl_config.channels_last, **hardware)
             elif specs[method].seeded or method not in fixed:
                 features = fixed[method] = specs[method].extract(pixels, seed)
             else:
@@ -189,11 +201,12 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
         task="cluster", data=data,
         backbone=", ".join(f"{m}: {specs[m].backbone}" for m in frozen) or "none",
         weights=", ".join(f"{m}: {specs[m].weights}" for m in frozen) or "none",
-        precision=ssl_config.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(pixels),
+        precision=compute.precision, shots=None, seeds=[int(s) for s in seeds], n_images=len(pixels),
         results={m: metrics.mean_std_over_seeds(per_seed[m]) for m in order},
         timing={"load_models_s": round(load_s, 3), **{f"{m}_s": round(t, 3) for m, t in timing.items()}},
         warnings=warnings,
-        extra={"k": k, "class_names": list(class_names), "image_size": int(pixels.shape[-1]),
+        extra={"device": str(compute.device), "k": k, "class_names": list(class_names),
+               "image_size": int(pixels.shape[-1]),
                "n_labelled": int((labels >= 0).sum()),
                "nmi_random_assignment": metrics.random_assignment_nmi(labels, k)},
         pixels=pixels, labels=labels, class_names=list(class_names), features=first_features,
@@ -226,7 +239,8 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
                         epochs: int = 15, image_size: int = PAPER_IMAGE_SIZE, k: int | None = None,
                         backbone: str | None = None, border: int = 0, banner: int | str = "auto",
                         threads: int | None = None, crop: str | None = None, crop_config: CropConfig | None = None,
-                        ssl_augment: bool = False, progress: bool = False) -> ClusterEvaluation:
+                        ssl_augment: bool = False, progress: bool = False, device: str = "auto",
+                        precision: str = "auto") -> ClusterEvaluation:
     """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
 
     The images clustered are those of `split_for_clustering` (in the MVTec layout the test
@@ -236,12 +250,15 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
     images, when there are any, are the locator's normal memory); `extra["crop"]` says how the
     windows were found and how often they hold the true defect, where masks exist
     (`semnb.metrics.window_hit_rate`). `ssl_augment=True` trains the SSL encoder on randomly
-    augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's).
+    augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's). `device` and
+    `precision` (`semnb.hardware`) are resolved once, here, for every network of the run.
 
     Taught in: 06_ssl_clustering (the CLI runs the same function).
     """
     if crop not in CROPS:
         raise SemnbInputError("--crop", f"got {crop!r}", "leave it out (whole images) or use --crop defect")
+    compute = Compute.resolve(device, precision)
+    hardware = {"device": str(compute.device), "precision": compute.precision}
     notes = []
     clustered, reference = split_for_clustering(images)
     if len(clustered) < len(images):
@@ -249,7 +266,7 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
                      "(train/ holds defect-free images only)")
     crop_extra = None
     if crop == "defect":
-        source, crop_extra = _defect_crops(clustered, reference, border, banner, crop_config, progress)
+        source, crop_extra = _defect_crops(clustered, reference, border, banner, crop_config, progress, hardware)
         notes.append(crop_extra.pop("note"))
         border, banner = 0, 0  # already cut before locating
     else:
@@ -259,7 +276,7 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
     preprocess_s = time.perf_counter() - start
     evaluation = evaluate_methods(pixels, clustered.labels, clustered.class_names, methods=methods, seeds=seeds, k=k,
                                   ssl_config=SSLConfig(epochs=epochs, threads=threads, augment_levels=ssl_augment),
-                                  backbone=backbone, data=str(clustered.root), progress=progress)
+                                  backbone=backbone, data=str(clustered.root), progress=progress, **hardware)
     evaluation.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.timing}
     evaluation.warnings[:0] = notes
     if crop_extra is not None:
@@ -269,7 +286,7 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
 
 
 def _defect_crops(clustered: ImageSet, reference: ImageSet, border: int, banner: int | str,
-                  config: CropConfig | None, progress: bool) -> tuple[list[np.ndarray], dict]:
+                  config: CropConfig | None, progress: bool, hardware: dict) -> tuple[list[np.ndarray], dict]:
     """Border- and banner-cut images cropped around their located defect, and the record of how (see evaluate_clustering)."""
     config = config or CropConfig()
     tick = time.perf_counter()
@@ -279,7 +296,7 @@ def _defect_crops(clustered: ImageSet, reference: ImageSet, border: int, banner:
         cut.append(pixels)
         masks.append(mask)
     normal = [_cut(reference.image(i), None, border, banner)[0] for i in range(len(reference))]
-    found = locate_defects(cut, normal, config, progress=progress)
+    found = locate_defects(cut, normal, config, progress=progress, **hardware)
     hits = metrics.window_hit_rate(found.windows, masks)
     side = found.windows[:, 2] - found.windows[:, 0]
     own = f"the image's own patches beyond {config.exclude_radius} grid steps"

@@ -36,7 +36,6 @@ Taught in: 06_ssl_clustering.
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,11 +49,11 @@ from tqdm.auto import tqdm
 from semnb.components import torch_threads
 from semnb.data.preprocess import preprocess
 from semnb.errors import SemnbInputError
+from semnb.hardware import PRECISION_CHOICES, Compute, run_in_batches
 
 PAPER_IMAGE_SIZE = 512
 NUM_LEVELS = 3
 LEVEL_PAIRS = ((0, 1), (0, 2), (1, 2))
-PRECISIONS = ("fp32", "bf16")
 
 
 # ---------------------------------------------------------------- preprocessing and pyramid
@@ -128,7 +127,7 @@ def augmentation_generator(seed: int) -> torch.Generator:
 
 def _uniform(n: int, bounds: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
     low, high = bounds
-    return low + (high - low) * torch.rand(n, generator=generator)
+    return low + (high - low) * torch.rand(n, generator=generator, device="cpu")
 
 
 def _random_geometry(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -141,10 +140,10 @@ def _random_geometry(n: int, generator: torch.Generator) -> torch.Tensor:
     aspect = torch.exp(_uniform(n, (float(np.log(CROP_ASPECT[0])), float(np.log(CROP_ASPECT[1]))), generator))
     width = torch.sqrt(area * aspect).clamp(max=1.0)
     height = torch.sqrt(area / aspect).clamp(max=1.0)
-    centre_x = (1 - width) * (2 * torch.rand(n, generator=generator) - 1)
-    centre_y = (1 - height) * (2 * torch.rand(n, generator=generator) - 1)
-    turns = torch.randint(0, 4, (n,), generator=generator)
-    flip = 1.0 - 2.0 * (torch.rand(n, generator=generator) < 0.5).float()
+    centre_x = (1 - width) * (2 * torch.rand(n, generator=generator, device="cpu") - 1)
+    centre_y = (1 - height) * (2 * torch.rand(n, generator=generator, device="cpu") - 1)
+    turns = torch.randint(0, 4, (n,), generator=generator, device="cpu")
+    flip = 1.0 - 2.0 * (torch.rand(n, generator=generator, device="cpu") < 0.5).float()
     cos, sin = torch.cos(turns * torch.pi / 2).round(), torch.sin(turns * torch.pi / 2).round()
     turn = torch.stack([torch.stack([cos * flip, -sin], 1), torch.stack([sin * flip, cos], 1)], 1)
     scale = torch.diag_embed(torch.stack([width, height], 1))
@@ -155,10 +154,11 @@ def _random_blur(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Gaussian blur of a random sigma on about half of the images (the others pass unchanged)."""
     n = x.shape[0]
     sigma = _uniform(n, BLUR_SIGMA, generator)
-    blurred = torch.rand(n, generator=generator) < BLUR_PROBABILITY
-    offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=torch.float32)
+    blurred = torch.rand(n, generator=generator, device="cpu") < BLUR_PROBABILITY
+    offsets = torch.arange(-BLUR_RADIUS, BLUR_RADIUS + 1, dtype=torch.float32, device="cpu")
     kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)
     kernel = torch.where(blurred[:, None], kernel / kernel.sum(1, keepdim=True), (offsets == 0).float()[None])
+    kernel = kernel.to(x.device)
     size = x.shape[-1]
     rows = F.conv2d(F.pad(x.reshape(1, n, size, size), (0, 0, BLUR_RADIUS, BLUR_RADIUS), mode="reflect"),
                     kernel[:, None, :, None], groups=n)
@@ -172,21 +172,22 @@ def augment_level(level: torch.Tensor, generator: torch.Generator) -> torch.Tens
     Per image, independently: a random crop (`CROP_AREA`, `CROP_ASPECT`) resized back to S x S
     (bilinear) and turned/flipped, a Gaussian blur on half of them, contrast and brightness
     jitter, Gaussian noise, clipped to [0, 1]. Every draw comes from `generator`, so the same
-    generator state gives the same views.
+    generator state gives the same views. The numbers are drawn on the CPU (the same on every
+    device) and applied on the level's device.
 
     Taught in: 06_ssl_clustering.
     """
-    n, size = level.shape[0], level.shape[-1]
+    n, size, device = level.shape[0], level.shape[-1], level.device
     x = level.float().contiguous()
-    grid = F.affine_grid(_random_geometry(n, generator), [n, 1, size, size], align_corners=False)
+    grid = F.affine_grid(_random_geometry(n, generator).to(device), [n, 1, size, size], align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     x = _random_blur(x, generator)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    contrast = _uniform(n, CONTRAST, generator)[:, None, None, None]
-    brightness = _uniform(n, BRIGHTNESS, generator)[:, None, None, None]
-    noise_std = _uniform(n, NOISE_STD, generator)[:, None, None, None]
+    contrast = _uniform(n, CONTRAST, generator)[:, None, None, None].to(device)
+    brightness = _uniform(n, BRIGHTNESS, generator)[:, None, None, None].to(device)
+    noise_std = _uniform(n, NOISE_STD, generator)[:, None, None, None].to(device)
     x = (x - mean) * contrast + mean + brightness
-    x = x + noise_std * torch.randn(x.shape, generator=generator)
+    x = x + noise_std * torch.randn(x.shape, generator=generator, device="cpu").to(device)
     return x.clamp(0.0, 1.0)
 
 
@@ -283,7 +284,8 @@ def embedding_std(embeddings: torch.Tensor | np.ndarray) -> float:
 
     Taught in: 06_ssl_clustering.
     """
-    x = torch.as_tensor(embeddings).detach().float()
+    x = embeddings if isinstance(embeddings, torch.Tensor) else torch.from_numpy(np.asarray(embeddings))
+    x = x.detach().float()
     return float(F.normalize(x, dim=1).std(dim=0).mean())
 
 
@@ -294,7 +296,9 @@ def embedding_std(embeddings: torch.Tensor | np.ndarray) -> float:
 class SSLConfig:
     """Training settings; the defaults are the paper's (Adam, lr 1e-3, batch 32, 15 epochs).
 
-    `channels_last`, `precision` and `threads` change speed, not the method. Measured with
+    `device` and `precision` say where and how training and embedding compute (`semnb.hardware`:
+    `auto` is the first GPU with bf16 or fp16 autocast, else the CPU with fp32 unless it has
+    AMX). `channels_last`, `precision` and `threads` change speed, not the method. Measured with
     benchmarks/bench_cluster.py on a shared 2-core AVX2 CPU (256 px, images/s): channels_last
     8.8 vs 4.1 for the default layout; bf16 autocast 1.2 (AVX2 has no bf16 arithmetic; it may
     pay on CPUs with AMX); one thread 8.8 vs two 6.0 (two OpenMP threads spin against other
@@ -314,7 +318,8 @@ class SSLConfig:
     predictor_hidden: int | None = None
     seed: int = 0
     channels_last: bool = True
-    precision: str = "fp32"
+    precision: str = "auto"
+    device: str = "auto"
     threads: int | None = None
     augment_levels: bool = False
 
@@ -323,8 +328,8 @@ class SSLConfig:
             raise SemnbInputError("--epochs", f"got {self.epochs}", "use 1 or more epochs")
         if self.batch_size < 2:
             raise SemnbInputError("batch_size", f"got {self.batch_size}", "use 2 or more (batch norm needs it)")
-        if self.precision not in PRECISIONS:
-            raise SemnbInputError("precision", f"got {self.precision!r}", f"use one of {', '.join(PRECISIONS)}")
+        if self.precision not in PRECISION_CHOICES:
+            raise SemnbInputError("precision", f"got {self.precision!r}", f"use one of {', '.join(PRECISION_CHOICES)}")
 
 
 @dataclass
@@ -345,31 +350,33 @@ class TrainingHistory:
 
 @dataclass
 class SSLRun:
-    """A trained model, its config and its training history."""
+    """A trained model (on `compute.device`), its config, its training history and where it trained."""
 
     model: MultiResSimSiam
     config: SSLConfig
     history: TrainingHistory
-
-
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    compute: Compute
 
 
 def _in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _to_batch(pixels: np.ndarray, channels_last: bool) -> torch.Tensor:
-    return _in_layout(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[:, None], channels_last)
+def _to_batch(pixels: np.ndarray, channels_last: bool, compute: Compute) -> torch.Tensor:
+    """Images [B, S, S] as a [B, 1, S, S] float32 batch on the compute device."""
+    x = compute.to(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[:, None])
+    return _in_layout(x, channels_last)
 
 
 def create_model(config: SSLConfig) -> MultiResSimSiam:
     """A freshly initialised model, the same for the same `config.seed` (the global RNG is left untouched).
 
+    It is initialised on the CPU, so a seed gives the same weights whatever the device;
+    `train_ssl` and `embed` move it to theirs.
+
     Taught in: 06_ssl_clustering.
     """
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(config.seed)
         model = MultiResSimSiam(config.embedding_dim, config.predictor_hidden)
     return model.to(memory_format=torch.channels_last) if config.channels_last else model
@@ -381,15 +388,19 @@ def train_ssl(pixels: np.ndarray, config: SSLConfig | None = None, progress: boo
     No labels are used. Batches are drawn by a seeded shuffle; a last batch of one image is
     dropped (batch norm needs two). Same seed, same thread count -> same weights. With
     `config.augment_levels` each level is augmented (`augment_pyramid`) from its own seeded stream.
+    Trains on `config.device` under autocast to `config.precision` (a gradient scaler for fp16
+    on CUDA); the shuffle and the augmentation draws stay on the CPU, so they are the same on every device.
 
     Taught in: 06_ssl_clustering.
     """
     config = config or SSLConfig()
+    compute = Compute.resolve(config.device, config.precision)
     pixels = _check_images(pixels)
     if len(pixels) < 2:
         raise SemnbInputError("pixels", f"only {len(pixels)} image", "train on at least 2 images")
-    model = create_model(config)
+    model = create_model(config).to(compute.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scaler = compute.grad_scaler()
     generator = torch.Generator().manual_seed(config.seed)
     views = augmentation_generator(config.seed) if config.augment_levels else None
     history = TrainingHistory()
@@ -399,21 +410,22 @@ def train_ssl(pixels: np.ndarray, config: SSLConfig | None = None, progress: boo
         bar = tqdm(range(config.epochs), desc="ssl epochs", disable=not progress)
         for _ in bar:
             start = time.perf_counter()
-            order = torch.randperm(n, generator=generator).numpy()
+            order = torch.randperm(n, generator=generator, device="cpu").numpy()
             losses, weights, z_all, h_all = [], [], [], []
             for first in range(0, n, config.batch_size):
                 batch = order[first:first + config.batch_size]
                 if len(batch) < 2:
                     continue
-                levels = build_pyramid(_to_batch(pixels[batch], config.channels_last))
+                levels = build_pyramid(_to_batch(pixels[batch], config.channels_last, compute))
                 if views is not None:
                     levels = [_in_layout(level, config.channels_last) for level in augment_pyramid(levels, views)]
-                with _autocast(config.precision):
+                with compute.autocast():
                     z, p, h = model(levels)
                     loss = cross_scale_loss([t.float() for t in z], [t.float() for t in p])
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 losses.append(loss.item())
                 weights.append(len(batch))
                 z_all.append(z[0].detach().float())
@@ -425,36 +437,51 @@ def train_ssl(pixels: np.ndarray, config: SSLConfig | None = None, progress: boo
             history.std_embedding.append(embedding_std(torch.cat(h_all)))
             bar.set_postfix(loss=f"{history.loss[-1]:.3f}", std=f"{history.std_projection[-1]:.3f}")
     model.eval()
-    return SSLRun(model, config, history)
+    return SSLRun(model, config, history, compute)
 
 
 @torch.inference_mode()
 def embed(model: MultiResSimSiam, pixels: np.ndarray, batch_size: int = 32, channels_last: bool = True,
-          progress: bool = False) -> np.ndarray:
+          progress: bool = False, device: str = "auto", precision: str = "auto") -> np.ndarray:
     """L0 embeddings [N, 128] of preprocessed images: the encoder only, projection head removed.
+
+    Computes on `device` (the model is moved there) under autocast to `precision`, halving
+    the batch on out-of-memory; returns float32 numpy on the CPU.
 
     Taught in: 06_ssl_clustering.
     """
+    compute = Compute.resolve(device, precision)
     pixels = _check_images(pixels)
-    model.eval()
-    out = [model.encoder(_to_batch(pixels[s:s + batch_size], channels_last)).float()
-           for s in tqdm(range(0, len(pixels), batch_size), desc="embed", disable=not progress)]
+    model.to(compute.device).eval()
+
+    def encode(part: np.ndarray) -> torch.Tensor:
+        with compute.autocast():
+            return model.encoder(_to_batch(part, channels_last, compute)).float().cpu()
+
+    batches = run_in_batches(encode, pixels, batch_size, "image")
+    out = list(tqdm(batches, desc="embed", total=-(-len(pixels) // batch_size), disable=not progress))
     return torch.cat(out).numpy()
 
 
 @torch.inference_mode()
-def embed_pyramid(model: MultiResSimSiam, pixels: np.ndarray, batch_size: int = 32) -> list[np.ndarray]:
+def embed_pyramid(model: MultiResSimSiam, pixels: np.ndarray, batch_size: int = 32, device: str = "auto",
+                  precision: str = "auto") -> list[np.ndarray]:
     """Encoder embeddings of every pyramid level, [L0, L1, L2] each [N, 128]: how scale-consistent they are.
+
+    Computes on `device` (the model is moved there) under autocast to `precision`; returns numpy on the CPU.
 
     Taught in: 06_ssl_clustering.
     """
+    compute = Compute.resolve(device, precision)
     pixels = _check_images(pixels)
-    model.eval()
-    per_level: list[list[torch.Tensor]] = [[] for _ in range(NUM_LEVELS)]
-    for s in range(0, len(pixels), batch_size):
-        for level, x in enumerate(build_pyramid(_to_batch(pixels[s:s + batch_size], channels_last=False))):
-            per_level[level].append(model.encoder(x).float())
-    return [torch.cat(parts).numpy() for parts in per_level]
+    model.to(compute.device).eval()
+
+    def encode(part: np.ndarray) -> list[torch.Tensor]:
+        with compute.autocast():
+            return [model.encoder(x).float().cpu() for x in build_pyramid(_to_batch(part, False, compute))]
+
+    per_batch = list(run_in_batches(encode, pixels, batch_size, "image"))
+    return [torch.cat([levels[i] for levels in per_batch]).numpy() for i in range(NUM_LEVELS)]
 
 
 def _check_images(pixels: np.ndarray) -> np.ndarray:

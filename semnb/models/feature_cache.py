@@ -151,7 +151,9 @@ def encode_images(backbone: Backbone, pixels: Source, cache: FeatureCache | None
 
     parts: list[EncodedLevels] = []
     items: list[dict[str, np.ndarray]] = []
-    for gray in tqdm(batches, desc=f"encode {backbone.name}", disable=not progress):
+    with torch.device("cpu"):  # the loader draws its workers' seed with a CPU tensor, whatever the default device
+        batch_iterator = iter(batches)
+    for gray in tqdm(batch_iterator, total=len(batches), desc=f"encode {backbone.name}", disable=not progress):
         if cache is None:
             parts += sizer.map(encode, gray)
         else:

@@ -106,9 +106,29 @@ def test_locations_are_deterministic_for_a_seed(locator):
     assert a.memory_patches == 96
 
 
+def test_patch_distances_are_computed_on_the_backbones_device(locator, monkeypatch, implicit_device_is_meta):
+    from semnb.clustering import defect_crop
+
+    images, normal = [_pattern(1, blob=True), _pattern(3)], [_pattern(10), _pattern(11)]
+    config = _config(coreset_fraction=0.5)
+    expected = locate_defects(images, normal, config, backbone=locator)
+    # The backbone is encoded before the context (the network's own code is not ours to check).
+    encoded = {id(images): defect_crop._patch_features(images, locator, SIZE, False, ""),
+               id(normal): defect_crop._patch_features(normal, locator, SIZE, False, "")}
+    monkeypatch.setattr(defect_crop, "_patch_features", lambda pixels, *args: encoded[id(pixels)])
+    with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail
+        found = locate_defects(images, normal, config, backbone=locator)
+    assert locator.compute.device.type == "cpu"
+    assert isinstance(found.peak_scores, np.ndarray) and isinstance(found.windows, np.ndarray)
+    np.testing.assert_array_equal(found.windows, expected.windows)
+    np.testing.assert_array_equal(found.peak_scores, expected.peak_scores)
+
+
 def test_eval_cluster_on_defect_crops_records_how_and_how_well(tmp_images):
     dataset = load_dataset(tmp_images("mvtec", {"good": 3, "crack": 3}, size=64), layout="mvtec")
-    evaluation = evaluate_clustering(dataset, methods=["glcm"], image_size=32, crop="defect", progress=False)
+    evaluation = evaluate_clustering(dataset, methods=["glcm"], image_size=32, crop="defect", progress=False,
+                                     device="cpu", precision="fp32")
+    assert evaluation.extra["device"] == "cpu" and evaluation.precision == "fp32"
     crop = evaluation.extra["crop"]
     assert evaluation.n_images == 6 and crop["reference"] == NORMAL_AND_SELF and crop["n_normal_images"] == 3
     assert crop["n_scored"] == 3 and crop["hit_rate"] == 1.0  # the bright squares are found
@@ -119,6 +139,8 @@ def test_eval_cluster_on_defect_crops_records_how_and_how_well(tmp_images):
     assert "crop" not in whole.extra and not any("crop=defect" in w for w in whole.warnings)
     with pytest.raises(SemnbInputError, match="--crop"):
         evaluate_clustering(dataset, methods=["glcm"], image_size=32, crop="centre", progress=False)
+    with pytest.raises(SemnbInputError, match="--device cuda:7"):
+        evaluate_clustering(dataset, methods=["glcm"], image_size=32, device="cuda:7", progress=False)
 
 
 def test_eval_cluster_command_takes_crop_defect(tmp_images, tmp_path):

@@ -88,6 +88,23 @@ def test_evaluate_methods_runs_every_method_in_order_and_is_reproducible():
     assert again.results == result.results
 
 
+def test_evaluate_methods_computes_on_the_device_asked_for_and_records_it(implicit_device_is_meta):
+    images, labels = _two_morphologies(8)
+    methods = ["ssl", "glcm", "pca", "ssl_untrained"]
+    config = SSLConfig(epochs=1, batch_size=4, threads=1)
+    with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail
+        result = evaluate_methods(images, labels, ["dots", "stripes"], methods=methods, ssl_config=config,
+                                  device="cpu", precision="fp32")
+    assert result.precision == "fp32" and result.extra["device"] == "cpu"
+    assert result.ssl_run.compute.device.type == "cpu"
+    assert all(p.device.type == "cpu" for p in result.ssl_run.model.parameters())
+    assert all(isinstance(f, np.ndarray) for f in result.features.values())
+    plain = evaluate_methods(images, labels, ["dots", "stripes"], methods=methods, ssl_config=config,
+                             device="cpu", precision="fp32")
+    for method in methods:  # the context changes nothing on the CPU
+        np.testing.assert_array_equal(plain.features[method], result.features[method])
+
+
 def test_pca_is_clustered_as_it_is_and_the_other_features_standardised():
     images, labels = _two_morphologies(12)
     single = evaluate_methods(images, labels, ["dots", "stripes"], methods=["pca", "lbp"], progress=False)
@@ -113,7 +130,7 @@ def test_clip_is_left_out_without_weights_unless_asked_for_by_name(monkeypatch):
 
 
 def test_imagenet_baseline_uses_the_offline_efficientnet():
-    spec = baseline_specs(["imagenet"])["imagenet"]
+    spec = baseline_specs(["imagenet"], device="cpu", precision="fp32")["imagenet"]
     assert spec.backbone == "efficientnet-lite0" and "ImageNet" in spec.weights
     features = spec.extract(_two_morphologies(2, 32)[0], 0)
     assert features.shape == (2, 1280) and np.isfinite(features).all()

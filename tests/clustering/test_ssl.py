@@ -1,6 +1,8 @@
 """The multi-resolution SimSiam: pyramid, shared encoder, loss with stop-gradient, training, embedding."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from semnb.clustering.ssl import (
 )
 from semnb.data import preprocess, resize
 from semnb.errors import SemnbInputError
+from semnb.hardware import Compute, SlowPrecisionWarning
 from tests.clustering.ssl_images import stripes_and_dots
 
 # ---------------------------------------------------------------- loss
@@ -152,6 +155,33 @@ def test_embedding_is_the_l0_encoder_output_without_the_projection_head():
     np.testing.assert_allclose(features, expected, atol=1e-5)
 
 
+def test_training_and_embedding_place_every_tensor_on_the_device_asked_for(implicit_device_is_meta):
+    images = stripes_and_dots(6)
+    config = SSLConfig(epochs=1, batch_size=3, seed=0, threads=1, augment_levels=True, device="cpu", precision="fp32")
+    with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail
+        run = train_ssl(images, config, progress=False)
+        features = embed(run.model, images, device="cpu", precision="fp32")
+        per_level = embed_pyramid(run.model, images, device="cpu", precision="fp32")
+    assert run.compute == Compute(torch.device("cpu"), "fp32")
+    assert all(p.device.type == "cpu" for p in run.model.parameters())
+    assert isinstance(features, np.ndarray) and features.shape == (6, 128) and features.dtype == np.float32
+    assert all(isinstance(level, np.ndarray) for level in per_level)
+    plain = train_ssl(images, config, progress=False)
+    assert plain.history.loss == run.history.loss  # the context changes nothing on the CPU
+    np.testing.assert_array_equal(features, embed(plain.model, images, device="cpu", precision="fp32"))
+
+
+def test_training_and_embedding_in_bf16_run_on_any_cpu():
+    images = stripes_and_dots(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SlowPrecisionWarning)  # said where the CPU lacks AMX / AVX512-BF16
+        run = train_ssl(images, SSLConfig(epochs=1, batch_size=3, threads=1, device="cpu", precision="bf16"))
+        features = embed(run.model, images, device="cpu", precision="bf16")
+    assert run.compute.precision == "bf16" and all(np.isfinite(run.history.loss))
+    assert features.dtype == np.float32 and np.isfinite(features).all()
+    assert SSLConfig().precision == SSLConfig().device == "auto"
+
+
 def test_prepare_images_is_semnb_preprocess_at_the_chosen_size():
     rng = np.random.default_rng(0)
     raw = [rng.random((40, 50)).astype(np.float32), rng.random((64, 64)).astype(np.float32)]
@@ -167,8 +197,10 @@ def test_prepare_images_is_semnb_preprocess_at_the_chosen_size():
 def test_bad_input_names_the_option_and_the_fix():
     with pytest.raises(SemnbInputError, match="--epochs"):
         SSLConfig(epochs=0)
-    with pytest.raises(SemnbInputError, match="precision"):
+    with pytest.raises(SemnbInputError, match="precision.*fp32"):
         SSLConfig(precision="fp8")
+    with pytest.raises(SemnbInputError, match="--device"):
+        train_ssl(stripes_and_dots(2), SSLConfig(epochs=1, device="tpu"), progress=False)
     with pytest.raises(SemnbInputError, match="at least 2"):
         train_ssl(stripes_and_dots(1), SSLConfig(epochs=1), progress=False)
     with pytest.raises(SemnbInputError, match="square"):
