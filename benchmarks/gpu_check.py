@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from semnb.env import environment
+from semnb.errors import SemnbInputError
 from semnb.hardware import Compute
 from semnb.models import load_backbone
 from semnb.models.bench import bench_images, synchronize
@@ -177,15 +178,31 @@ def retrieval_check(args, compute: Compute) -> tuple[float, np.ndarray]:
     return len(pixels) / seconds, embeddings
 
 
+def _worst_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(F.cosine_similarity(torch.from_numpy(a).double(), torch.from_numpy(b).double(), dim=-1).min())
+
+
+def ssl_check(args, compute: Compute) -> tuple[float, np.ndarray]:
+    """Seconds of one SSL epoch (the paper's multi-resolution SimSiam) and the embeddings after it."""
+    from semnb.clustering.ssl import SSLConfig, embed, prepare_images, train_ssl
+
+    pixels = prepare_images(bench_images(args.ssl_images, args.ssl_image_size), args.ssl_image_size)
+    config = SSLConfig(epochs=1, seed=0, device=str(compute.device),
+                       precision=compute.precision)
+    run, seconds = _timed(lambda: train_ssl(pixels, config))
+    return seconds, embed(run.model, pixels, device=str(compute.device), precision=compute.precision)
+
+
 def workload_section(args, compute: Compute) -> list[str]:
     """Few-shot episode, SSL epoch and retrieval embedding: on the device and on the CPU, and their agreement."""
     targets = [compute] if compute.device.type == "cpu" else [compute, Compute.resolve("cpu", "fp32")]
-    failures, episodes, retrievals = [], {}, {}
+    failures, episodes, retrievals, ssl = [], {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
             episodes[target], auroc = episode_check(args, target, Path(tmp))
             episodes[target]["pixel_auroc"] = auroc
             retrievals[target] = retrieval_check(args, target)
+            ssl[target] = ssl_check(args, target)
     print(f"\n## workloads ({args.backbone} few-shot episode of {args.shots} shots; retrieval "
           f"{args.retrieval_backbone} at {args.retrieval_image_size} px)")
     for target in targets:
@@ -193,20 +210,25 @@ def workload_section(args, compute: Compute) -> list[str]:
         print(f"  {target}: episode {e['episode_s']:.2f} s ({e['support']} support + {e['queries']} queries; "
               f"encode {e['encode_s_per_image'] * 1e3:.1f} ms/image, fit {e['fit_s']:.2f} s, predict "
               f"{e['predict_s']:.2f} s), pixel AUROC {e['pixel_auroc']:.4f}; retrieval embedding "
-              f"{retrievals[target][0]:.1f} images/s")
+              f"{retrievals[target][0]:.1f} images/s; one SSL epoch on {args.ssl_images} images "
+              f"{ssl[target][0]:.2f} s")
     if len(targets) == 2:
         device, cpu = targets
         gap = abs(episodes[device]["pixel_auroc"] - episodes[cpu]["pixel_auroc"])
-        cosine = float(F.cosine_similarity(torch.from_numpy(retrievals[device][1]),
-                                           torch.from_numpy(retrievals[cpu][1]), dim=-1).min())
+        cosine = _worst_cosine(retrievals[device][1], retrievals[cpu][1])
+        ssl_cosine = _worst_cosine(ssl[device][1], ssl[cpu][1])
         print(f"  device vs CPU: episode pixel AUROC differs by {gap:.4f} (tolerance {TOLERANCE['episode_auroc_abs']}); "
               f"retrieval embedding worst cosine {cosine:.5f} (tolerance >= {TOLERANCE['retrieval_cosine']}); "
-              f"speed-up episode {episodes[cpu]['episode_s'] / episodes[device]['episode_s']:.1f}x, retrieval "
-              f"{retrievals[device][0] / retrievals[cpu][0]:.1f}x")
+              f"SSL embedding after one epoch worst cosine {ssl_cosine:.5f} (tolerance >= "
+              f"{TOLERANCE['ssl_embedding_cosine']}); speed-up episode "
+              f"{episodes[cpu]['episode_s'] / episodes[device]['episode_s']:.1f}x, retrieval "
+              f"{retrievals[device][0] / retrievals[cpu][0]:.1f}x, SSL epoch {ssl[cpu][0] / ssl[device][0]:.1f}x")
         if gap > TOLERANCE["episode_auroc_abs"]:
             failures.append(f"episode pixel AUROC differs by {gap:.4f}")
         if cosine < TOLERANCE["retrieval_cosine"]:
             failures.append(f"retrieval embedding cosine {cosine:.5f}")
+        if ssl_cosine < TOLERANCE["ssl_embedding_cosine"]:
+            failures.append(f"SSL embedding cosine {ssl_cosine:.5f}")
     return failures
 
 
@@ -225,14 +247,21 @@ def main() -> int:
     parser.add_argument("--retrieval-image-size", type=int, default=128)
     parser.add_argument("--retrieval-images", type=int, default=512)
     parser.add_argument("--retrieval-batch", type=int, default=128)
+    parser.add_argument("--ssl-images", type=int, default=256)
+    parser.add_argument("--ssl-image-size", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes: checks the script runs (CI)")
     args = parser.parse_args()
-    compute = Compute.resolve(args.device, "fp32")
+    try:
+        compute = Compute.resolve(args.device, "fp32")
+    except SemnbInputError as err:
+        print(f"gpu_check: error: {err}", file=sys.stderr)
+        return 2
     on_gpu = compute.device.type == "cuda"
     if args.quick:
         args.backbone, args.image_size, args.seconds = "semnb-tiny", 64, 0.05
         args.shots, args.episode_per_class, args.episode_image_size = 1, 2, 64
         args.retrieval_backbone, args.retrieval_image_size, args.retrieval_images = "semnb-tiny-cnn", 48, 8
+        args.ssl_images, args.ssl_image_size = 8, 32
     gpu_precisions = ["fp32", "fp16"] + (["bf16"] if on_gpu and torch.cuda.is_bf16_supported() else [])
     args.precisions = args.precisions.split(",") if args.precisions else (gpu_precisions if on_gpu else ["fp32"])
     default_sizes = "1,8,32,64,128,256" if on_gpu else ("1,2" if args.quick else "1,8")

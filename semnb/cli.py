@@ -87,12 +87,17 @@ def data_synth(kind: str, out_dir: Path, n_per_class: int, size: int, seed: int)
 @click.option("--n-per-class", type=click.IntRange(min=2), default=12, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
               callback=lambda ctx, param, seed: _check_seed(seed, "--seed"))
-def demo(out_dir: Path, n_per_class: int, seed: int) -> None:
+@click.option("--device", default="auto", show_default=True,
+              help="auto (the first CUDA GPU, else the CPU), cpu, cuda, cuda:N or mps.")
+def demo(out_dir: Path, n_per_class: int, seed: int, device: str) -> None:
     """The main job: offline, on the default synthetic SEM data, ending in one HTML report."""
+    from semnb.hardware import resolve_device
+
+    resolve_device(device)
     check_writable(out_dir, f"--out {out_dir}", folder=True)  # before the slow imports and the minutes of work
     from semnb.demo import run_demo
 
-    report = run_demo(out_dir, n_per_class=n_per_class, seed=seed, progress=True)
+    report = run_demo(out_dir, n_per_class=n_per_class, seed=seed, device=device, progress=True)
     click.echo(f"demo report: {report.resolve()}")
 
 
@@ -244,6 +249,10 @@ def _fewshot_options(func):
                      help="Also run the paper's Table 3 ablations (printed and written under `ablations`)."),
         click.option("--max-per-class", type=click.IntRange(min=1), default=None,
                      help="Use at most this many images of each class (a fixed seeded draw)  [default: all]"),
+        click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+                     help="Images encoded at a time (halved and retried when the GPU runs out of memory)."),
+        click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Processes that read and resize the next images while the backbone encodes (0: none)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -261,7 +270,8 @@ def _echo_ablations(result) -> None:
 
 def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str, csv_options: dict,
                       backbone: str | None, shots: int | None, seeds: list[int], device: str, precision: str,
-                      image_size: int | None, ablations: bool, max_per_class: int | None):
+                      image_size: int | None, ablations: bool, max_per_class: int | None, batch_size: int,
+                      workers: int):
     """Load the data and run `task` (segment or classify) as `eval segment` and `eval classify`
     both do: the same defaults, a feature cache, the ablation table when asked."""
     from semnb.data import load_dataset
@@ -271,7 +281,7 @@ def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str,
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     result = evaluate(task, images, backbone=backbone or DEFAULT_BACKBONE, shots=shots or DEFAULT_SHOTS, seeds=seeds,
                       device=device, precision=precision, image_size=image_size, ablations=ablations,
-                      max_per_class=max_per_class,
+                      max_per_class=max_per_class, batch_size=batch_size, workers=workers,
                       cache=FeatureCache(), progress=True)
     _echo_ablations(result)
     return result
@@ -283,11 +293,13 @@ def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str,
 @compute_options
 def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                  seeds: list[int], json_path: Path | None, image_size: int | None, device: str, precision: str,
-                 ablations: bool, max_per_class: int | None, csv_options: dict) -> None:
+                 ablations: bool, max_per_class: int | None, batch_size: int, workers: int,
+                 csv_options: dict) -> None:
     """SEM-CLIP few-shot defect segmentation vs WinCLIP+-style and PatchCore-style baselines (default: 5 shots,
     efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     result = _run_fewshot_eval("segment", data_dir, layout, normal_class, csv_options, backbone, shots,
-                               seeds, device, precision, image_size, ablations, max_per_class)
+                               seeds, device, precision, image_size, ablations, max_per_class,
+                               batch_size, workers)
     click.echo(f"{result.shots}-shot, {len(seeds)} seed(s), {result.extra['n_queries']} queries per episode, "
                f"{result.timing['episode_s']:.1f} s per episode (semclip training {result.timing['semclip_fit_s']:.1f} s)")
     finish_eval(result, json_path)
@@ -299,13 +311,15 @@ def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str |
 @compute_options
 def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                   seeds: list[int], json_path: Path | None, image_size: int | None, device: str, precision: str,
-                  ablations: bool, max_per_class: int | None, csv_options: dict) -> None:
+                  ablations: bool, max_per_class: int | None, batch_size: int, workers: int,
+                 csv_options: dict) -> None:
     """SEM-CLIP few-shot defect classification (P = 0.2 P_S + 0.8 P_C) vs linear probe and prototype baselines
     (default: 5 shots, efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     import pandas as pd
 
     result = _run_fewshot_eval("classify", data_dir, layout, normal_class, csv_options, backbone, shots,
-                               seeds, device, precision, image_size, ablations, max_per_class)
+                               seeds, device, precision, image_size, ablations, max_per_class,
+                               batch_size, workers)
     names = result.extra["class_names"]
     confusion = pd.DataFrame(result.extra["confusion_matrix"]["semclip"], index=names, columns=names)
     click.echo(f"semclip confusion matrix (rows: true class, columns: predicted; summed over {len(seeds)} seed(s)):")
@@ -436,8 +450,9 @@ def bench() -> None:
 @bench.command("encoder")
 @click.option("--backbone", default="semnb-tiny", show_default=True,
               help="semnb-tiny, efficientnet-lite0, MODEL:PRETRAINED (MODEL:random for timing), clip:/path.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "both", "all"]), default="both",
-              show_default=True, help="Precision(s) to time (both: fp32 and bf16; all: fp32, fp16, bf16); "
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16", "both", "all"]), default="both",
+              show_default=True, help="Precision(s) to time (auto: what --precision auto picks on the device; "
+                                      "both: fp32 and bf16; all: fp32, fp16, bf16); "
                                       "bf16 and fp16 runs also report their cosine drift from fp32.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, callback=_check_json_path,
@@ -452,9 +467,11 @@ def bench() -> None:
 def bench_encoder_command(backbone: str, precision: str, device: str, json_path: Path | None, n_images: int,
                           image_size: int | None, batch_size: int, repeats: int, seed: int) -> None:
     """Images/s of plain vs dual-path encoding, their ratio, and bf16 drift from fp32."""
+    from semnb.hardware import resolve_device
     from semnb.io_utils import write_json_atomic
     from semnb.models.bench import bench_encoder, format_report
 
+    resolve_device(device)
     report = bench_encoder(backbone, precision, n_images, image_size, batch_size, repeats, seed, device)
     click.echo(format_report(report))
     if json_path is not None:

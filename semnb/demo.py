@@ -46,10 +46,11 @@ def choose_backbone() -> tuple[str, str]:
 
 def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: int = 0, shots: int = 5,
              ssl_epochs: int = 5, tem_per_class: int = TEM_PER_CLASS, retrieval_k: int = RETRIEVAL_K,
-             progress: bool = False) -> Path:
+             device: str = "auto", progress: bool = False) -> Path:
     """Generate the default data, run every SEM method against its baselines, write `report.html`.
 
     The defaults are the README's demo (under 3 minutes on 2 quiet cores); the tests pass smaller sizes.
+    Every method computes on `device` (`auto`: the first CUDA GPU, else the CPU).
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -64,13 +65,13 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
     _gallery_section(page, test)
 
     steps = tqdm(total=4, desc="demo: few-shot segmentation", disable=not progress)
-    few_shot = prepare_fewshot(dataset, "segment", backbone)
+    few_shot = prepare_fewshot(dataset, "segment", backbone, device=device)
     segment = evaluate("segment", few_shot, shots=shots, seeds=[seed])
     _result_section(page, "Few-shot defect segmentation", segment, task_metrics("segment"))
     page.figure(viz.figure_png(_defect_map_figure(few_shot, shots, seed)), alt="defect maps")
     steps.update()
     steps.set_description("demo: few-shot classification")
-    classify = evaluate("classify", dataset, backbone=backbone, shots=shots, seeds=[seed])
+    classify = evaluate("classify", dataset, backbone=backbone, shots=shots, seeds=[seed], device=device)
     _result_section(page, "Few-shot defect classification", classify, task_metrics("classify"))
     for method in ("semclip", "defect_pooled"):  # the paper's method, and semnb's (when masks allow it)
         if method in classify.extra["confusion_matrix"]:
@@ -79,7 +80,7 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
                 alt=f"confusion matrix of {method}")
     steps.update()
     steps.set_description("demo: self-supervised clustering")
-    cluster = evaluate("cluster", dataset, seeds=[seed], epochs=ssl_epochs, image_size=128)
+    cluster = evaluate("cluster", dataset, seeds=[seed], epochs=ssl_epochs, image_size=128, device=device)
     _result_section(page, "Label-free clustering (self-supervised multi-resolution vs texture features)",
                     cluster, task_metrics("cluster"))
     page.figure(viz.figure_png(cluster_viz.embedding_views(
@@ -88,7 +89,7 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
     steps.update()
     steps.set_description("demo: retrieval (TEM archive)")
 
-    _retrieval_section(page, out_dir / "tem", seed, tem_per_class, retrieval_k)
+    _retrieval_section(page, out_dir / "tem", seed, tem_per_class, retrieval_k, device)
     steps.update()
     steps.close()
 
@@ -127,14 +128,15 @@ def _defect_map_figure(data: FewShotData, shots: int, seed: int, n_show: int = 4
     return fewshot_viz.defect_map_overlays(data.pixels[show], list(data.masks[show]), maps, titles)
 
 
-def _retrieval_section(page: HtmlPage, tem_dir: Path, seed: int, per_class: int, k: int) -> None:
+def _retrieval_section(page: HtmlPage, tem_dir: Path, seed: int, per_class: int, k: int, device: str) -> None:
     """Retrieval on the synthetic TEM archive: its two unlabelled classes are what the method is for."""
     from semnb.data.synth_tem import UNLABELLED_CLASSES, write_tem_dataset
     from semnb.retrieval import RetrievalConfig
 
     synthetic_set(tem_dir, "tem", write_tem_dataset, n_per_class=per_class, size=256, seed=seed)
     archive = load_dataset(tem_dir, layout="csv")
-    result = evaluate("retrieve", archive, k=k, seeds=[seed], loco=True, config=RetrievalConfig(image_size=128))
+    result = evaluate("retrieve", archive, k=k, seeds=[seed], loco=True, config=RetrievalConfig(image_size=128),
+                      device=device)
     page.heading(f"Semi-supervised retrieval on a synthetic TEM archive (precision@{k}, mAP@{k})")
     page.paragraph(f"{len(archive)} cross-sections from 10kx to 1Mx; {', '.join(UNLABELLED_CLASSES)} carry no "
                    "label. Half of each labelled class queries; the rest trains together with every unlabelled "

@@ -218,3 +218,45 @@ def test_an_error_raised_under_a_progress_bar_is_the_last_line_on_stderr(tmp_pat
     lines = [line for line in run.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert run.returncode == 2 and "analyse scans" in run.stderr
     assert lines[-1].startswith("semnb: error: ") and "blank.npy: is flat" in lines[-1]
+
+
+@pytest.mark.parametrize("command", [*COMMANDS_WITH_JSON, ["demo"]], ids=" ".join)
+@pytest.mark.parametrize("device, problem", [
+    ("cuda", "this machine has no CUDA device"),
+    ("cuda:3", "there is no GPU 3; this machine has cuda:0"),
+    ("mps", "this machine has no Apple MPS device"),
+    ("tpu", "is not a device"),
+])
+def test_a_device_that_is_not_there_is_one_line_before_any_work(command, device, problem, tmp_path, no_work,
+                                                                monkeypatch):
+    one_gpu = device == "cuda:3"  # a one-GPU machine for cuda:3; no GPU otherwise
+    monkeypatch.setattr("torch.cuda.is_available", lambda: one_gpu)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: int(one_gpu))
+    monkeypatch.setattr("torch.backends.mps.is_available", lambda: False)
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if command == ["demo"] else []
+    result = run(*command, *_data_option(command, tmp_path), "--device", device, *extra)
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert line.startswith(f"semnb: error: --device {device}: {problem}") and "Fix:" in line
+    assert not out.exists()
+
+
+def test_deterministic_says_what_it_changes(tmp_path, monkeypatch):
+    import torch
+
+    seen = []
+
+    def record_and_stop(*args, **options):
+        seen.append(options)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("semnb.cli.evaluate", record_and_stop)
+    monkeypatch.setattr("semnb.data.load_scans", lambda path: None)
+    try:
+        result = run("eval", "stm", "--data", str(tmp_path), "--deterministic", "--device", "cpu")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert "deterministic: torch.use_deterministic_algorithms(True, warn_only=True) is on" in result.output
+    assert seen[0]["device"] == "cpu" and seen[0]["precision"] == "auto"

@@ -173,11 +173,13 @@ def backbone_warnings(backbone_name: str, has_text: bool, task: str) -> list[str
 def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEFAULT_BACKBONE,
                     precision: str = "auto", image_size: int | None = None, max_per_class: int | None = None,
                     cache: FeatureCache | None = None, prompt_styles: Sequence[str] = ("expert",),
-                    progress: bool = False, device: str = "auto") -> FewShotData:
+                    progress: bool = False, device: str = "auto", batch_size: int = 16,
+                    workers: int = 0) -> FewShotData:
     """Read, encode (once, cached) and embed the prompts of a data set for few-shot episodes.
 
     `device` and `precision` are resolved once, by `load_backbone`; the features are then
-    moved to that device, where every episode's methods compute.
+    moved to that device, where every episode's methods compute. `batch_size` images are
+    encoded at a time (halved on out-of-memory) while `workers` processes resize the next ones.
 
     `task` is "segment" (masks required for every defect image) or "classify". For "classify"
     the masks, patch features and (CLIP) normal/defect text are kept too when every defect
@@ -206,7 +208,7 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
     pixels = np.stack([images.image(i, size) for i in tqdm(range(len(images)), desc="read images", disable=not progress)])
     with_masks = task == "segment" or not missing_masks(images.mask_paths, images.is_normal)
     masks = np.stack([images.mask(i, size) for i in range(len(images))]) if with_masks else None
-    levels = encode_images(model, pixels, cache, progress=progress).to(model.device)
+    levels = encode_images(model, pixels, cache, batch_size, progress, workers).to(model.device)
     data = FewShotData(images=images, task=task, backbone=model.name, weights=model.weights, compute=model.compute,
                        image_size=size, levels=levels, pixels=pixels, masks=masks,
                        warnings=backbone_warnings(model.name, model.has_text, task))
@@ -431,25 +433,26 @@ def _query_warnings(data: FewShotData, episodes: list[Episode]) -> list[str]:
 
 def _prepared(images: ImageSet | FewShotData, task: str, backbone: str, precision: str, image_size: int | None,
               max_per_class: int | None, cache: FeatureCache | None, ablations: bool, progress: bool,
-              device: str) -> FewShotData:
+              device: str, batch_size: int, workers: int) -> FewShotData:
     """`images` ready for episodes: as given when already prepared, else read and encoded once
     (with the generic prompts too when the ablations need them)."""
     if isinstance(images, FewShotData):
         return images
     styles = ("expert", "generic") if ablations else ("expert",)
     return prepare_fewshot(images, task, backbone, precision, image_size, max_per_class, cache, styles, progress,
-                           device)
+                           device, batch_size, workers)
 
 
 def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAULT_BACKBONE, shots: int = DEFAULT_SHOTS,
                           seeds: Sequence[int] = (0, 1, 2), precision: str = "auto", image_size: int | None = None,
                           ablations: bool = False, max_per_class: int | None = None,
                           config: SegmentationConfig | None = None, coreset_fraction: float = 1.0,
-                          cache: FeatureCache | None = None, progress: bool = False, device: str = "auto") -> EvalResult:
+                          cache: FeatureCache | None = None, progress: bool = False, device: str = "auto",
+                          batch_size: int = 16, workers: int = 0) -> EvalResult:
     """SEM-CLIP segmentation, WinCLIP+-style and PatchCore-style baselines (and, with `ablations`, Table 3).
 
     `images` may be a `FewShotData` already prepared (then backbone, precision, image_size,
-    max_per_class, cache and device are not used), so a shot sweep encodes nothing twice.
+    max_per_class, cache, device, batch_size and workers are not used), so a shot sweep encodes nothing twice.
     `device` (`auto|cpu|cuda|cuda:N|mps`) and `precision` (`auto|fp32|bf16|fp16`): where and how
     the backbone and every method compute. `extra` holds: ablations (method -> metrics) when
     asked, class_names, image_size, n_queries, settings, device.
@@ -460,7 +463,7 @@ def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAUL
     seeds = _check_seeds(seeds)
     config = config or SegmentationConfig()
     data = _prepared(images, "segment", backbone, precision, image_size, max_per_class, cache, ablations, progress,
-                     device)
+                     device, batch_size, workers)
     variants, skipped = _segment_variants(data, config, ablations)
 
     def score(variant: _Variant, episode: Episode) -> tuple[dict, dict]:
@@ -493,7 +496,8 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
                             image_size: int | None = None, ablations: bool = False,
                             max_per_class: int | None = None, config: ClassificationConfig | None = None,
                             cache: FeatureCache | None = None, progress: bool = False,
-                            device: str = "auto") -> EvalResult:
+                            device: str = "auto", batch_size: int = 16,
+                            workers: int = 0) -> EvalResult:
     """SEM-CLIP classification, linear-probe and prototype baselines, defect_pooled (and, with `ablations`, Table 3).
 
     defect_pooled runs when the data set has a mask for every defect image; otherwise it is
@@ -510,7 +514,7 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
     seeds = _check_seeds(seeds)
     config = config or ClassificationConfig()
     data = _prepared(images, "classify", backbone, precision, image_size, max_per_class, cache, ablations, progress,
-                     device)
+                     device, batch_size, workers)
     if len(data.class_names) < 2:
         raise SemnbInputError(str(data.images.root), "has only one class", "classification needs two classes or more")
     variants, skipped = _classify_variants(data, config, ablations)

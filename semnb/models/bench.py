@@ -28,7 +28,7 @@ from semnb.errors import SemnbInputError
 from semnb.models import EncodedLevels, load_backbone
 
 GOAL_RATIO = 1.3
-BENCH_PRECISIONS = ("fp32", "bf16", "fp16", "both", "all")
+BENCH_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "both", "all")
 RUNS = {"both": ["fp32", "bf16"], "all": ["fp32", "fp16", "bf16"]}
 
 
@@ -122,11 +122,12 @@ def bench_encoder(backbone: str = "semnb-tiny", precision: str = "both", n_image
         if value < 1:
             raise SemnbInputError(name, f"got {value}", "use 1 or more")
     started = time.perf_counter()
-    model = load_backbone(backbone, precision="fp32", image_size=image_size, seed=seed, device=device)
+    model = load_backbone(backbone, precision="auto" if precision == "auto" else "fp32", image_size=image_size,
+                          seed=seed, device=device)
     pixels = model.compute.to(model.network_input(bench_images(n_images, model.image_size, seed)))
     batches = list(torch.split(pixels, batch_size))
 
-    runs = RUNS.get(precision, [precision])
+    runs = RUNS.get(precision, [model.compute.precision if precision == "auto" else precision])
     results, features = {}, {}
     for run in runs:
         model.precision = run
