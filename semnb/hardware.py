@@ -239,7 +239,7 @@ class ShrinkingBatches:
         self.size //= 2
         if not self.halved:
             warnings.warn(f"out of device memory at --batch-size {self.size * 2}: batches are halved to {self.size} "
-                          f"{self.what}s and retried (results are the same)", RuntimeWarning, stacklevel=3)
+                          f"{self.what}{'' if self.size == 1 else 's'} and retried (results are the same)", RuntimeWarning, stacklevel=3)
             self.halved = True
 
 

@@ -124,3 +124,42 @@ def test_uint8_rgb_and_float_gray_inputs_are_the_same_image(tiny, tmp_path):
     encode_images(tiny, [gray8.astype(np.float32) / 255], cache)
     encode_images(tiny, [gray8, rgb8], cache)
     assert cache.misses == 1 and cache.hits == 2  # one content hash for all three spellings
+
+
+def test_the_key_holds_the_precision_but_not_the_device(tiny, tmp_path):
+    """Features made on a GPU serve a CPU run with the same weights and precision, and the other way round."""
+    from dataclasses import replace
+
+    from semnb.hardware import Compute
+
+    cache = FeatureCache(tmp_path)
+    on_cpu = cache.key(tiny, "image", b"pixels")
+    saved = tiny.compute
+    try:
+        tiny.compute = Compute(torch.device("cuda:0"), "fp32")  # only the key is computed: no GPU needed
+        assert cache.key(tiny, "image", b"pixels") == on_cpu
+        tiny.compute = replace(tiny.compute, precision="bf16")
+        assert cache.key(tiny, "image", b"pixels") != on_cpu
+    finally:
+        tiny.compute = saved
+
+
+def test_worker_processes_and_a_halved_batch_give_the_same_features(tiny, images, monkeypatch):
+    plain = encode_images(tiny, images, batch_size=2)
+    with_workers = encode_images(tiny, images, batch_size=2, workers=2)
+    encode = tiny.encode_levels
+    calls = []
+
+    def out_of_memory_above_one(pixels, **kwargs):
+        calls.append(len(pixels))
+        if len(pixels) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        return encode(pixels, **kwargs)
+
+    monkeypatch.setattr(tiny, "encode_levels", out_of_memory_above_one)
+    with pytest.warns(RuntimeWarning, match="batches are halved to 1 image and retried"):
+        halved = encode_images(tiny, images, batch_size=2)
+    assert calls == [2, 1, 1, 1]  # halved once, then kept at 1 for the next batch
+    for other in (with_workers, halved):
+        for a, b in zip(plain.patch_z + plain.patch_v + [plain.embedding], other.patch_z + other.patch_v + [other.embedding]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
