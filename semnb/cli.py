@@ -424,6 +424,204 @@ def eval_stm(data_dir: Path, layout: str, normal_class: str, backbone: str | Non
     finish_eval(result, json_path)
 
 
+# ---------------------------------------------------------------- fit, predict, search
+@main.group("fit", cls=SemnbGroup)
+def fit_group() -> None:
+    """Fit a method on your images and save it as a model folder (weights.safetensors + config.json)."""
+
+
+def fit_options(func):
+    """The options every `semnb fit TASK` shares: where the model goes, the seed, the device."""
+    options = [
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+                     help="Model folder to write (config.json + weights.safetensors)."),
+        click.option("--overwrite", is_flag=True, default=False, help="Replace an existing model folder."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     callback=lambda ctx, param, seed: _check_seed(seed, "--seed")),
+    ]
+    func = compute_options(func)
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _save_fitted(model, out_dir: Path, overwrite: bool) -> None:
+    folder = model.save(out_dir, overwrite=overwrite)
+    settings = model.settings()
+    click.echo(f"fit {model.task} ({settings.get('method')}) on {model.training.get('n_images')} images "
+               f"{model.training.get('per_class')}")
+    if settings.get("threshold") is not None:
+        click.echo(f"threshold {settings['threshold']:.4g}: {settings.get('threshold_rule')}")
+    click.echo(f"model: {folder.resolve()}")
+
+
+def _support_command(task: str):
+    @fit_group.command(task)
+    @click.option("--support", "support_dir", type=click.Path(path_type=Path), required=True,
+                  help="Folder of labelled images (MVTec layout, class folders or CSV)"
+                       + (" with a mask for every defect image." if task == "segment" else "."))
+    @click.option("--layout", type=click.Choice(["auto", "mvtec", "folders", "csv", "carinthia"]), default="auto",
+                  show_default=True)
+    @click.option("--normal-class", default="good", show_default=True, help="Name of the defect-free class.")
+    @click.option("--backbone", default=None, help="efficientnet-lite0 (default), MODEL:PRETRAINED or clip:/path.")
+    @click.option("--method", default=None, help="semclip (default), patchcore, winclip" if task == "segment" else
+                  "defect_pooled (default with masks), semclip, linear_probe, prototype")
+    @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=None,
+                  help="Side the images are resized to  [default: the backbone's own]")
+    @fit_options
+    def command(support_dir: Path, layout: str, normal_class: str, backbone: str | None, method: str | None,
+                image_size: int | None, out_dir: Path, overwrite: bool, seed: int, device: str, precision: str) -> None:
+        from semnb.data import load_dataset
+        from semnb.fitting import fit
+        from semnb.models import DEFAULT_BACKBONE
+
+        _refuse_existing(out_dir, overwrite)
+        support = load_dataset(support_dir, layout=layout, normal_class=normal_class)
+        options = {"method": method} if method else {}
+        model = fit(task, support, backbone=backbone or DEFAULT_BACKBONE, image_size=image_size, seed=seed,
+                    device=device, precision=precision, progress=True, **options)
+        _save_fitted(model, out_dir, overwrite)
+
+    command.__doc__ = ("Fit few-shot defect segmentation on every labelled image of --support (defect images with "
+                       "masks, and defect-free ones); the threshold is chosen from the support."
+                       if task == "segment" else
+                       "Fit few-shot defect classification on every labelled image of --support (two classes or more).")
+    return command
+
+
+def _refuse_existing(out_dir: Path, overwrite: bool) -> None:
+    """An existing model folder is refused before the minutes of fitting, not after."""
+    if out_dir.exists() and not overwrite:
+        raise SemnbInputError(f"--out {out_dir}", "already exists", "choose a new folder, or pass --overwrite")
+    check_writable(out_dir.absolute().parent, f"--out {out_dir}", folder=True)
+
+
+fit_segment_command = _support_command("segment")
+fit_classify_command = _support_command("classify")
+
+
+@fit_group.command("cluster")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder of unlabelled images (labels, if any, are ignored).")
+@click.option("--k", "k", default="auto", show_default=True,
+              help="Number of clusters, or auto (the k of highest mean silhouette in 2..10).")
+@click.option("--method", type=click.Choice(["ssl", "imagenet"]), default="ssl", show_default=True,
+              help="ssl: self-supervised multi-resolution training on the images; imagenet: frozen ImageNet features.")
+@click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=32, max=2048), default=128, show_default=True)
+@fit_options
+def fit_cluster_command(images_dir: Path, k: str, method: str, epochs: int, image_size: int, out_dir: Path,
+                        overwrite: bool, seed: int, device: str, precision: str) -> None:
+    """Fit label-free clustering: self-supervised training on the images, then k-means centroids."""
+    from semnb.data import load_dataset
+    from semnb.fitting import fit
+
+    if k != "auto" and not (k.isdigit() and int(k) >= 2):
+        raise SemnbInputError("--k", f"got {k!r}", "use a whole number of clusters of 2 or more, or auto")
+    _refuse_existing(out_dir, overwrite)
+    model = fit("cluster", load_dataset(images_dir), k=k if k == "auto" else int(k), method=method, epochs=epochs,
+                image_size=image_size, seed=seed, device=device, precision=precision, progress=True)
+    _save_fitted(model, out_dir, overwrite)
+
+
+@fit_group.command("retrieve")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder of images (class folders give labels; a flat folder is unlabelled).")
+@click.option("--labels", "labels_csv", type=click.Path(path_type=Path), default=None,
+              help="CSV with columns path,label (paths relative to --images; an empty label = unlabelled).")
+@click.option("--backbone", default=None, help="efficientnet-lite0 (default) or semnb-tiny-cnn (tests).")
+@click.option("--method", type=click.Choice(["ours", "autoencoder", "frozen"]), default=None,
+              help="ours (default with two labelled classes or more), autoencoder (default without), frozen.")
+@fit_options
+def fit_retrieve_command(images_dir: Path, labels_csv: Path | None, backbone: str | None, method: str | None,
+                         out_dir: Path, overwrite: bool, seed: int, device: str, precision: str) -> None:
+    """Fit the retrieval embedding on the images and index them, for `semnb search`."""
+    from semnb.data import load_dataset
+    from semnb.fitting import fit
+    from semnb.models import DEFAULT_BACKBONE
+
+    _refuse_existing(out_dir, overwrite)
+    images = (load_dataset(labels_csv, layout="csv", image_folder=images_dir.absolute()) if labels_csv
+              else load_dataset(images_dir))
+    options = {"method": method} if method else {}
+    model = fit("retrieve", images, backbone=backbone or DEFAULT_BACKBONE, seed=seed, device=device,
+                precision=precision, progress=True, **options)
+    _save_fitted(model, out_dir, overwrite)
+
+
+@fit_group.command("stm")
+@click.option("--scans", "scans_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder of scans X.npy with masks X_mask.npy (1 = defect).")
+@fit_options
+def fit_stm_command(scans_dir: Path, out_dir: Path, overwrite: bool, seed: int, device: str, precision: str) -> None:
+    """Fit the few-shot STM defect map on labelled scans."""
+    from semnb.data import load_scans
+    from semnb.fitting import fit
+
+    _refuse_existing(out_dir, overwrite)
+    model = fit("stm", load_scans(scans_dir), seed=seed, device=device, precision=precision, progress=True)
+    _save_fitted(model, out_dir, overwrite)
+
+
+@main.command("predict")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--images", "images", type=click.Path(path_type=Path), required=True,
+              help="Folder of images (searched recursively) or a CSV with a `path` column.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Results folder: maps/, masks/, predictions.parquet + .csv, report.html.")
+@click.option("--threshold", type=float, default=None, help="Pixel threshold of the masks  [default: the model's]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Processes that read the next images while the model predicts.")
+@click.option("--top", "top_n", type=click.IntRange(min=0), default=12, show_default=True,
+              help="Images the report shows first.")
+@click.option("--overwrite", is_flag=True, default=False,
+              help="Replace what --out holds (by default an unfinished run of the same model and images continues).")
+@compute_options
+def predict_command(model_dir: Path, images: Path, out_dir: Path, threshold: float | None, batch_size: int,
+                    workers: int, top_n: int, overwrite: bool, device: str, precision: str) -> None:
+    """Apply a fitted model to images without labels; per-image maps, one table, one HTML report. Resumable."""
+    from semnb.data.listing import list_images
+    from semnb.model_folder import load_model
+    from semnb.predictions import predict
+
+    paths = list_images(images)
+    check_writable(out_dir.absolute().parent, f"--out {out_dir}", folder=True)
+    model = load_model(model_dir, device=device, precision=None if precision == "auto" else precision)
+    result = predict(model, paths, out_dir, threshold=threshold, batch_size=batch_size, workers=workers,
+                     overwrite=overwrite, top_n=top_n, progress=True)
+    table = result.table
+    unreadable = table[table["error"].notna()]
+    for path, error in zip(unreadable["path"], unreadable["error"]):
+        click.echo(f"skipped {path}: {error}", err=True)
+    click.echo(f"{len(table) - len(unreadable)} images predicted, {len(unreadable)} unreadable")
+    click.echo(f"predictions: {(out_dir / 'predictions.parquet').resolve()} (and .csv)")
+    click.echo(f"report: {result.report.resolve()}")
+
+
+@main.command("search")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--query", "queries", type=click.Path(path_type=Path), required=True, multiple=True,
+              help="Query image (repeatable).")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Results per query.")
+@click.option("--expand/--no-expand", default=False, show_default=True, help="Query expansion.")
+@compute_options
+def search_command(model_dir: Path, queries: tuple[Path, ...], k: int, expand: bool, device: str,
+                   precision: str) -> None:
+    """The k images of a retrieval model's gallery nearest to each query image."""
+    from semnb.data import read_image
+    from semnb.model_folder import load_model
+
+    model = load_model(model_dir, device=device, precision=None if precision == "auto" else precision)
+    if model.task != "retrieve":
+        raise SemnbInputError(model_dir, f"is a {model.task} model", "search needs a model of `semnb fit retrieve`")
+    results = model.search([read_image(q) for q in queries], k=k, expand=expand)
+    for query, hits in zip(queries, results):
+        click.echo(f"{query}:")
+        for rank, (name, distance) in enumerate(hits, 1):
+            click.echo(f"  {rank:>3}  {distance:.4f}  {name}")
+
+
 # ---------------------------------------------------------------- env
 @main.command("env")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, callback=_check_json_path,

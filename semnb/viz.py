@@ -108,6 +108,48 @@ def before_after(before: np.ndarray, after: np.ndarray, titles=("before", "after
     return fig
 
 
+def score_histogram(scores: Sequence[float], groups: Sequence[str] | None = None, threshold: float | None = None,
+                    xlabel: str = "image score") -> Figure:
+    """How the images' scores spread (stacked per group, e.g. predicted class), with the threshold line.
+
+    Why: an inspector reads the tail of this histogram first; a threshold that cuts the bulk of
+    the images shows at a glance.
+    """
+    scores = np.asarray(scores, dtype=float)
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    finite = np.isfinite(scores)
+    if finite.any():
+        bins = np.histogram_bin_edges(scores[finite], bins=30)
+        names = sorted(set(groups)) if groups is not None else [None]
+        stacks = [scores[finite & (np.asarray(groups) == name)] if name is not None else scores[finite]
+                  for name in names]
+        ax.hist(stacks, bins=bins, stacked=True, label=[str(n) for n in names] if groups is not None else None)
+        if groups is not None and len(names) > 1:
+            ax.legend(fontsize=7, frameon=False)
+    if threshold is not None:
+        ax.axvline(threshold, color=MASK_COLOR, linestyle="--", linewidth=1, label="threshold")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("images")
+    fig.tight_layout()
+    return fig
+
+
+def map_overlays(images: Sequence[np.ndarray], maps: Sequence[np.ndarray | None], masks: Sequence[np.ndarray | None],
+                 titles: Sequence[str], map_range: tuple[float, float] | None = None) -> Figure:
+    """One column per image: the image with its predicted mask outlined, and under it the defect map."""
+    rows = 2 if any(m is not None for m in maps) else 1
+    fig, axes = plt.subplots(rows, len(images), figsize=(1.9 * len(images), 1.9 * rows), squeeze=False)
+    for col, (image, defect_map, mask, title) in enumerate(zip(images, maps, masks, titles)):
+        show_image(axes[0, col], image, mask, title)
+        if rows == 2:
+            axes[1, col].set_axis_off()
+            if defect_map is not None:
+                lo, hi = map_range or (float(np.min(defect_map)), float(np.max(defect_map)))
+                axes[1, col].imshow(defect_map, cmap="inferno", vmin=lo, vmax=hi)
+    fig.tight_layout()
+    return fig
+
+
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes (for self-contained HTML pages); closes the figure."""
     buffer = io.BytesIO()

@@ -28,6 +28,8 @@ FILE_IO_ALLOWED = {
     # infrastructure: atomic writers, the results JSON, reports and the demo page, the CLI,
     # the prompt knowledge base (a YAML file), the environment report, the CPU's flags (/proc/cpuinfo)
     "io_utils.py", "results.py", "report.py", "demo.py", "cli.py", "prompts.py", "env.py", "hardware.py",
+    # fitted models on disk, and the predictions a model writes and its report reads back
+    "model_folder.py", "fitting.py", "predictions.py", "predictions_report.py",
 }
 FILE_CALLS = {"open", "write_json_atomic", "write_text_atomic", "write_bytes_atomic", "atomic_path"}
 FILE_METHODS = {"open", "read_text", "write_text", "read_bytes", "write_bytes", "iterdir", "glob", "rglob", "mkdir",

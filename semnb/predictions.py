@@ -1,0 +1,263 @@
+"""`semnb.predict(model, images, out_dir)`: a fitted model over thousands of images, to files.
+
+What it writes in `out_dir`:
+- `maps/NNNNNN_<name>.png`: the defect map (segment, stm) as a 16-bit PNG, value =
+  round(clip(map / hi, 0, 1) * 65535) with (lo, hi) = the model's `map_range` (in run.json);
+- `masks/NNNNNN_<name>.png`: the map at the threshold, 0 / 255;
+- `predictions.parquet` and `predictions.csv`: one row per image (path, score, class and
+  probabilities, cluster and distance, embedding in the parquet only, or the error that
+  made an image unreadable), in the order the images were listed;
+- `report.html`: counts, score histogram, the highest-scoring images with their maps.
+
+Why it is built this way: images are read a batch at a time (`workers` processes decode
+ahead), so memory stays flat in the number of images; batch k is always images
+[k * batch_size, (k + 1) * batch_size) and its rows are written to `parts/` only after its
+images' files, all atomically, so an interrupted run resumes at the first missing batch and
+recomputes nothing that is done; and the same model on the same images gives the same bytes.
+
+Taught in: 00_quickstart and 09_report.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from semnb.data.image_io import read_image
+from semnb.data.listing import list_images
+from semnb.errors import SemnbInputError
+from semnb.fitted import FittedModel, ImagePrediction
+from semnb.io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+RUN_FILE = "run.json"
+TABLE_FILE = "predictions.parquet"
+CSV_FILE = "predictions.csv"
+REPORT_FILE = "report.html"
+PARTS, MAPS, MASKS = "parts", "maps", "masks"
+PNG_LEVELS = 65535
+
+
+def model_fingerprint(model: FittedModel) -> str:
+    """SHA-256 of a model's settings and tensors: what says two runs used the same model."""
+    digest = hashlib.sha256(json.dumps(model.settings(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(model.tensors().items()):
+        digest.update(name.encode() + b"\0")
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def output_stem(index: int, path: Path) -> str:
+    """`000012_wafer_3`: the position keeps names unique and sorted, the file name keeps them readable."""
+    return f"{index:06d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', Path(path).stem)[:80]}"
+
+
+class _ReadImages(Dataset):
+    """Item i: (i, the image as float32 [0, 1] or None, the reason it could not be read or None)."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            return index, read_image(self.paths[index]), None
+        except SemnbInputError as err:
+            return index, None, f"{err.problem}. Fix: {err.fix}"
+
+
+def _unbatched(items):
+    return items
+
+
+@dataclass
+class Predictions:
+    """What `predict` wrote: the table, and each image's map and mask read from disk when asked.
+
+    Taught in: 00_quickstart.
+    """
+
+    folder: Path
+
+    @cached_property
+    def run(self) -> dict:
+        return json.loads((self.folder / RUN_FILE).read_text())
+
+    @cached_property
+    def table(self) -> pd.DataFrame:
+        return pd.read_parquet(self.folder / TABLE_FILE)
+
+    @property
+    def report(self) -> Path:
+        return self.folder / REPORT_FILE
+
+    def defect_map(self, row: int) -> np.ndarray | None:
+        """The defect map of table row `row`, back in the model's units (None without a map)."""
+        name = self.table["map_file"].iloc[row]
+        if not isinstance(name, str):
+            return None
+        lo, hi = self.run["map_range"]
+        levels = np.asarray(Image.open(self.folder / name), dtype=np.float64)
+        return (lo + levels / PNG_LEVELS * (hi - lo)).astype(np.float32)
+
+    def mask(self, row: int) -> np.ndarray | None:
+        name = self.table["mask_file"].iloc[row]
+        return None if not isinstance(name, str) else np.asarray(Image.open(self.folder / name)) > 0
+
+
+def predict(model: FittedModel, images: str | Path | Sequence[str | Path], out_dir: str | Path,
+            threshold: float | None = None, batch_size: int = 16, workers: int = 0, overwrite: bool = False,
+            top_n: int = 12, progress: bool = False) -> Predictions:
+    """Run `model` over `images` (a folder, a CSV of paths, or a list of files) into `out_dir`; resumable.
+
+    `threshold` overrides the model's own (segment, stm). An `out_dir` that holds an unfinished
+    run of the same model, images and settings is continued; one of another run is refused
+    unless `overwrite`.
+
+    Taught in: 00_quickstart.
+    """
+    paths = [Path(p) for p in images] if isinstance(images, (list, tuple)) else list_images(images)
+    if batch_size < 1:
+        raise SemnbInputError("--batch-size", f"got {batch_size}", "use 1 or more")
+    out = Path(out_dir)
+    run = _run_record(model, paths, threshold, batch_size)
+    _prepare_folder(out, run, overwrite)
+    pending = [k for k in range(_n_batches(len(paths), batch_size)) if not _part(out, k).is_file()]
+    loader = DataLoader(_ReadImages(paths), batch_sampler=[_batch(k, len(paths), batch_size) for k in pending],
+                        num_workers=workers, collate_fn=_unbatched)
+    support_shapes = {tuple(s) for s in model.training.get("image_shapes", [])}
+    said = set()
+    for k, items in tqdm(zip(pending, loader), total=len(pending), desc="predict", disable=not progress):
+        rows = _predict_batch(model, items, paths, out, run, support_shapes, said)
+        _write_table(pd.DataFrame(rows), _part(out, k))
+    table = pd.concat([pd.read_parquet(_part(out, k)) for k in range(_n_batches(len(paths), batch_size))],
+                      ignore_index=True)
+    _write_table(table, out / TABLE_FILE)
+    write_text_atomic(out / CSV_FILE, table.drop(columns=["embedding"], errors="ignore").to_csv(index=False))
+    from semnb.predictions_report import inspection_report  # matplotlib: only once the work is done
+
+    predictions = Predictions(out)
+    write_text_atomic(out / REPORT_FILE, inspection_report(predictions, top_n))
+    return predictions
+
+
+def _run_record(model: FittedModel, paths: Sequence[Path], threshold: float | None, batch_size: int) -> dict:
+    settings = model.settings()
+    return {
+        "task": model.task,
+        "model": model_fingerprint(model),
+        "method": settings.get("method"),
+        "backbone": settings.get("backbone"),
+        "class_names": settings.get("class_names"),
+        "threshold": float(threshold) if threshold is not None else settings.get("threshold"),
+        "threshold_rule": "given with --threshold" if threshold is not None else settings.get("threshold_rule"),
+        "map_range": settings.get("map_range"),
+        "n_images": len(paths),
+        "images": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest(),
+        "batch_size": batch_size,
+    }
+
+
+def _prepare_folder(out: Path, run: dict, overwrite: bool) -> None:
+    """Start `out`, continue the same run there, or refuse to mix two runs."""
+    record = out / RUN_FILE
+    if out.exists() and any(out.iterdir()):
+        same = record.is_file() and json.loads(record.read_text()) == run
+        if not same and not overwrite:
+            raise SemnbInputError(f"--out {out}", "holds other files or the predictions of another run (another "
+                                                  "model, images, threshold or batch size)",
+                                  "pass --overwrite to replace them, or choose another --out")
+        if not same:
+            shutil.rmtree(out)
+    for sub in (PARTS, MAPS, MASKS):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    if not record.is_file():
+        write_json_atomic(record, run)
+
+
+def _n_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def _batch(k: int, n: int, batch_size: int) -> list[int]:
+    return list(range(k * batch_size, min((k + 1) * batch_size, n)))
+
+
+def _part(out: Path, k: int) -> Path:
+    return out / PARTS / f"part-{k:06d}.parquet"
+
+
+def _predict_batch(model: FittedModel, items, paths, out: Path, run: dict, support_shapes: set, said: set) -> list[dict]:
+    readable = [(i, image) for i, image, error in items if error is None]
+    predictions = model.predict([image for _, image in readable]) if readable else []
+    by_index = dict(zip((i for i, _ in readable), predictions))
+    rows = []
+    for i, image, error in items:
+        if image is not None and support_shapes and image.shape not in support_shapes and "size" not in said:
+            said.add("size")
+            warnings.warn(f"{paths[i]} is {image.shape[1]}x{image.shape[0]} px, not a size the model was fit on "
+                          f"({', '.join(f'{w}x{h}' for h, w in sorted(support_shapes))}): images are resized to the "
+                          "model's input as the support was, and maps come back at each image's own size",
+                          stacklevel=2)
+        rows.append(_row(i, paths[i], error, by_index.get(i), out, run))
+    return rows
+
+
+def _row(i: int, path: Path, error: str | None, prediction: ImagePrediction | None, out: Path, run: dict) -> dict:
+    row = {"index": i, "path": str(path), "error": error, "score": np.nan, "label": None, "cluster": -1,
+           "distance": np.nan, "defective": None, "defect_fraction": np.nan, "map_file": None, "mask_file": None}
+    if prediction is None:
+        return row
+    row.update(score=_float(prediction.score), label=prediction.label, distance=_float(prediction.distance),
+               cluster=-1 if prediction.cluster is None else int(prediction.cluster))
+    for name, p in (prediction.probabilities or {}).items():
+        row[f"p_{name}"] = float(p)
+    if prediction.embedding is not None:
+        row["embedding"] = np.asarray(prediction.embedding, np.float32).tolist()
+    if prediction.defect_map is not None:
+        row.update(_write_maps(i, path, prediction.defect_map, out, run))
+    return row
+
+
+def _float(value) -> float:
+    return np.nan if value is None else float(value)
+
+
+def _write_maps(i: int, path: Path, defect_map: np.ndarray, out: Path, run: dict) -> dict:
+    """The map as a 16-bit PNG in the model's range, and its mask at the threshold."""
+    lo, hi = run["map_range"]
+    levels = np.round(np.clip((defect_map - lo) / max(hi - lo, 1e-12), 0, 1) * PNG_LEVELS).astype(np.uint16)
+    mask = defect_map >= run["threshold"]
+    stem = output_stem(i, path)
+    map_name, mask_name = f"{MAPS}/{stem}.png", f"{MASKS}/{stem}.png"
+    write_bytes_atomic(out / map_name, _png(levels))
+    write_bytes_atomic(out / mask_name, _png(mask.astype(np.uint8) * 255))
+    return {"map_file": map_name, "mask_file": mask_name, "defective": bool(mask.any()),
+            "defect_fraction": float(mask.mean())}
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    write_bytes_atomic(path, buffer.getvalue())
+
