@@ -52,14 +52,14 @@ class FittedModel:
       loaded); segment/stm also `threshold`, `threshold_rule` and `map_range` (lo, hi).
     - `tensors()`: the learned state as named CPU tensors (written as safetensors).
     - `restore(settings, tensors, device, precision)`: the model back, ready to predict.
-    - `predict(pixels)`: one `ImagePrediction` per image of a batch (gray float32 [0, 1], any size;
-      STM models get levelled-height scans, see `reads`).
+    - `predict(pixels)`: one `ImagePrediction` per image of a batch, each as `semnb.data.read_image`
+      reads it (gray float32 [0, 1], any size; an STM scan's heights stretched to [0, 1], as
+      `load_scans` reads them for fitting).
 
     Taught in: 00_quickstart.
     """
 
     task: ClassVar[str]
-    reads: ClassVar[str] = "image"  # every task reads its images with semnb.data.read_image
     training: dict = {}  # what it was fit on (set by semnb.fit and load_model; written to config.json)
 
     def settings(self) -> dict:

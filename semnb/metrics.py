@@ -397,6 +397,24 @@ def pixel_f1_max(
     return _f1_max_from_counts(hist["pos"], hist["neg"])
 
 
+def f1_max_threshold(scores, labels) -> float:
+    """The threshold t whose mask `score >= t` has the best F1 (exact: every distinct score is tried).
+
+    Why: `pixel_f1_max` says how good a map can be at its best threshold; a fitted model must
+    also know that threshold, to turn its maps into masks on images nobody labelled.
+
+    Taught in: 00_quickstart
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    labels = np.asarray(labels, dtype=bool).ravel()
+    if not labels.any():
+        raise SemnbInputError("labels", "hold no positive (defect) pixel", "give at least one labelled defect")
+    precision, recall, thresholds = precision_recall_curve(labels, np.asarray(scores, dtype=np.float64).ravel())
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
 def _check_fpr_limit(fpr_limit: float) -> None:
     if not 0.0 < fpr_limit <= 1.0:
         raise SemnbInputError(

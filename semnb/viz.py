@@ -150,6 +150,21 @@ def map_overlays(images: Sequence[np.ndarray], maps: Sequence[np.ndarray | None]
     return fig
 
 
+def image_and_map(image: np.ndarray, mask: np.ndarray | None, defect_map: np.ndarray | None,
+                  map_range: tuple[float, float] | None = None) -> Figure:
+    """One image with its predicted mask outlined, and its defect map beside it (when there is one)."""
+    fig, axes = plt.subplots(1, 2 if defect_map is not None else 1, squeeze=False,
+                             figsize=(7 if defect_map is not None else 3.5, 3.4))
+    show_image(axes[0, 0], image, mask, "image" + (" and mask" if mask is not None else ""))
+    if defect_map is not None:
+        lo, hi = map_range or (float(np.min(defect_map)), float(np.max(defect_map)))
+        axes[0, 1].imshow(defect_map, cmap="inferno", vmin=lo, vmax=hi)
+        axes[0, 1].set_title("defect map", fontsize=8)
+        axes[0, 1].set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
 def figure_png(fig: Figure, dpi: int = 110) -> bytes:
     """The figure as PNG bytes (for self-contained HTML pages); closes the figure."""
     buffer = io.BytesIO()

@@ -483,3 +483,12 @@ def test_neighbor_recall_is_the_share_of_true_neighbors_found_in_any_order():
     assert M.neighbor_recall([[1, -1]], [[1, -1]]) == 0.5  # a missing result (-1) is no neighbor
     with pytest.raises(SemnbInputError, match="true_ids/found_ids"):
         M.neighbor_recall(truth, found[:, :2])
+
+
+def test_f1_max_threshold_is_the_best_cut():
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.2, 0.1])
+    defect = np.array([True, True, False, True, False, False])
+    # cuts: >=0.9 F1 2/5, >=0.8 F1 4/7, >=0.3 F1 6/7, >=0.2 F1 6/8, >=0.1 F1 6/9
+    assert M.f1_max_threshold(scores, defect) == 0.3
+    with pytest.raises(SemnbInputError, match="no positive"):
+        M.f1_max_threshold(scores, np.zeros(6, bool))

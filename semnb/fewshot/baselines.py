@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from semnb.components import greedy_coreset, nearest_distance
@@ -88,17 +88,34 @@ def patchcore_patch_maps(query_features: torch.Tensor, support_features: torch.T
     return nearest_distance(query_features.reshape(-1, d), bank).reshape(b, n)
 
 
+def fit_linear_probe(support_tokens: torch.Tensor, support_labels: np.ndarray) -> Pipeline:
+    """The linear probe: a logistic regression on standardised tokens [K, D], fit on the CPU.
+
+    Apart from `linear_probe_proba` so that a fitted model (semnb.fewshot.model) can keep it.
+
+    Taught in: 05_classification.
+    """
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return model.fit(support_tokens.float().cpu().numpy(), np.asarray(support_labels))
+
+
+def linear_probe_predict(model: Pipeline, query_tokens: torch.Tensor, n_classes: int) -> np.ndarray:
+    """Class probabilities [Q, n_classes] of a fitted probe (a class absent from its support gets 0).
+
+    Taught in: 05_classification.
+    """
+    out = np.zeros((len(query_tokens), n_classes))
+    out[:, model.classes_] = model.predict_proba(query_tokens.float().cpu().numpy())
+    return out
+
+
 def linear_probe_proba(support_tokens: torch.Tensor, support_labels: np.ndarray, query_tokens: torch.Tensor,
                        n_classes: int) -> np.ndarray:
     """Class probabilities [Q, n_classes] of a logistic regression on standardised tokens [K, D].
 
     Taught in: 05_classification.
     """
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    model.fit(support_tokens.float().cpu().numpy(), np.asarray(support_labels))
-    out = np.zeros((len(query_tokens), n_classes))
-    out[:, model.classes_] = model.predict_proba(query_tokens.float().cpu().numpy())
-    return out
+    return linear_probe_predict(fit_linear_probe(support_tokens, support_labels), query_tokens, n_classes)
 
 
 def prototype_proba(support_embeddings: torch.Tensor, support_labels: np.ndarray, query_embeddings: torch.Tensor,

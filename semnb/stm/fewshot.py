@@ -118,6 +118,23 @@ def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float, polari
     return np.concatenate([features(z), features(oriented)], axis=-1).astype(np.float32)
 
 
+def fit_pixel_classifier(x: np.ndarray, y: np.ndarray, seed: int = 0, c: float = 0.1):
+    """Standardised features -> class-balanced L2 logistic regression (strength `c`), fitted on rows x, labels y.
+
+    lbfgs with a fixed seed is deterministic, so a fitted STM model rebuilds exactly this
+    classifier from its stored rows (no pickle).
+
+    Taught in: 08_stm.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=1000,
+                                                               random_state=seed))
+    return model.fit(x, np.asarray(y, dtype=np.float64))
+
+
 def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0) -> np.ndarray:
     """Defect log-odds for every pixel from a logistic regression trained on the support.
 
@@ -130,10 +147,6 @@ def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0
 
     Taught in: 08_stm.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if features.shape[:2] != support.defect.shape:
         raise SemnbInputError("features", f"shape {features.shape[:2]} differs from the support's {support.defect.shape}",
                               "compute features and support on the same scan")
@@ -141,9 +154,7 @@ def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0
         raise SemnbInputError("support", "needs both defect and lattice pixels", "label at least one defect")
     x = np.concatenate([features[support.defect], features[support.lattice]])
     y = np.concatenate([np.ones(int(support.defect.sum())), np.zeros(int(support.lattice.sum()))])
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced", max_iter=1000,
-                                                               random_state=seed))
-    model.fit(x, y)
+    model = fit_pixel_classifier(x, y, seed)
     h, w, f = features.shape
     return model.decision_function(features.reshape(-1, f)).reshape(h, w)
 
