@@ -81,6 +81,13 @@ def _arrays(task: str, images: ImageSet) -> dict:
         require_masks(images.mask_paths, images.is_normal, images.paths)
         masks = [m if m is not None else np.zeros(p.shape, bool) for m, p in zip(masks, pixels)]
         return {"pixels": pixels, "masks": masks, "is_normal": np.asarray(images.is_normal)}
+    classes = sorted({int(label) for label in images.labels if label >= 0})
+    if len(classes) < 2:
+        found = "no labelled image (a flat folder has no classes)" if not classes else \
+            f"one class only ({images.class_names[classes[0]]})"
+        raise SemnbInputError(str(images.root), f"holds {found}",
+                              "classification needs two classes or more: put the images in one folder per class "
+                              "(the defect-free ones too, e.g. good/)")
     has_all_masks = all(m is not None for m, normal in zip(masks, images.is_normal) if not normal)
     return {"pixels": pixels, "labels": np.asarray(images.labels), "class_names": list(images.class_names),
             "normal_class": images.normal_class, "masks": masks if has_all_masks else None}
