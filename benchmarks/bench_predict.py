@@ -23,27 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 import semnb
 from semnb.data import write_sem_dataset
-from semnb.data.synth_sem import CLASSES, generate_sem_image, sample_seed
+from semnb.data.synth_sem import CLASSES
+from semnb.data.synth_writer import write_unlabelled_sem
 from semnb.models import encode_images, load_backbone
 
 
-def write_unlabelled(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
-    """N synthetic SEM images as 8-bit PNG files (the classes cycle; no labels, no masks)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"img_{i:06d}.png"
-        if not path.exists():
-            cls = CLASSES[i % len(CLASSES)]
-            image = generate_sem_image(cls, size, sample_seed(seed + 1, cls, i)).image
-            Image.fromarray((image * 255).round().astype(np.uint8)).save(path)
-        paths.append(path)
-    return paths
+def write_unlabelled(folder: Path, n: int, size: int, seed: int = 1) -> list[Path]:
+    """N synthetic SEM images as PNG files, classes mixed, no labels (`write_unlabelled_sem`)."""
+    write_unlabelled_sem(folder, n_per_class=-(-n // len(CLASSES)), size=size, seed=seed)
+    return sorted((folder / "images").glob("*.png"))[:n]
 
 
 def fit_model(work: Path, backbone: str, size: int):
@@ -78,7 +68,8 @@ def memory(args) -> None:
     if args.child:
         model = semnb.load_model(args.child)
         started = time.perf_counter()
-        semnb.predict(model, Path(args.images), Path(args.out), batch_size=args.batch_size, workers=args.workers)
+        semnb.predict(model, Path(args.images) / "images", Path(args.out), batch_size=args.batch_size,
+                      workers=args.workers)
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"{args.n_images} images: {time.perf_counter() - started:.0f} s, peak RSS {peak_mb:.0f} MB")
         return

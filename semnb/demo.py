@@ -2,7 +2,9 @@
 
 Few-shot segmentation and classification (SEM-CLIP when real CLIP weights are present,
 otherwise the offline ImageNet backbone, saying so), self-supervised clustering and retrieval,
-each against its baselines, with the tables and figures on one self-contained page.
+each against its baselines, with the tables and figures on one self-contained page; then what
+a user does with their own images: fit on a few labelled ones, save the model, predict an
+unlabelled batch, and the inspection report of that batch.
 
 Taught in: 00_quickstart.
 """
@@ -18,17 +20,22 @@ from tqdm.auto import tqdm
 from semnb import viz
 from semnb.clustering import viz as cluster_viz
 from semnb.data import CLASSES, ImageSet, load_dataset, write_sem_dataset
-from semnb.data.synth_writer import read_marker
+from semnb.data.synth_writer import read_marker, write_unlabelled_sem
 from semnb.fewshot import FewShotData, prepare_fewshot, sample_episode
 from semnb.fewshot import viz as fewshot_viz
 from semnb.fewshot.evaluate import segment_episode
+from semnb.fitting import fit
 from semnb.html_page import HtmlPage
 from semnb.io_utils import write_text_atomic
+from semnb.model_folder import load_model
 from semnb.models import registry
+from semnb.predictions import predict
 from semnb.results import EvalResult
 from semnb.retrieval import viz as retrieval_viz
 from semnb.tasks import evaluate, task_metrics
 
+BATCH_PER_CLASS = 8  # the unlabelled batch: 56 images, classes mixed
+SUPPORT_PER_CLASS = 2  # labelled images of each class the demo's model is fit on
 TEM_PER_CLASS = 24  # 168 TEM images: a query has 11 same-class images in the gallery, so K=10 can reach 1
 RETRIEVAL_K = 10
 
@@ -46,7 +53,7 @@ def choose_backbone() -> tuple[str, str]:
 
 def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: int = 0, shots: int = 5,
              ssl_epochs: int = 5, tem_per_class: int = TEM_PER_CLASS, retrieval_k: int = RETRIEVAL_K,
-             device: str = "auto", progress: bool = False) -> Path:
+             batch_per_class: int = BATCH_PER_CLASS, device: str = "auto", progress: bool = False) -> Path:
     """Generate the default data, run every SEM method against its baselines, write `report.html`.
 
     The defaults are the README's demo (under 3 minutes on 2 quiet cores); the tests pass smaller sizes.
@@ -64,7 +71,7 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
     page.paragraph(f"Data: {data_dir.resolve()} ({len(dataset)} images, seed {seed}). {backbone_note}", css="note")
     _gallery_section(page, test)
 
-    steps = tqdm(total=4, desc="demo: few-shot segmentation", disable=not progress)
+    steps = tqdm(total=5, desc="demo: few-shot segmentation", disable=not progress)
     few_shot = prepare_fewshot(dataset, "segment", backbone, device=device)
     segment = evaluate("segment", few_shot, shots=shots, seeds=[seed])
     _result_section(page, "Few-shot defect segmentation", segment, task_metrics("segment"))
@@ -91,11 +98,46 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
 
     _retrieval_section(page, out_dir / "tem", seed, tem_per_class, retrieval_k, device)
     steps.update()
+    steps.set_description("demo: fit, save, predict an unlabelled batch")
+    _fit_predict_section(page, dataset, backbone, out_dir, size, seed, batch_per_class, device)
+    steps.update()
     steps.close()
 
     page.paragraph(f"Wall time {time.perf_counter() - started:.0f} s. Each table is one seed; "
                    "`semnb eval TASK --seeds 0,1,2` gives means and spreads.", css="note")
     return write_text_atomic(out_dir / "report.html", page.render())
+
+
+def _fit_predict_section(page: HtmlPage, dataset: ImageSet, backbone: str, out_dir: Path, size: int, seed: int,
+                         batch_per_class: int, device: str) -> None:
+    """What a user does with their own images: fit on a few labelled ones, save, predict a new batch."""
+    support = dataset.subset(_support_indices(dataset, SUPPORT_PER_CLASS))
+    model = fit("segment", support, backbone=backbone, seed=seed, device=device)
+    model.save(out_dir / "model", overwrite=True)
+    batch = synthetic_set(out_dir / "batch", "sem-batch", write_unlabelled_sem, n_per_class=batch_per_class,
+                          size=size, seed=seed + 1)
+    predictions = predict(load_model(out_dir / "model", device=device), batch / "images", out_dir / "predictions",
+                          overwrite=True)
+    table = predictions.table
+    page.heading("Your own images: fit on a few labelled ones, predict an unlabelled batch")
+    page.paragraph(f"`semnb fit segment` on {len(support)} labelled images ({SUPPORT_PER_CLASS} per class) saved "
+                   f"the model to {(out_dir / 'model').resolve()}; its threshold {model.threshold:.3g} was chosen "
+                   f"as: {model.settings()['threshold_rule']}. `semnb predict` then mapped {len(table)} unlabelled "
+                   f"images; its inspection report: {predictions.report.resolve()}.", css="note")
+    page.table([{"": "defect found", "images": int(table["defective"].sum())},
+                {"": "clean", "images": int((~table["defective"].astype(bool)).sum())}])
+    groups = table["defective"].map({True: "defect found", False: "clean"}).to_numpy()
+    page.figure(viz.figure_png(viz.score_histogram(table["score"].to_numpy(), groups, model.threshold)),
+                alt="score histogram of the unlabelled batch")
+
+
+def _support_indices(dataset: ImageSet, per_class: int) -> list[int]:
+    """The first `per_class` images of every class: the few a user would label."""
+    chosen: dict[int, list[int]] = {}
+    for i, label in enumerate(dataset.labels):
+        if len(chosen.setdefault(int(label), [])) < per_class:
+            chosen[int(label)].append(i)
+    return sorted(i for rows in chosen.values() for i in rows)
 
 
 def synthetic_set(folder: Path, kind: str, write: Callable[..., Path], **settings) -> Path:

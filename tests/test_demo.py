@@ -17,21 +17,23 @@ from semnb.demo import choose_backbone, run_demo, synthetic_set
 def demo_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     report = run_demo(out, n_per_class=3, size=128, shots=1, ssl_epochs=1, tem_per_class=6, retrieval_k=2,
-                      progress=False)
+                      batch_per_class=2, progress=False)
     return out, report.read_text()
 
 
 def test_demo_page_holds_every_section_with_its_figures(demo_page):
     _, page = demo_page
     for heading in ("Few-shot defect segmentation", "Few-shot defect classification", "Label-free clustering",
-                    "Semi-supervised retrieval on a synthetic TEM archive (precision@2, mAP@2)"):
+                    "Semi-supervised retrieval on a synthetic TEM archive (precision@2, mAP@2)",
+                    "Your own images: fit on a few labelled ones, predict an unlabelled batch"):
         assert heading in page
     for method in ("semclip", "winclip", "patchcore", "linear_probe", "defect_pooled", "ssl", "glcm",
                    "ours", "frozen"):
         assert f"<td>{method}</td>" in page
     figures = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,.', page)
     assert figures == ["class gallery", "defect maps", "confusion matrix of semclip", "confusion matrix of defect_pooled",
-                       "embedding views", "training curves", "leave-one-class-out bars"]
+                       "embedding views", "training curves", "leave-one-class-out bars",
+                       "score histogram of the unlabelled batch"]
     assert "Wall time" in page
 
 
@@ -40,6 +42,13 @@ def test_demo_says_which_backbone_and_why(demo_page):
     backbone, note = choose_backbone()
     assert backbone == "efficientnet-lite0"  # no CLIP weights on a test machine
     assert "Real CLIP weights are not on this machine" in note and html.escape(note) in page
+
+
+def test_demo_fits_saves_and_predicts_an_unlabelled_batch(demo_page):
+    out, page = demo_page
+    assert (out / "model" / "config.json").is_file() and (out / "model" / "weights.safetensors").is_file()
+    assert (out / "predictions" / "report.html").is_file() and "inspection report" in page
+    assert len(list((out / "predictions" / "maps").glob("*.png"))) == 14  # 2 per class, 7 classes
 
 
 def test_demo_reuses_the_data_it_wrote(demo_page):

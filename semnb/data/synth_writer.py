@@ -81,6 +81,40 @@ def write_sem_dataset(
     return out_dir
 
 
+def write_unlabelled_sem(
+    out_dir: str | os.PathLike,
+    n_per_class: int = 8,
+    size: int = 256,
+    seed: int = 1,
+    progress: bool = False,
+) -> Path:
+    """A batch of unlabelled SEM review images, as a tool drops them: `images/000.png ...`, classes mixed.
+
+    Why: `semnb predict` is for images nobody labelled; this is such a batch to try it on. The
+    truth stays beside it in `truth.csv` (path, class, mask), for scoring the predictions later,
+    and `truth/` holds the masks. Use another seed than the labelled set's, so no image repeats.
+
+    Taught in: 00_quickstart.
+    """
+    out_dir = Path(out_dir).absolute()
+    check_set_options(n_per_class, size, seed)
+    settings = dict(n_per_class=n_per_class, size=size, seed=seed, classes=CLASSES)
+    with staged_set(out_dir, "sem-batch", settings) as staging:
+        samples = list(generate_sem_set(n_per_class, size, seed, CLASSES, progress, split="test"))
+        order = np.random.default_rng(seed).permutation(len(samples))  # classes mixed, as a night's batch is
+        rows = []
+        for position, index in enumerate(order):
+            sample, stem = samples[index], f"{position:0{max(3, len(str(len(samples) - 1)))}d}"
+            _save_png(staging / "images" / f"{stem}.png", sample.image)
+            mask = ""
+            if sample.cls != "good":
+                mask = f"truth/{stem}_mask.png"
+                _save_png(staging / mask, sample.mask.astype(np.uint8) * 255)
+            rows.append(f"images/{stem}.png,{sample.cls},{mask}")
+        (staging / "truth.csv").write_text("path,class,mask\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return out_dir
+
+
 @contextmanager
 def staged_set(out_dir: str | os.PathLike, kind: str, settings: dict) -> Iterator[Path]:
     """Yield an empty staging folder for a set of `kind`; when the block succeeds, mark it and move it onto `out_dir`.

@@ -13,6 +13,7 @@ from semnb.errors import SemnbInputError
 # kind -> "module:function"; each writer takes (out_dir, n_per_class, size, seed) and returns the folder.
 WRITERS = {
     "sem": "semnb.data.synth_writer:write_sem_dataset",
+    "sem-batch": "semnb.data.synth_writer:write_unlabelled_sem",
     "tem": "semnb.data.synth_tem:write_tem_dataset",
     "stm": "semnb.data.synth_stm:write_stm_dataset",
 }
