@@ -17,7 +17,8 @@ from semnb.clustering.evaluate import (
     split_for_clustering,
 )
 from semnb.clustering.kmeans import kmeans_clusters, score_clusters
+from semnb.clustering.model import ClusterModel, fit_cluster
 from semnb.clustering.ssl import SSLConfig, embed, train_ssl
 
-__all__ = ["METHODS", "ClusterEvaluation", "SSLConfig", "embed", "evaluate_clustering", "evaluate_methods",
+__all__ = ["ClusterModel", "fit_cluster", "METHODS", "ClusterEvaluation", "SSLConfig", "embed", "evaluate_clustering", "evaluate_methods",
            "kmeans_clusters", "score_clusters", "split_for_clustering", "train_ssl"]

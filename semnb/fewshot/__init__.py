@@ -21,9 +21,10 @@ from semnb.fewshot.evaluate import (
     prepare_fewshot,
     shot_sweep,
 )
+from semnb.fewshot.model import ClassifyModel, SegmentModel, fit_classify, fit_segment
 from semnb.fewshot.segmentation import SegmentationConfig, SemClipSegmenter, patch_features
 
-__all__ = [
+__all__ = ["ClassifyModel", "SegmentModel", "fit_classify", "fit_segment",
     "PAPER_SHOTS",
     "ClassificationConfig",
     "DefectPooledClassifier",

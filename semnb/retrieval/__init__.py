@@ -10,6 +10,7 @@ Taught in: 07_retrieval.
 from semnb.retrieval.embedding import METHODS, RetrievalConfig, TrainedEmbedding, train_embedding
 from semnb.retrieval.evaluate import evaluate_retrieval
 from semnb.retrieval.index import RetrievalIndex
+from semnb.retrieval.model import RetrievalModel, fit_retrieve
 
-__all__ = ["METHODS", "RetrievalConfig", "RetrievalIndex", "TrainedEmbedding", "evaluate_retrieval",
+__all__ = ["RetrievalModel", "fit_retrieve", "METHODS", "RetrievalConfig", "RetrievalIndex", "TrainedEmbedding", "evaluate_retrieval",
            "train_embedding"]

@@ -43,6 +43,7 @@ from semnb.stm.lattice import (
     step_edges,
     unsupervised_defect_map,
 )
+from semnb.stm.model import StmModel, fit_stm
 from semnb.stm.preprocess import (
     check_scan,
     flatten_lines,
@@ -51,7 +52,7 @@ from semnb.stm.preprocess import (
     robust_normalize,
 )
 
-__all__ = [
+__all__ = ["StmModel", "fit_stm",
     "DefectMap", "Lattice", "PixelSupport", "ProtoNet", "PrototypeClassifier", "ScanAnalysis", "analyze_scan",
     "brightness_embedding", "check_scan", "crops_by_surface", "defect_crops", "defect_list", "detect_defects",
     "dihedral", "dominant_period", "estimate_lattice", "evaluate_stm", "fewshot_map", "fewshot_pixel_map",
