@@ -922,7 +922,7 @@ def mean_std_over_seeds(results: Sequence[Mapping], ddof: int = 1) -> dict:
     it stays undefined rather than silently averaging fewer seeds. The std is the sample
     std (ddof=1), so it is NaN for a single seed.
 
-    Taught in: 09_report
+    Taught in: 10_eval_report
     """
     if len(results) == 0:
         raise SemnbInputError("results", "no per-seed results", "pass one metrics dict per seed")

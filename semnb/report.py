@@ -8,6 +8,7 @@ Taught in: 09_report.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,7 +42,11 @@ def parse_parameter(value: str) -> object:
 
 def run_report(notebook: str | Path, out_dir: str | Path, parameters: dict | None = None,
                kernel: str = "python3") -> tuple[Path, Path]:
-    """Execute `notebook` with `parameters`; write `<name>.ipynb` and `<name>.html` into `out_dir`."""
+    """Execute `notebook` with `parameters`; write `<name>.ipynb` and `<name>.html` into `out_dir`.
+
+    The notebook runs in the caller's working folder, so relative paths given as parameters
+    (`-p model_dir models/v1`) mean what they mean on the command line.
+    """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -56,7 +61,7 @@ def run_report(notebook: str | Path, out_dir: str | Path, parameters: dict | Non
         executed = staging / source.name
         try:
             papermill.execute_notebook(str(source), str(executed), parameters=parameters or {},
-                                       kernel_name=kernel, cwd=str(staging), progress_bar=True)
+                                       kernel_name=kernel, cwd=os.getcwd(), progress_bar=True)
         except PapermillExecutionError as err:
             failed = out_dir / f"{source.stem}.failed.ipynb"
             shutil.move(str(executed), failed)

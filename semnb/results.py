@@ -2,7 +2,7 @@
 
 Means and spreads over seeds come from `semnb.metrics.mean_std_over_seeds`.
 
-Taught in: 09_report.
+Taught in: 10_eval_report.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One entry point for every task: `semnb.evaluate(task, images, **options) -> EvalResult`.
 
-Why: the CLI, notebook 09 and the demo all run "a task's protocol on loaded data"; each used to
+Why: the CLI, notebook 10 and the demo all run "a task's protocol on loaded data"; each used to
 carry its own dispatch over the five per-task functions. Here is the only copy. Each task's
 function lives in its method package's `evaluate.py` and takes loaded data, never a folder:
 
@@ -15,7 +15,7 @@ function lives in its method package's `evaluate.py` and takes loaded data, neve
 `options` are that function's keyword arguments. The method packages are imported only when
 their task runs, so `import semnb` stays light.
 
-Taught in: 09_report.
+Taught in: 10_eval_report.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _task(task: str, what: int):
 def task_function(task: str):
     """The per-task evaluation function of `task` (see the table in the module docstring).
 
-    Taught in: 09_report.
+    Taught in: 10_eval_report.
     """
     return _task(task, 0)
 
@@ -51,7 +51,7 @@ def task_function(task: str):
 def task_metrics(task: str) -> tuple[str, ...]:
     """The metrics `task` reports, in the order its tables show them (design.md's metric names).
 
-    Taught in: 09_report.
+    Taught in: 10_eval_report.
     """
     return tuple(_task(task, 1))
 
@@ -62,7 +62,7 @@ def evaluate(task: str, images, **options) -> EvalResult:
     Suspect files the method reads on the way (`semnb.data.image_io.SuspectDataWarning`: an
     empty mask on a defect image, NaN pixels) are listed once each in the result's warnings.
 
-    Taught in: 09_report.
+    Taught in: 10_eval_report.
     """
     from semnb.data.image_io import suspect_data_to
 

@@ -92,7 +92,7 @@ def grouped_bars(values: Mapping[str, Mapping[str, float]], errors: Mapping[str,
 def metric_bars(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str]) -> Figure:
     """Grouped bars (mean +- std over seeds) of the methods of one results table, one group per metric.
 
-    Taught in: 04_segmentation (ablations) and 09_report (any task).
+    Taught in: 04_segmentation (ablations) and 10_eval_report (any task).
     """
     values = {name: {m: results[name].get(m, np.nan) for m in metrics} for name in results}
     errors = {name: {m: results[name].get(f"{m}_std", np.nan) for m in metrics} for name in results}
