@@ -32,8 +32,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
-from semnb.data.synth_sem import CLASSES, SemSample, check_set_options, generate_sem_set
+from semnb.data.synth_sem import (
+    CLASSES,
+    SemSample,
+    check_set_options,
+    generate_sem_image,
+    generate_sem_set,
+    sample_seed,
+)
 from semnb.errors import SemnbInputError
 from semnb.io_utils import write_json_atomic
 
@@ -100,11 +108,13 @@ def write_unlabelled_sem(
     check_set_options(n_per_class, size, seed)
     settings = dict(n_per_class=n_per_class, size=size, seed=seed, classes=CLASSES)
     with staged_set(out_dir, "sem-batch", settings) as staging:
-        samples = list(generate_sem_set(n_per_class, size, seed, CLASSES, progress, split="test"))
-        order = np.random.default_rng(seed).permutation(len(samples))  # classes mixed, as a night's batch is
+        made = [(cls, index) for cls in CLASSES for index in range(n_per_class)]
+        order = np.random.default_rng(seed).permutation(len(made))  # classes mixed, as a night's batch is
+        digits = max(3, len(str(len(made) - 1)))
         rows = []
-        for position, index in enumerate(order):
-            sample, stem = samples[index], f"{position:0{max(3, len(str(len(samples) - 1)))}d}"
+        for position in tqdm(range(len(made)), desc="synthetic SEM batch", disable=not progress):
+            cls, index = made[order[position]]
+            sample, stem = generate_sem_image(cls, size, sample_seed(seed, cls, index)), f"{position:0{digits}d}"
             _save_png(staging / "images" / f"{stem}.png", sample.image)
             mask = ""
             if sample.cls != "good":

@@ -346,3 +346,18 @@ def test_a_marker_that_is_not_semnbs_does_not_make_a_folder_ours(tmp_path):
     with pytest.raises(SemnbInputError, match=f"its {MARKER_FILE} is not semnb's"):
         write_sem_dataset(folder, n_per_class=1, size=48, progress=False)
     assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER_FILE, "notes.txt"])
+
+
+def test_an_unlabelled_batch_mixes_the_classes_and_keeps_the_truth_beside_it(tmp_path):
+    from semnb.data.listing import list_images
+    from semnb.data.synth_sem import CLASSES
+    from semnb.data.synth_writer import read_marker, write_unlabelled_sem
+
+    out = write_unlabelled_sem(tmp_path / "batch", n_per_class=2, size=64, seed=3)
+    truth = (out / "truth.csv").read_text().splitlines()
+    assert truth[0] == "path,class,mask" and len(truth) == 1 + 2 * len(CLASSES)
+    classes = [row.split(",")[1] for row in truth[1:]]
+    assert sorted(classes) == sorted(CLASSES * 2) and classes != sorted(classes)  # mixed, as a night's batch
+    assert [p.name for p in list_images(out)] == [f"{i:03d}.png" for i in range(14)]  # masks are not listed
+    masks = [row.split(",")[2] for row in truth[1:] if row.split(",")[1] != "good"]
+    assert all((out / m).is_file() for m in masks) and read_marker(out)["kind"] == "sem-batch"
