@@ -122,3 +122,11 @@ def test_a_csv_of_paths_and_an_empty_folder(folder, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SemnbInputError, match="lists no image"):
         predict(BrightnessModel(), tmp_path / "empty", tmp_path / "out2")
+
+
+def test_images_of_another_size_than_the_support_are_said_once(folder, tmp_path):
+    model = BrightnessModel()
+    model.training = {"image_shapes": [[20, 24]]}  # the support was 24 x 20 (w0.png); the others differ
+    with pytest.warns(UserWarning, match=r"w2.png is 24x22 px, not a size the model was fit on \(24x20\)") as said:
+        predict(model, folder, tmp_path / "out", batch_size=2, top_n=0)
+    assert len([w for w in said if "not a size the model was fit on" in str(w.message)]) == 1
