@@ -577,19 +577,38 @@ def fit_stm_command(scans_dir: Path, out_dir: Path, overwrite: bool, seed: int, 
               help="Images the report shows first.")
 @click.option("--overwrite", is_flag=True, default=False,
               help="Replace what --out holds (by default an unfinished run of the same model and images continues).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a pool of Ray actors, each loading the model once.")
+@click.option("--ray-address", default=None,
+              help="host:port, ray://host:port or auto  [default: start a local Ray for this run]")
+@click.option("--concurrency", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Ray actors (--engine ray).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs each Ray actor reserves (--engine ray).")
 @compute_options
 def predict_command(model_dir: Path, images: Path, out_dir: Path, threshold: float | None, batch_size: int,
-                    workers: int, top_n: int, overwrite: bool, device: str, precision: str) -> None:
+                    workers: int, top_n: int, overwrite: bool, engine: str, ray_address: str | None,
+                    concurrency: int, gpus_per_worker: float, device: str, precision: str) -> None:
     """Apply a fitted model to images without labels; per-image maps, one table, one HTML report. Resumable."""
     from semnb.data.listing import list_images
-    from semnb.model_folder import load_model
-    from semnb.predictions import predict
 
     paths = list_images(images)
     check_writable(out_dir.absolute().parent, f"--out {out_dir}", folder=True)
-    model = load_model(model_dir, device=device, precision=None if precision == "auto" else precision)
-    result = predict(model, paths, out_dir, threshold=threshold, batch_size=batch_size, workers=workers,
-                     overwrite=overwrite, top_n=top_n, progress=True)
+    chosen_precision = None if precision == "auto" else precision
+    if engine == "ray":
+        from semnb.ray_engine import predict_with_ray
+
+        result = predict_with_ray(model_dir, paths, out_dir, threshold=threshold, batch_size=batch_size,
+                                  concurrency=concurrency, num_gpus=gpus_per_worker, address=ray_address,
+                                  overwrite=overwrite, top_n=top_n, device=device, precision=chosen_precision,
+                                  progress=True)
+    else:
+        from semnb.model_folder import load_model
+        from semnb.predictions import predict
+
+        model = load_model(model_dir, device=device, precision=chosen_precision)
+        result = predict(model, paths, out_dir, threshold=threshold, batch_size=batch_size, workers=workers,
+                         overwrite=overwrite, top_n=top_n, progress=True)
     table = result.table
     unreadable = table[table["error"].notna()]
     for path, error in zip(unreadable["path"], unreadable["error"]):

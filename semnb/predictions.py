@@ -26,7 +26,7 @@ import re
 import shutil
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -126,32 +126,88 @@ def predict(model: FittedModel, images: str | Path | Sequence[str | Path], out_d
 
     `threshold` overrides the model's own (segment, stm). An `out_dir` that holds an unfinished
     run of the same model, images and settings is continued; one of another run is refused
-    unless `overwrite`.
+    unless `overwrite`. `semnb.ray_engine.predict_with_ray` does the same on a Ray cluster,
+    into the same files.
 
     Taught in: 00_quickstart.
     """
+    job = start_run(model, images, out_dir, threshold, batch_size, overwrite)
+    loader = DataLoader(_ReadImages(job.paths), batch_sampler=[job.batch(k) for k in job.pending],
+                        num_workers=workers, collate_fn=_unbatched)
+    said = set()
+    for k, items in tqdm(zip(job.pending, loader), total=len(job.pending), desc="predict", disable=not progress):
+        write_batch(model, job, k, items, said)
+    return finish_run(job, top_n)
+
+
+@dataclass(frozen=True)
+class PredictJob:
+    """One run in its folder: the images, the run record and the batches still to compute.
+
+    Why one object: both engines (local here, Ray in `semnb.ray_engine`) compute the same fixed
+    batches into the same files, so a run started by one can be resumed by the other.
+    """
+
+    paths: list[Path]
+    out: Path
+    run: dict
+    pending: list[int]
+
+    @property
+    def n_batches(self) -> int:
+        return -(-len(self.paths) // self.run["batch_size"])
+
+    def batch(self, k: int) -> list[int]:
+        """The positions of batch k's images: always [k * batch_size, (k + 1) * batch_size)."""
+        size = self.run["batch_size"]
+        return list(range(k * size, min((k + 1) * size, len(self.paths))))
+
+    def part(self, k: int) -> Path:
+        return self.out / PARTS / f"part-{k:06d}.parquet"
+
+
+def start_run(model: FittedModel, images: str | Path | Sequence[str | Path], out_dir: str | Path,
+              threshold: float | None, batch_size: int, overwrite: bool) -> PredictJob:
+    """List the images, start or continue the run in `out_dir` (or refuse to mix two), find what is left."""
     paths = [Path(p) for p in images] if isinstance(images, (list, tuple)) else list_images(images)
     if batch_size < 1:
         raise SemnbInputError("--batch-size", f"got {batch_size}", "use 1 or more")
     out = Path(out_dir)
     run = _run_record(model, paths, threshold, batch_size)
     _prepare_folder(out, run, overwrite)
-    pending = [k for k in range(_n_batches(len(paths), batch_size)) if not _part(out, k).is_file()]
-    loader = DataLoader(_ReadImages(paths), batch_sampler=[_batch(k, len(paths), batch_size) for k in pending],
-                        num_workers=workers, collate_fn=_unbatched)
+    job = PredictJob(paths, out, run, pending=[])
+    return replace(job, pending=[k for k in range(job.n_batches) if not job.part(k).is_file()])
+
+
+def read_batch(job: PredictJob, k: int) -> list[tuple]:
+    """Batch k's images read in this process, as the local engine's reader processes give them."""
+    reader = _ReadImages(job.paths)
+    return [reader[i] for i in job.batch(k)]
+
+
+def write_batch(model: FittedModel, job: PredictJob, k: int, items, said: set) -> None:
+    """Predict batch k's images (`items` from `_ReadImages`), write their maps, then the batch's part, atomically.
+
+    `said` holds the warnings this process has given already, so each is given once.
+    """
     support_shapes = {tuple(s) for s in model.training.get("image_shapes", [])}
-    said = set()
-    for k, items in tqdm(zip(pending, loader), total=len(pending), desc="predict", disable=not progress):
-        rows = _predict_batch(model, items, paths, out, run, support_shapes, said)
-        _write_table(pd.DataFrame(rows), _part(out, k))
-    table = pd.concat([pd.read_parquet(_part(out, k)) for k in range(_n_batches(len(paths), batch_size))],
-                      ignore_index=True)
-    _write_table(table, out / TABLE_FILE)
-    write_text_atomic(out / CSV_FILE, table.drop(columns=["embedding"], errors="ignore").to_csv(index=False))
+    rows = _predict_batch(model, items, job.paths, job.out, job.run, support_shapes, said)
+    _write_table(pd.DataFrame(rows), job.part(k))
+
+
+def finish_run(job: PredictJob, top_n: int) -> Predictions:
+    """Assemble the parts (all there once every batch is done) into the table, the CSV and the report."""
+    missing = [k for k in range(job.n_batches) if not job.part(k).is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} batches of {job.out} have no part (first: {missing[0]}): run again "
+                           "to compute them")
+    table = pd.concat([pd.read_parquet(job.part(k)) for k in range(job.n_batches)], ignore_index=True)
+    _write_table(table, job.out / TABLE_FILE)
+    write_text_atomic(job.out / CSV_FILE, table.drop(columns=["embedding"], errors="ignore").to_csv(index=False))
     from semnb.predictions_report import inspection_report  # matplotlib: only once the work is done
 
-    predictions = Predictions(out)
-    write_text_atomic(out / REPORT_FILE, inspection_report(predictions, top_n))
+    predictions = Predictions(job.out)
+    write_text_atomic(job.out / REPORT_FILE, inspection_report(predictions, top_n))
     return predictions
 
 
@@ -187,18 +243,6 @@ def _prepare_folder(out: Path, run: dict, overwrite: bool) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
     if not record.is_file():
         write_json_atomic(record, run)
-
-
-def _n_batches(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)
-
-
-def _batch(k: int, n: int, batch_size: int) -> list[int]:
-    return list(range(k * batch_size, min((k + 1) * batch_size, n)))
-
-
-def _part(out: Path, k: int) -> Path:
-    return out / PARTS / f"part-{k:06d}.parquet"
 
 
 def _predict_batch(model: FittedModel, items, paths, out: Path, run: dict, support_shapes: set, said: set) -> list[dict]:

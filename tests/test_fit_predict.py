@@ -180,3 +180,10 @@ def test_an_unreadable_file_is_listed_not_dropped(model_dir, sem, tmp_path):
 def test_the_python_api_refuses_an_unknown_task():
     with pytest.raises(SemnbInputError, match="unknown task"):
         semnb.fit("detect", ".")
+
+
+def test_an_unreachable_ray_cluster_is_one_line(model_dir, sem, tmp_path):
+    line = one_line(run("predict", model_dir, "--images", sem / "test", "--out", tmp_path / "p", "--engine", "ray",
+                        "--ray-address", "127.0.0.1:9"))
+    assert "--ray-address 127.0.0.1:9" in line and "cannot be reached" in line
+    assert not (tmp_path / "p").exists()
