@@ -187,3 +187,19 @@ def test_an_unreachable_ray_cluster_is_one_line(model_dir, sem, tmp_path):
                         "--ray-address", "127.0.0.1:9"))
     assert "--ray-address 127.0.0.1:9" in line and "cannot be reached" in line
     assert not (tmp_path / "p").exists()
+
+
+def test_an_archive_index_built_from_predictions_answers_like_the_gallery(tmp_path):
+    from semnb.data.synth_tem import write_tem_dataset
+
+    tem = write_tem_dataset(tmp_path / "tem", n_per_class=3, size=64, seed=0)
+    model = tmp_path / "model"
+    assert run("fit", "retrieve", "--images", tem, "--backbone", "semnb-tiny-cnn", "--out", model).exit_code == 0
+    assert run("predict", model, "--images", tem / "images", "--out", tmp_path / "pred").exit_code == 0
+    built = run("index", "build", tmp_path / "pred", "--out", tmp_path / "index")
+    assert built.exit_code == 0 and "recall@10 1.0 against exact search" in built.output
+    query = sorted((tem / "images").glob("*.png"))[0]
+    gallery = run("search", model, "--query", query, "--k", 3).output.splitlines()[1:]
+    archive = run("search", model, "--index", tmp_path / "index", "--query", query, "--k", 3).output.splitlines()[1:]
+    assert [line.split()[-1].split("/")[-1] for line in gallery] == [line.split()[-1].split("/")[-1] for line in archive]
+    assert archive[0].split()[1] == "0.0000"  # the query itself, first

@@ -9,8 +9,8 @@ Taught in: 07_retrieval.
 """
 from semnb.retrieval.embedding import METHODS, RetrievalConfig, TrainedEmbedding, train_embedding
 from semnb.retrieval.evaluate import evaluate_retrieval
-from semnb.retrieval.index import RetrievalIndex
+from semnb.retrieval.index import ArchiveIndex, RetrievalIndex, build_index_from_shards
 from semnb.retrieval.model import RetrievalModel, fit_retrieve
 
-__all__ = ["RetrievalModel", "fit_retrieve", "METHODS", "RetrievalConfig", "RetrievalIndex", "TrainedEmbedding", "evaluate_retrieval",
+__all__ = ["ArchiveIndex", "build_index_from_shards", "RetrievalModel", "fit_retrieve", "METHODS", "RetrievalConfig", "RetrievalIndex", "TrainedEmbedding", "evaluate_retrieval",
            "train_embedding"]

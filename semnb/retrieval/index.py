@@ -19,12 +19,18 @@ indexes search on the GPU (HNSW has no GPU version in faiss and stays on the CPU
 the CPU index, said once. What is saved is the embeddings, never a faiss index, so a saved
 collection reloads on any machine, with or without a GPU.
 
+An archive (millions of images, `semnb index build` over the shards of `semnb predict`) does
+not fit that way: `ArchiveIndex` holds no embeddings but a faiss index (IVF-PQ codes, HNSW
+below HNSW_MAX_VECTORS), built from the shards in chunks by `build_index_from_shards`, saved
+with faiss.write_index and read back as it is, searched on the CPU.
+
 Taught in: 07_retrieval.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +38,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from semnb.errors import SemnbInputError
 from semnb.hardware import resolve_device
@@ -304,3 +311,345 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- an archive's index (millions of images)
+
+ARCHIVE_INDEX_FILE = "index.faiss"
+ARCHIVE_PATHS_FILE = "paths.parquet"
+ARCHIVE_TEXT_FILE = "archive.json"
+ARCHIVE_FORMAT = 1
+ARCHIVE_KINDS = ("auto", "exact", "hnsw", "ivfpq")
+TARGET_RECALL = 0.95
+"""recall@10 against exact search that `build_archive_index` tunes nprobe (IVF-PQ) or efSearch (HNSW) to reach."""
+HNSW_MAX_VECTORS = 1_000_000
+"""`kind="auto"` builds HNSW below this many vectors, IVF-PQ from here on (the measurement: `build_archive_index`)."""
+ID_BYTES = 8
+PQ_MIN_TRAIN = 39 * 256  # faiss wants 39 training points per centroid; a sub-quantiser has 256
+N_RECALL_QUERIES = 500
+RECALL_K = 10
+HNSW_EF_SEARCH = (16, 32, 64, 128, 256, 512)
+HNSW_LINKS = 32
+REFINE_FACTOR = 4
+
+
+def ivfpq_plan(n: int, dims: int) -> dict:
+    """The IVF-PQ settings for `n` vectors of `dims` dimensions, by rule (why: see `build_archive_index`).
+
+    - nlist (inverted lists): the power of two nearest 4*sqrt(n), halved until every list has
+      39 training points (faiss's k-means minimum): 1e5 -> 1024, 1e6 -> 4096;
+    - m = the largest divisor of `dims` not above dims / 2 sub-quantisers of 8 bits (a code
+      byte per 2 dimensions) and as many again for the refinement code (`IndexIVFPQR`: a
+      second PQ of what the first leaves, re-ranking the REFINE_FACTOR * k best candidates):
+      2 * m bytes + 8 of id per vector, 136 at 128-d. Measured at 1e5 128-d clustered vectors,
+      1 thread (recall@10 vs exact at nprobe 2..16): PQ 16 / 32 / 64 bytes .47 / .69 / .89 and
+      PQ 32 + refine 32 .88, all flat in nprobe (the codes limit them); PQ 64 + refine 64 .98;
+    - training sample: min(n, max(64 * nlist, 39 * 256)) vectors, drawn at random.
+
+    Taught in: 07_retrieval.
+    """
+    if n < PQ_MIN_TRAIN:
+        raise SemnbInputError("--kind ivfpq", f"needs at least {PQ_MIN_TRAIN} vectors to train its codes, got {n}",
+                              "use --kind hnsw or exact (or auto) for a collection this small")
+    nlist = 2 ** int(round(np.log2(4 * np.sqrt(n))))
+    while nlist > 1 and 39 * nlist > n:
+        nlist //= 2
+    m = max(d for d in range(1, dims + 1) if dims % d == 0 and d <= max(1, dims // 2))
+    return {"nlist": nlist, "m": m, "m_refine": m, "bits": 8, "refine_factor": REFINE_FACTOR,
+            "train_sample": min(n, max(64 * nlist, PQ_MIN_TRAIN))}
+
+
+class ArchiveIndex:
+    """A faiss index over an archive's embeddings, with each vector's image path; searched, saved, reloaded.
+
+    Unlike `RetrievalIndex` it never holds the embeddings themselves (an IVF-PQ index keeps
+    `record["bytes_per_vector"]`: codes + 8 bytes of id per vector), and it is saved as the faiss index itself, so
+    loading reads the codes back instead of encoding millions of vectors again.
+    `record`: how it was built (kind, settings, measured recall, build time).
+
+    Taught in: 07_retrieval.
+    """
+
+    def __init__(self, index: faiss.Index, paths, record: dict):
+        import pyarrow as pa
+
+        self.index = index
+        self.paths = paths if isinstance(paths, pa.ChunkedArray) else pa.chunked_array([pa.array(paths, pa.string())])
+        self.record = dict(record)
+        if len(self.paths) != index.ntotal:
+            raise SemnbInputError("paths", f"{len(self.paths)} paths for {index.ntotal} vectors",
+                                  "build the index again")
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def __repr__(self) -> str:
+        return (f"ArchiveIndex({len(self)} vectors, {self.index.d} dims, {self.record.get('kind')}, "
+                f"{self.record.get('bytes_per_vector')} bytes/vector)")
+
+    def search(self, queries, k: int = 10) -> tuple[list[list[str | None]], np.ndarray]:
+        """The k nearest archived images of each query: (paths [Q][k], squared distances [Q, k]), nearest first.
+
+        Taught in: 07_retrieval.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        queries = queries[None] if queries.ndim == 1 else queries
+        if queries.ndim != 2 or queries.shape[1] != self.index.d:
+            raise SemnbInputError("queries", f"have shape {queries.shape}, the index holds {self.index.d}-d vectors",
+                                  "embed the queries with the model whose predictions built the index")
+        if not np.all(np.isfinite(queries)):
+            raise SemnbInputError("queries", "contain NaN or infinite values", "re-encode the query images")
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self):
+            raise SemnbInputError("--k", f"asks for {k} results but the index holds {len(self)}",
+                                  f"use 1 <= k <= {len(self)}")
+        distances, ids = self.index.search(np.ascontiguousarray(queries), int(k))
+        found = self.paths.take(np.maximum(ids, 0).reshape(-1)).to_pylist()
+        paths = [[found[q * k + j] if ids[q, j] >= 0 else None for j in range(k)] for q in range(len(ids))]
+        return paths, distances
+
+    def save(self, folder: str | Path) -> Path:
+        """`index.faiss` (faiss.write_index), `paths.parquet` and `archive.json` (the record and both files' SHA-256).
+
+        Taught in: 07_retrieval.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        digests = {}
+        with atomic_path(folder / ARCHIVE_INDEX_FILE) as tmp:
+            faiss.write_index(self.index, str(tmp))
+            digests[ARCHIVE_INDEX_FILE] = _sha256(tmp)
+        with atomic_path(folder / ARCHIVE_PATHS_FILE) as tmp:
+            pq.write_table(pa.table({"path": self.paths}), tmp)
+            digests[ARCHIVE_PATHS_FILE] = _sha256(tmp)
+        write_json_atomic(folder / ARCHIVE_TEXT_FILE, {"format": ARCHIVE_FORMAT, "n_vectors": len(self),
+                                                       "dims": int(self.index.d), "sha256": digests, **self.record})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ArchiveIndex:
+        """Read a saved archive index (faiss.read_index: the stored codes, nothing re-encoded, no image read).
+
+        Taught in: 07_retrieval.
+        """
+        import pyarrow.parquet as pq
+
+        folder = Path(folder)
+        text_path = folder / ARCHIVE_TEXT_FILE
+        for name in (ARCHIVE_TEXT_FILE, ARCHIVE_INDEX_FILE, ARCHIVE_PATHS_FILE):
+            if not (folder / name).is_file():
+                raise SemnbInputError(folder / name, "is missing", "build the index with `semnb index build` first")
+        try:
+            text = json.loads(text_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise SemnbInputError(text_path, f"is not valid JSON ({error})", "build the index again") from error
+        for name, digest in text.get("sha256", {}).items():
+            if digest != _sha256(folder / name):
+                raise SemnbInputError(folder / name, f"does not match {ARCHIVE_TEXT_FILE} (another build or a damaged "
+                                                     "file)", "build the index again")
+        index = faiss.read_index(str(folder / ARCHIVE_INDEX_FILE))
+        _apply_search_setting(index, text.get("search_setting"))
+        record = {key: value for key, value in text.items() if key not in ("format", "n_vectors", "dims", "sha256")}
+        return cls(index, pq.read_table(folder / ARCHIVE_PATHS_FILE).column("path"), record)
+
+
+def build_archive_index(chunks, n: int, kind: str = "auto", seed: int = 0, progress: bool = False) -> ArchiveIndex:
+    """Index the vectors that `chunks()` yields as (paths, float32 [c, d]) blocks, in two passes; memory flat in n.
+
+    `chunks` is called twice (so it must yield the same rows each time): pass 1 keeps only a
+    random training sample and a held-out query sample, pass 2 adds every vector and, per
+    block, the exact nearest neighbours of the held-out queries. `n` is the number of rows
+    (an upper bound is fine). Then nprobe (IVF-PQ) or efSearch (HNSW) is set to the smallest
+    value whose recall@10 against exact search on the held-out queries (stored rows, their own
+    row excluded) reaches TARGET_RECALL, and that recall is stored in `record`.
+
+    `kind`: "exact" (IndexFlatL2), "hnsw" (IndexHNSWFlat, 32 links, efConstruction 64: the
+    full vectors plus the graph), "ivfpq" (IndexIVFPQR by `ivfpq_plan`: code bytes + 8 id bytes
+    per vector), or "auto": HNSW below HNSW_MAX_VECTORS (1e6), IVF-PQ from there. Why, measured
+    by benchmarks/bench_index.py (128-d clustered vectors, build on 2 threads, 1000 single
+    queries on 1 thread, this shared 2-core machine at load 4-8), HNSW vs IVF-PQ:
+    1e4: build 5.2 s vs 216 s, median query 0.033 vs 0.122 ms, recall@10 .98 vs .98;
+    1e5: build 50 s vs 172 s, median query 0.087 vs 0.079 ms, recall@10 .97 vs .96;
+    bytes/vector 784 vs 144 (serialised index / N). HNSW builds faster and answers as fast at
+    both sizes, so it is kept up to 1e6; from there its memory (0.8 GB per million vectors,
+    5.4x IVF-PQ's) is what limits an archive, and its build at 1e6 was not measured.
+
+    Taught in: 07_retrieval.
+    """
+    if kind not in ARCHIVE_KINDS:
+        raise SemnbInputError("--kind", f"got {kind!r}", f"use one of {', '.join(ARCHIVE_KINDS)}")
+    if kind == "auto":
+        kind = "hnsw" if n < HNSW_MAX_VECTORS else "ivfpq"
+    start = time.perf_counter()
+    _, first = next(iter(chunks()), (None, np.empty((0, 0), np.float32)))
+    plan = ivfpq_plan(n, first.shape[1]) if kind == "ivfpq" else {}
+    rng = np.random.default_rng(seed)
+    n_queries = min(N_RECALL_QUERIES, max(1, n // 10))
+    rows = rng.permutation(n)
+    query_rows, train_rows = np.sort(rows[:n_queries]), np.sort(rows[n_queries:n_queries + plan.get("train_sample", 0)])
+    queries, query_ids, sample = _sample_pass(chunks, query_rows, train_rows)
+    dims = queries.shape[1]
+    if kind == "exact":
+        index = faiss.IndexFlatL2(dims)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dims, HNSW_LINKS)
+        index.hnsw.efConstruction = 64
+    else:
+        index = faiss.IndexIVFPQR(faiss.IndexFlatL2(dims), dims, plan["nlist"], plan["m"], plan["bits"],
+                                  plan["m_refine"], plan["bits"])
+        index.k_factor = REFINE_FACTOR
+        for clustering in (index.cp, index.pq.cp, index.refine_pq.cp):
+            clustering.seed = int(seed)
+        index.train(sample)
+    del sample
+    paths, truth = _add_pass(chunks, index, queries, progress)
+    build_s = time.perf_counter() - start
+    exact_ids = _drop_excluded(*truth, query_ids, RECALL_K)[1]
+    setting, recall = _tune_search(index, kind, queries, query_ids, exact_ids)
+    bytes_per_vector = {"exact": 4 * dims, "hnsw": 4 * dims + 2 * HNSW_LINKS * 4,
+                        "ivfpq": plan.get("m", 0) + plan.get("m_refine", 0) + ID_BYTES}[kind]
+    record = {"kind": kind, "build_s": round(build_s, 2), "bytes_per_vector": bytes_per_vector,
+              "search_setting": setting, f"recall@{RECALL_K}": round(recall, 4), "recall_queries": len(query_ids),
+              "target_recall": TARGET_RECALL, "seed": int(seed), **plan}
+    if recall < TARGET_RECALL:
+        warnings.warn(f"the {kind} index reaches recall@{RECALL_K} {recall:.3f} < {TARGET_RECALL} against exact search "
+                      "at its widest search setting; use --kind exact where every neighbour matters", RuntimeWarning,
+                      stacklevel=2)
+    return ArchiveIndex(index, paths, record)
+
+
+def _sample_pass(chunks, query_rows: np.ndarray, train_rows: np.ndarray):
+    """Pass 1: (held-out query vectors, their row ids, training vectors)."""
+    seen, queries, query_ids, sample = 0, [], [], []
+    for _, block in chunks():
+        block_rows = np.arange(seen, seen + len(block))
+        in_queries = np.isin(block_rows, query_rows, assume_unique=True)
+        queries.append(block[in_queries])
+        query_ids.append(block_rows[in_queries])
+        sample.append(block[np.isin(block_rows, train_rows, assume_unique=True)])
+        seen += len(block)
+    if seen == 0:
+        raise SemnbInputError("embeddings", "none found", "predict with a retrieval model first (it writes an "
+                                                          "`embedding` column)")
+    return (np.ascontiguousarray(np.concatenate(queries)), np.concatenate(query_ids),
+            np.ascontiguousarray(np.concatenate(sample)))
+
+
+def _add_pass(chunks, index: faiss.Index, queries: np.ndarray, progress: bool):
+    """Pass 2: add every block; keep the exact RECALL_K + 1 nearest rows of each query across blocks."""
+    import pyarrow as pa
+
+    paths, offset = [], 0
+    best_d = np.full((len(queries), RECALL_K + 1), np.inf, np.float32)
+    best_i = np.full((len(queries), RECALL_K + 1), -1, np.int64)
+    for block_paths, block in tqdm(chunks(), desc="index", disable=not progress):
+        index.add(block)
+        paths.append(block_paths.cast(pa.string()) if isinstance(block_paths, pa.Array)
+                     else pa.array(block_paths, pa.string()))
+        exact = faiss.IndexFlatL2(block.shape[1])
+        exact.add(block)
+        d, i = exact.search(queries, min(RECALL_K + 1, len(block)))
+        best_d, best_i = np.concatenate([best_d, d], 1), np.concatenate([best_i, np.where(i >= 0, i + offset, -1)], 1)
+        order = np.argsort(best_d, axis=1, kind="stable")[:, :RECALL_K + 1]
+        best_d, best_i = np.take_along_axis(best_d, order, 1), np.take_along_axis(best_i, order, 1)
+        offset += len(block)
+    return pa.chunked_array(paths, pa.string()), (best_d, best_i)
+
+
+def _tune_search(index: faiss.Index, kind: str, queries, query_ids, exact_ids) -> tuple[int | None, float]:
+    """The smallest nprobe / efSearch reaching TARGET_RECALL (else the widest tried), and its recall@10."""
+    from semnb import metrics
+
+    if kind == "exact":
+        return None, 1.0
+    settings = HNSW_EF_SEARCH if kind == "hnsw" else [2 ** p for p in range(int(np.log2(index.nlist)) + 1)]
+    best = (settings[-1], 0.0)
+    for setting in settings:
+        _apply_search_setting(index, setting)
+        found = _drop_excluded(*index.search(queries, RECALL_K + 1), query_ids, RECALL_K)[1]
+        recall = metrics.neighbor_recall(exact_ids, found)
+        if recall >= TARGET_RECALL:
+            return setting, recall
+        if recall > best[1] + 1e-3:
+            best = (setting, recall)
+        elif best[1] > 0:  # no gain from a wider search: the codes, not the search, limit recall
+            break
+    _apply_search_setting(index, best[0])
+    return best
+
+
+def _apply_search_setting(index: faiss.Index, setting: int | None) -> None:
+    if setting is None:
+        return
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = int(setting)
+    else:
+        faiss.extract_index_ivf(index).nprobe = int(setting)
+
+
+def read_embedding_shards(shards, chunk_rows: int = 50_000):
+    """(list of parquet files, number of rows, chunks()): the `path` and `embedding` of predictions shards.
+
+    `shards`: a `semnb predict` output folder (its `parts/` shards, else its *.parquet files),
+    or parquet files. chunks() yields (paths, float32 [c, d]) `chunk_rows` rows at a time,
+    rows without an embedding (images that could not be read) left out.
+
+    Taught in: 07_retrieval.
+    """
+    import pyarrow.parquet as pq
+
+    if isinstance(shards, (str, Path)) and Path(shards).is_dir():
+        folder = Path(shards)
+        files = sorted((folder / "parts").glob("*.parquet")) or sorted(folder.glob("*.parquet"))
+    else:
+        files = [Path(shards)] if isinstance(shards, (str, Path)) else [Path(f) for f in shards]
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        raise SemnbInputError(str(missing[0] if missing else shards), "holds no predictions parquet shards",
+                              "pass the --out folder of `semnb predict` run with a retrieval model")
+    for f in files:
+        names = pq.ParquetFile(f).schema_arrow.names
+        if "embedding" not in names or "path" not in names:
+            raise SemnbInputError(f, "has no `embedding` (or `path`) column", "predict with a retrieval model")
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def chunks():
+        for f in files:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=chunk_rows, columns=["path", "embedding"]):
+                yield _embedding_block(batch, f)
+
+    return files, n, chunks
+
+
+def _embedding_block(batch, source: Path):
+    """A record batch's valid rows as (paths, float32 [c, d]); refuses embeddings of mixed length."""
+    import pyarrow.compute as pc
+
+    embedding = batch.column("embedding")
+    valid = embedding.is_valid()
+    embedding, paths = embedding.filter(valid), batch.column("path").filter(valid)
+    lengths = pc.list_value_length(embedding).to_numpy()
+    if len(lengths) and lengths.min() != lengths.max():
+        raise SemnbInputError(source, f"holds embeddings of {lengths.min()} to {lengths.max()} dimensions",
+                              "index the predictions of one model only")
+    dims = int(lengths[0]) if len(lengths) else 0
+    vectors = embedding.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(lengths), dims)
+    return paths, vectors
+
+
+def build_index_from_shards(shards, out_dir: str | Path, kind: str = "auto", chunk_rows: int = 50_000,
+                            seed: int = 0, progress: bool = False) -> ArchiveIndex:
+    """Index the embeddings of `semnb predict` shards (a folder or parquet files) into `out_dir`, read in chunks.
+
+    The `semnb index build PREDICTIONS_DIR --out INDEX_DIR --kind ...` step: memory holds one
+    chunk, the training sample and the index, never all embeddings. Reload with
+    `ArchiveIndex.load(out_dir)`.
+
+    Taught in: 07_retrieval.
+    """
+    files, n, chunks = read_embedding_shards(shards, chunk_rows)
+    archive = build_archive_index(chunks, n, kind, seed, progress)
+    archive.record["shards"] = [str(f) for f in files]
+    archive.save(out_dir)
+    return archive

@@ -165,3 +165,127 @@ def test_with_a_gpu_faiss_exact_and_ivf_move_to_the_gpu_and_hnsw_stays(monkeypat
     assert copies == [("resources", 1), ("resources", 1)] and len(resources) == 1  # one set of GPU resources
     exact.save(tmp_path / "store")  # the embeddings are saved, never the GPU index: it reloads anywhere
     assert RetrievalIndex.load(tmp_path / "store", device="cpu").device == torch.device("cpu")
+
+
+# ---------------------------------------------------------------- the archive index (issue 16)
+
+ARCHIVE_N, ARCHIVE_DIMS = 20_000, 16
+
+
+def _archive_vectors(n=ARCHIVE_N, dims=ARCHIVE_DIMS, seed=0):
+    """Clustered like embeddings: n/100 clusters, standardised rows (as benchmarks/bench_index.py)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 100), dims), dtype=np.float32) * 2
+    x = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, dims), dtype=np.float32)
+    x -= x.mean(axis=1, keepdims=True)
+    return (x / x.std(axis=1, keepdims=True)).astype(np.float32), centres
+
+
+def _array_chunks(vectors, rows=4096):
+    return lambda: ((np.array([f"img{i}.png" for i in range(s, s + len(vectors[s:s + rows]))]), vectors[s:s + rows])
+                    for s in range(0, len(vectors), rows))
+
+
+@pytest.fixture(scope="module")
+def ivfpq_archive():
+    vectors, centres = _archive_vectors()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # faiss: too few training points for a few lists
+        archive = index_module.build_archive_index(_array_chunks(vectors), len(vectors), kind="ivfpq")
+    return archive, vectors, centres
+
+
+def test_ivfpq_reaches_the_target_recall_at_its_chosen_nprobe_on_new_queries(ivfpq_archive):
+    archive, vectors, centres = ivfpq_archive
+    plan = index_module.ivfpq_plan(ARCHIVE_N, ARCHIVE_DIMS)
+    assert archive.record["kind"] == "ivfpq" and isinstance(archive.index, faiss.IndexIVFPQR)
+    assert archive.record["nlist"] == plan["nlist"] == 512 and archive.index.pq.M == plan["m"] == 8
+    assert archive.record["recall@10"] >= 0.95 and archive.record["recall_queries"] == 500
+    assert archive.record["bytes_per_vector"] == 2 * 8 + 8  # code + refinement code + id
+    # queries the build never saw, checked against numpy brute force
+    rng = np.random.default_rng(7)
+    queries = centres[rng.integers(0, len(centres), 200)] + rng.standard_normal((200, ARCHIVE_DIMS), dtype=np.float32)
+    queries = ((queries - queries.mean(1, keepdims=True)) / queries.std(1, keepdims=True)).astype(np.float32)
+    paths, distances = archive.search(queries, 10)
+    found = np.array([[int(p[3:-4]) for p in row] for row in paths])
+    exact = faiss.IndexFlatL2(ARCHIVE_DIMS)  # equals numpy brute force: test_exact_search_equals_brute_force_numpy
+    exact.add(vectors)
+    truth = exact.search(queries, 10)[1]
+    assert metrics.neighbor_recall(truth, found) >= 0.93
+    assert np.all(np.diff(distances, axis=1) >= 0)
+
+
+def test_a_saved_archive_index_reloads_without_re_encoding_and_answers_identically(ivfpq_archive, tmp_path, monkeypatch):
+    archive, vectors, _ = ivfpq_archive
+    archive.save(tmp_path / "idx")
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["archive.json", "index.faiss", "paths.parquet"]
+    for name in ("train", "add"):  # loading reads the stored codes: nothing is trained or encoded again
+        monkeypatch.setattr(faiss.IndexIVFPQR, name, lambda *a, **k: pytest.fail("re-encoded at load"))
+    again = index_module.ArchiveIndex.load(tmp_path / "idx")
+    assert np.array_equal(faiss.serialize_index(again.index), faiss.serialize_index(archive.index))  # the same codes
+    assert again.index.nprobe == archive.index.nprobe == archive.record["search_setting"]
+    assert again.record == archive.record
+    a_paths, a_d = archive.search(vectors[:50], 10)
+    b_paths, b_d = again.search(vectors[:50], 10)
+    assert a_paths == b_paths and np.array_equal(a_d, b_d)
+    (tmp_path / "idx" / "paths.parquet").write_bytes(b"damaged")
+    with pytest.raises(SemnbInputError, match="does not match"):
+        index_module.ArchiveIndex.load(tmp_path / "idx")
+
+
+def _write_shards(folder, vectors, per_shard, unreadable=()):
+    """Shards as `semnb predict` writes them: parts/part-k.parquet, a row per image, embedding None if unreadable."""
+    import pandas as pd
+
+    (folder / "parts").mkdir(parents=True)
+    for k, start in enumerate(range(0, len(vectors), per_shard)):
+        rows = [{"index": i, "path": f"img{i}.png", "score": np.nan,
+                 "embedding": None if i in unreadable else vectors[i].tolist()}
+                for i in range(start, min(start + per_shard, len(vectors)))]
+        pd.DataFrame(rows).to_parquet(folder / "parts" / f"part-{k:06d}.parquet", index=False)
+
+
+def test_shards_are_read_in_chunks_and_rows_without_an_embedding_are_left_out(tmp_path, monkeypatch):
+    vectors, _ = _archive_vectors(n=3000, dims=16)
+    _write_shards(tmp_path / "pred", vectors, per_shard=1000, unreadable={5, 2500})
+    files, n, chunks = index_module.read_embedding_shards(tmp_path / "pred", chunk_rows=256)
+    assert len(files) == 3 and n == 3000
+    blocks = list(chunks())
+    assert max(len(b) for _, b in blocks) <= 256 and len(blocks) == 3 * 4  # 1000 rows a shard: 4 chunks each
+    added = []
+    real_add = index_module._add_pass
+    monkeypatch.setattr(index_module, "_add_pass", lambda c, *a: added.extend(len(b) for _, b in c()) or real_add(c, *a))
+    archive = index_module.build_index_from_shards(tmp_path / "pred", tmp_path / "idx", kind="auto", chunk_rows=256)
+    assert max(added) <= 256 and sum(added) == 2998
+    assert archive.record["kind"] == "hnsw" and len(archive) == 2998  # auto: HNSW below HNSW_MAX_VECTORS
+    keep = [i for i in range(3000) if i not in (5, 2500)]
+    paths, distances = index_module.ArchiveIndex.load(tmp_path / "idx").search(vectors[[0, 6, 2999]], 1)
+    assert [p[0] for p in paths] == ["img0.png", "img6.png", "img2999.png"] and np.all(distances < 1e-4)
+    exact = index_module.build_index_from_shards(tmp_path / "pred", tmp_path / "exact", kind="exact", chunk_rows=256)
+    assert exact.record["recall@10"] == 1.0 and exact.paths.to_pylist() == [f"img{i}.png" for i in keep]
+
+
+def test_bad_shards_and_sizes_are_named(tmp_path):
+    with pytest.raises(SemnbInputError, match="no predictions parquet"):
+        index_module.read_embedding_shards(tmp_path)
+    import pandas as pd
+
+    (tmp_path / "a").mkdir()
+    pd.DataFrame({"path": ["x.png"], "score": [0.5]}).to_parquet(tmp_path / "a" / "predictions.parquet")
+    with pytest.raises(SemnbInputError, match="embedding"):
+        index_module.read_embedding_shards(tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    pd.DataFrame({"path": ["x.png", "y.png"], "embedding": [[0.0, 1.0], [1.0]]}).to_parquet(tmp_path / "b" / "p.parquet")
+    _, n, chunks = index_module.read_embedding_shards(tmp_path / "b")
+    with pytest.raises(SemnbInputError, match="one model"):
+        list(chunks())
+    vectors, _ = _archive_vectors(n=1000, dims=8)
+    with pytest.raises(SemnbInputError, match="at least"):
+        index_module.build_archive_index(_array_chunks(vectors), 1000, kind="ivfpq")
+    with pytest.raises(SemnbInputError, match="--kind"):
+        index_module.build_archive_index(_array_chunks(vectors), 1000, kind="lsh")
+    archive = index_module.build_archive_index(_array_chunks(vectors), 1000, kind="exact")
+    with pytest.raises(SemnbInputError, match="--k"):
+        archive.search(vectors[:1], 1001)
+    with pytest.raises(SemnbInputError, match="queries"):
+        archive.search(np.zeros((1, 3)), 2)
