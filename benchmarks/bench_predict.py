@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -70,13 +69,21 @@ def throughput(args) -> None:
               f"(made once per run, {report_s:.1f} s): {best['encoder'] / (best['predict'] - report_s):.3f}")
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not `ru_maxrss`: Linux carries that over fork and exec
+    from the parent, so a child forked from a big parent would report the parent's size."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def memory(args) -> None:
     if args.child:
         model = semnb.load_model(args.child)
         started = time.perf_counter()
         semnb.predict(model, Path(args.images) / "images", Path(args.out), batch_size=args.batch_size,
                       workers=args.workers)
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_mb = _peak_rss_mb()
         print(f"{args.n_images} images: {time.perf_counter() - started:.0f} s, peak RSS {peak_mb:.0f} MB")
         return
     with tempfile.TemporaryDirectory() as tmp:

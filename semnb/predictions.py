@@ -40,7 +40,7 @@ from semnb.data.image_io import read_image
 from semnb.data.listing import list_images
 from semnb.errors import SemnbInputError
 from semnb.fitted import FittedModel, ImagePrediction
-from semnb.io_utils import write_bytes_atomic, write_json_atomic, write_text_atomic
+from semnb.io_utils import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
 
 RUN_FILE = "run.json"
 TABLE_FILE = "predictions.parquet"
@@ -99,7 +99,18 @@ class Predictions:
 
     @cached_property
     def table(self) -> pd.DataFrame:
-        return pd.read_parquet(self.folder / TABLE_FILE)
+        """One row per image, without the embeddings (an archive's would fill the memory; see `embeddings`)."""
+        import pyarrow.parquet as pq
+
+        columns = [name for name in pq.read_schema(self.folder / TABLE_FILE).names if name != "embedding"]
+        return pd.read_parquet(self.folder / TABLE_FILE, columns=columns)
+
+    def embeddings(self) -> np.ndarray:
+        """The retrieval embeddings [N, D] float32 of the readable images, in table order (retrieval models)."""
+        import pyarrow.parquet as pq
+
+        values = pq.read_table(self.folder / TABLE_FILE, columns=["embedding"])["embedding"].drop_null()
+        return np.asarray(values.to_pylist(), dtype=np.float32)
 
     @property
     def report(self) -> Path:
@@ -201,14 +212,42 @@ def finish_run(job: PredictJob, top_n: int) -> Predictions:
     if missing:
         raise RuntimeError(f"{len(missing)} batches of {job.out} have no part (first: {missing[0]}): run again "
                            "to compute them")
-    table = pd.concat([pd.read_parquet(job.part(k)) for k in range(job.n_batches)], ignore_index=True)
-    _write_table(table, job.out / TABLE_FILE)
-    write_text_atomic(job.out / CSV_FILE, table.drop(columns=["embedding"], errors="ignore").to_csv(index=False))
+    _join_parts([job.part(k) for k in range(job.n_batches)], job.out / TABLE_FILE, job.out / CSV_FILE)
     from semnb.predictions_report import inspection_report  # matplotlib: only once the work is done
 
     predictions = Predictions(job.out)
     write_text_atomic(job.out / REPORT_FILE, inspection_report(predictions, top_n))
     return predictions
+
+
+def _join_parts(parts: Sequence[Path], table_path: Path, csv_path: Path) -> None:
+    """The parts, in order, into one parquet file and one CSV (without embeddings), a part at a time.
+
+    Why a part at a time: an archive's table (millions of rows with their embeddings) need never
+    be in memory at once. Parts can differ in columns and types (a batch whose images were all
+    unreadable has no embedding; a column of only nulls has no type), so each is first put on
+    the schema of them all.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
+    with atomic_path(table_path) as table_tmp, atomic_path(csv_path) as csv_tmp, \
+            pq.ParquetWriter(table_tmp, schema) as writer, open(csv_tmp, "w", encoding="utf-8", newline="") as csv:
+        for i, path in enumerate(parts):
+            part = _on_schema(pq.read_table(path), schema)
+            writer.write_table(part)
+            text_columns = [name for name in schema.names if name != "embedding"]
+            part.select(text_columns).to_pandas().to_csv(csv, index=False, header=i == 0)
+
+
+def _on_schema(part, schema):
+    """`part` with every column of `schema`, in its order and types (a missing column: all null)."""
+    import pyarrow as pa
+
+    columns = [part[name] if name in part.column_names else pa.nulls(len(part), schema.field(name).type)
+               for name in schema.names]
+    return pa.Table.from_arrays(columns, schema=schema) if part.schema != schema else part
 
 
 def _run_record(model: FittedModel, paths: Sequence[Path], threshold: float | None, batch_size: int) -> dict:
