@@ -8,6 +8,10 @@ start-up (imports + model load), as a user's run does. Prints images/s and the r
 (goal: ray with 2 workers >= 0.8x local on 2 cores).
 
     .venv/bin/python benchmarks/bench_scale.py throughput --n-images 400 --size 128
+    .venv/bin/python benchmarks/bench_scale.py index --sizes 100000,1000000   # = benchmarks/bench_index.py
+
+index: the archive index's build time, bytes per vector, query latency and recall@10 against exact search
+at each size (benchmarks/bench_index.py, which this mode runs).
 
 The CPU may be shared: the load average is printed with the figures.
 """
@@ -61,13 +65,21 @@ def throughput(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", choices=["throughput"])
+    parser.add_argument("mode", choices=["throughput", "index"])
     parser.add_argument("--n-images", type=int, default=400)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--backbone", default="efficientnet-lite0")
     parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
-    throughput(args)
+    args, rest = parser.parse_known_args()
+    if args.mode == "index":
+        import sys
+
+        import bench_index
+
+        sys.argv = [bench_index.__file__, *rest]
+        bench_index.main()
+    else:
+        throughput(args)
 
 
 if __name__ == "__main__":
