@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import numpy as np
@@ -60,7 +61,7 @@ class FittedModel:
     """
 
     task: ClassVar[str]
-    training: dict = {}  # what it was fit on (set by semnb.fit and load_model; written to config.json)
+    training: Mapping = MappingProxyType({})  # what it was fit on: set by semnb.fit and load_model, saved in config.json
 
     def settings(self) -> dict:
         raise NotImplementedError
