@@ -26,7 +26,8 @@ from semnb.data import ImageSet, load_dataset
 from semnb.data.scans import ScanSet, load_scans
 from semnb.errors import SemnbInputError
 from semnb.fitted import FittedModel
-from semnb.model_folder import file_sha256, load_model
+from semnb.io_utils import file_sha256
+from semnb.model_folder import load_model
 
 FIT_FUNCTIONS = {
     "segment": ("semnb.fewshot.model", "fit_segment"),

@@ -1,6 +1,7 @@
 """Atomic file output: a crash or a failed run never leaves a half-written result behind."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -55,6 +56,15 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks (weights and index files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:

@@ -11,7 +11,6 @@ Taught in: 00_quickstart.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from semnb.errors import SemnbInputError
 from semnb.fitted import FittedModel
+from semnb.io_utils import file_sha256
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -43,15 +43,6 @@ def semnb_version() -> str:
         return version("semnb")
     except PackageNotFoundError:
         return "unknown"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (weights files can be large)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_model(model: FittedModel, folder: str | Path, training: Mapping | None = None,

@@ -28,7 +28,6 @@ Taught in: 07_retrieval.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 
 from semnb.errors import SemnbInputError
 from semnb.hardware import resolve_device
-from semnb.io_utils import atomic_path, write_json_atomic
+from semnb.io_utils import atomic_path, file_sha256, write_json_atomic
 
 ARRAYS_FILE = "embeddings.npz"
 TEXT_FILE = "index.json"
@@ -148,7 +147,7 @@ class RetrievalIndex:
         with atomic_path(folder / ARRAYS_FILE) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, embeddings=self.embeddings, labels=self.labels, magnifications=self.magnifications)
-            digest = _sha256(tmp)
+            digest = file_sha256(tmp)
         write_json_atomic(folder / TEXT_FILE, {
             "format": FORMAT_VERSION,
             "n_images": len(self),
@@ -179,7 +178,7 @@ class RetrievalIndex:
             text = json.loads(text_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise SemnbInputError(text_path, f"is not valid JSON ({error})", "save the index again") from error
-        if text.get("arrays_sha256") != _sha256(arrays_path):
+        if text.get("arrays_sha256") != file_sha256(arrays_path):
             raise SemnbInputError(arrays_path, f"does not match {text_path.name} (different runs or a damaged file)",
                                   "save the index again")
         with np.load(arrays_path, allow_pickle=False) as arrays:
@@ -305,14 +304,6 @@ def _drop_excluded(distances: np.ndarray, ids: np.ndarray, exclude: np.ndarray, 
     return out_d, out_i
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------- an archive's index (millions of images)
 
 ARCHIVE_INDEX_FILE = "index.faiss"
@@ -419,10 +410,10 @@ class ArchiveIndex:
         digests = {}
         with atomic_path(folder / ARCHIVE_INDEX_FILE) as tmp:
             faiss.write_index(self.index, str(tmp))
-            digests[ARCHIVE_INDEX_FILE] = _sha256(tmp)
+            digests[ARCHIVE_INDEX_FILE] = file_sha256(tmp)
         with atomic_path(folder / ARCHIVE_PATHS_FILE) as tmp:
             pq.write_table(pa.table({"path": self.paths}), tmp)
-            digests[ARCHIVE_PATHS_FILE] = _sha256(tmp)
+            digests[ARCHIVE_PATHS_FILE] = file_sha256(tmp)
         write_json_atomic(folder / ARCHIVE_TEXT_FILE, {"format": ARCHIVE_FORMAT, "n_vectors": len(self),
                                                        "dims": int(self.index.d), "sha256": digests, **self.record})
         return folder
@@ -445,7 +436,7 @@ class ArchiveIndex:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise SemnbInputError(text_path, f"is not valid JSON ({error})", "build the index again") from error
         for name, digest in text.get("sha256", {}).items():
-            if digest != _sha256(folder / name):
+            if digest != file_sha256(folder / name):
                 raise SemnbInputError(folder / name, f"does not match {ARCHIVE_TEXT_FILE} (another build or a damaged "
                                                      "file)", "build the index again")
         index = faiss.read_index(str(folder / ARCHIVE_INDEX_FILE))
