@@ -1,6 +1,6 @@
-"""SEM-CLIP few-shot segmentation and classification against their baselines, 1/2/5/10 shots.
+"""semnb, SEM-CLIP and the baselines (PatchCore, nn_visual; linear probe, prototype), 1/2/5/10 shots.
 
-Classification includes `defect_pooled` (the segmenter's defect region, pooled and
+Classification includes `semnb` and `defect_pooled` (the segmenter's defect region, pooled and
 classified) when the data set has a mask for every defect image.
 
 Prints, for each task, one table (shots x method) of the main metrics (mean +- std over

@@ -80,7 +80,7 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
     steps.set_description("demo: few-shot classification")
     classify = evaluate("classify", dataset, backbone=backbone, shots=shots, seeds=[seed], device=device)
     _result_section(page, "Few-shot defect classification", classify, task_metrics("classify"))
-    for method in ("semclip", "defect_pooled"):  # the paper's method, and semnb's (when masks allow it)
+    for method in ("semnb", "semclip"):  # semnb's recommended classifier, and the paper's
         if method in classify.extra["confusion_matrix"]:
             page.figure(viz.figure_png(fewshot_viz.confusion_matrix_figure(
                 classify.extra["confusion_matrix"][method], classify.extra["class_names"], title=method)),
@@ -165,7 +165,7 @@ def _defect_map_figure(data: FewShotData, shots: int, seed: int, n_show: int = 4
             first_of_class.setdefault(int(data.labels[i]), i)
     show = list(first_of_class.values())[:n_show]
     rows = [queries.index(i) for i in show]
-    maps = {method: segment_episode(data, episode, method)[0].maps[rows] for method in ("semclip", "winclip", "patchcore")}
+    maps = {method: segment_episode(data, episode, method)[0].maps[rows] for method in ("semnb", "semclip", "patchcore")}
     titles = [f"query: {data.class_names[data.labels[i]]}" for i in show]
     return fewshot_viz.defect_map_overlays(data.pixels[show], list(data.masks[show]), maps, titles)
 

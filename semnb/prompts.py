@@ -253,3 +253,27 @@ def normal_defect_embeddings(backbone: Backbone, class_names: Sequence[str], nor
     """
     pair = normal_defect_prompts(class_prompts(class_names, normal_class, style, obj, kb), normal_class)
     return encode_ensembles(lambda flat: cached_text_embeddings(backbone, flat, cache), pair)
+
+
+# WinCLIP's compositional prompt ensemble (Jeong et al., CVPR 2023, appendix), {obj} the object's name.
+WINCLIP_NORMAL_STATES = ("{obj}", "flawless {obj}", "perfect {obj}", "unblemished {obj}", "{obj} without flaw",
+                         "{obj} without defect", "{obj} without damage")
+WINCLIP_DEFECT_STATES = ("damaged {obj}", "{obj} with flaw", "{obj} with defect", "{obj} with damage")
+WINCLIP_TEMPLATES = (
+    "a cropped photo of the {}.", "a cropped photo of a {}.", "a close-up photo of a {}.", "a close-up photo of the {}.",
+    "a bright photo of a {}.", "a bright photo of the {}.", "a dark photo of the {}.", "a dark photo of a {}.",
+    "a jpeg corrupted photo of a {}.", "a jpeg corrupted photo of the {}.", "a blurry photo of the {}.",
+    "a blurry photo of a {}.", "a photo of a {}.", "a photo of the {}.", "a photo of a small {}.",
+    "a photo of the small {}.", "a photo of a large {}.", "a photo of the large {}.",
+    "a photo of the {} for visual inspection.", "a photo of a {} for visual inspection.",
+    "a photo of the {} for anomaly detection.", "a photo of a {} for anomaly detection.",
+)
+
+
+def winclip_text_embeddings(backbone: Backbone, obj: str = "object", cache: FeatureCache | None = None) -> torch.Tensor:
+    """WinCLIP's (normal, defect) text pair [2, E]: every state in every template, each side ensembled.
+
+    Taught in: 04_segmentation.
+    """
+    pair = [compose(WINCLIP_NORMAL_STATES, WINCLIP_TEMPLATES, obj), compose(WINCLIP_DEFECT_STATES, WINCLIP_TEMPLATES, obj)]
+    return encode_ensembles(lambda flat: cached_text_embeddings(backbone, flat, cache), pair)

@@ -27,11 +27,11 @@ def test_demo_page_holds_every_section_with_its_figures(demo_page):
                     "Semi-supervised retrieval on a synthetic TEM archive (precision@2, mAP@2)",
                     "Your own images: fit on a few labelled ones, predict an unlabelled batch"):
         assert heading in page
-    for method in ("semclip", "winclip", "patchcore", "linear_probe", "defect_pooled", "ssl", "glcm",
+    for method in ("semnb", "semclip", "patchcore", "nn_visual", "linear_probe", "defect_pooled", "ssl", "glcm",
                    "ours", "frozen"):
         assert f"<td>{method}</td>" in page
     figures = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,.', page)
-    assert figures == ["class gallery", "defect maps", "confusion matrix of semclip", "confusion matrix of defect_pooled",
+    assert figures == ["class gallery", "defect maps", "confusion matrix of semnb", "confusion matrix of semclip",
                        "embedding views", "training curves", "leave-one-class-out bars",
                        "score histogram of the unlabelled batch"]
     assert "Wall time" in page

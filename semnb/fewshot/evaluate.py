@@ -1,4 +1,4 @@
-"""`semnb eval segment` and `semnb eval classify`: SEM-CLIP and its baselines on the same episodes.
+"""`semnb eval segment` and `semnb eval classify`: semnb, SEM-CLIP and the baselines on the same episodes.
 
 Protocol:
 - every image is read at the backbone's input size S (non-square images stretched, as the
@@ -6,12 +6,13 @@ Protocol:
   backbone/precision through the feature cache;
 - for each seed an N-way K-shot episode (`episodes.sample_episode`): K support images of
   every class, the normal class included; all other images are queries;
-- segmentation: each method maps every query; pixel AUROC, pixel F1-max and AUPRO over the
+- segmentation: semnb (recommended, semnb.fewshot.recommended), semclip, patchcore (faithful,
+  coreset `coreset_fraction`, 10 % by default) and nn_visual each map every query; pixel AUROC, pixel F1-max and AUPRO over the
   queries' maps at S x S, image AUROC of the image scores (normal queries vs defect queries;
   undefined when the data set has no defect-free image);
 - classification: each method predicts the class of every query (all classes, normal
-  included); accuracy, macro precision/recall/F1, confusion matrix. Next to the paper's
-  method and its baselines, `defect_pooled` (semnb.fewshot.defect_pooling) classifies the
+  included); accuracy, macro precision/recall/F1, confusion matrix. `semnb` (recommended, first;
+  with masks only) and, next to the paper's method and its baselines, `defect_pooled` (semnb.fewshot.defect_pooling) classifies the
   defect region the segmenter finds; it needs a mask for every defect image and is skipped,
   with a warning, on data sets without them;
 - device and precision: resolved once, by the backbone (`load_backbone`); the features are
@@ -34,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from semnb import metrics
-from semnb.components import image_scores, patchcore_features, upsample_and_smooth
+from semnb.components import image_scores, upsample_and_smooth
 from semnb.data.dataset import ImageSet
 from semnb.errors import SemnbInputError
 from semnb.fewshot import baselines
@@ -47,6 +48,12 @@ from semnb.fewshot.episodes import (
     sample_episode,
     subsample_per_class,
 )
+from semnb.fewshot.recommended import (
+    SemnbClassifier,
+    SemnbClassifyConfig,
+    SemnbSegmentConfig,
+    SemnbSegmenter,
+)
 from semnb.fewshot.segmentation import (
     PatchFeatures,
     SegmentationConfig,
@@ -57,13 +64,19 @@ from semnb.fewshot.segmentation import (
 )
 from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE, EncodedLevels, FeatureCache, encode_images, load_backbone
+from semnb.models.dual_path import window_indices
 from semnb.models.tiny_clip import TINY_NAME
-from semnb.prompts import NORMAL_KEY, class_text_embeddings, normal_defect_embeddings
+from semnb.prompts import (
+    NORMAL_KEY,
+    class_text_embeddings,
+    normal_defect_embeddings,
+    winclip_text_embeddings,
+)
 from semnb.results import EvalResult
 
 DEFAULT_SHOTS = 5
-SEGMENT_METHODS = ("semclip", "winclip", "patchcore")
-CLASSIFY_METHODS = ("semclip", "linear_probe", "prototype", "defect_pooled")
+SEGMENT_METHODS = ("semnb", "semclip", "winclip", "patchcore", "nn_visual")  # winclip: CLIP backbones only
+CLASSIFY_METHODS = ("semnb", "semclip", "linear_probe", "prototype", "defect_pooled")
 SEGMENT_METRICS = ("image_auroc", "pixel_auroc", "pixel_f1_max", "aupro")
 CLASSIFY_METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 # The paper's Table 3, as changes to the method's settings (prompt style handled apart).
@@ -104,6 +117,7 @@ class FewShotData:
     text: dict[str, torch.Tensor] = field(default_factory=dict)
     class_text: dict[str, torch.Tensor] = field(default_factory=dict)
     patches: PatchFeatures | None = None
+    windows: dict[int, torch.Tensor] | None = None
     warnings: list[str] = field(default_factory=list)
     encode_s: float = 0.0
     _patchcore: torch.Tensor | None = field(default=None, repr=False)
@@ -133,12 +147,12 @@ class FewShotData:
         return ~self.images.is_normal
 
     def patchcore_features(self) -> torch.Tensor:
-        """The PatchCore-style features of every image, computed on first use and kept.
+        """PatchCore's locally aware features of every image (`baselines.patchcore_embedding`), computed once and kept.
 
         Taught in: 04_segmentation.
         """
         if self._patchcore is None:
-            self._patchcore = patchcore_features(self.levels.patch_z, self.levels.grid)
+            self._patchcore = baselines.patchcore_embedding(self.levels.patch_z, self.levels.grid)
         return self._patchcore
 
 
@@ -160,8 +174,8 @@ def backbone_warnings(backbone_name: str, has_text: bool, task: str) -> list[str
     if not has_text and task == "segment":
         out.append(f"{backbone_name} has no text tower and no V-V path: semclip's A_Z compares the trained "
                    "transformation layer's tokens with two learned anchors (normal, defect) initialised from the "
-                   "support masks' mean features instead of text, and A_V is absent (A = A_Z); winclip is its "
-                   "visual memory map only; the ablations generic_prompts, z_only and v_only do not apply")
+                   "support masks' mean features instead of text, and A_V is absent (A = A_Z); WinCLIP+ needs a "
+                   "text tower and is not run (nn_visual is the visual nearest neighbour alone); the ablations generic_prompts, z_only and v_only do not apply")
     if not has_text and task == "classify":
         out.append(f"{backbone_name} has no text tower: semclip's P_S (text similarity) is replaced by visual "
                    "prototypes, softmax of 100 x the cosine of the pooled image embedding to each class's mean "
@@ -217,11 +231,15 @@ def prepare_fewshot(images: ImageSet, task: str = "segment", backbone: str = DEF
         for style in prompt_styles:
             if with_masks:
                 data.text[style] = normal_defect_embeddings(model, names, normal, style=style, cache=cache)
+            if task == "segment":
+                data.text["winclip"] = winclip_text_embeddings(model, cache=cache).to(model.device)
             if task == "classify":
                 data.class_text[style] = class_text_embeddings(model, images.class_names, normal, style=style,
                                                                cache=cache).embeddings
     if with_masks:
         data.patches = patch_features(levels)
+    if model.has_text and task == "segment":  # WinCLIP+'s windows, through the image tower (not cached)
+        data.windows = {k: v.to(model.device) for k, v in model.encode_windows(pixels, batch_size=batch_size).items()}
     data.encode_s = time.perf_counter() - tick
     if images.normal_class is None or not images.is_normal.any():
         hint = (f"if one of the classes ({', '.join(images.class_names)}) is defect-free, name it with "
@@ -240,7 +258,7 @@ def _finish_maps(patch_maps: torch.Tensor, data: FewShotData, sigma: float, top_
 
 def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip",
                     config: SegmentationConfig | None = None, prompt_style: str = "expert",
-                    coreset_fraction: float = 1.0) -> tuple[SegmentationOutput, dict[str, float]]:
+                    coreset_fraction: float = baselines.PATCHCORE_CORESET) -> tuple[SegmentationOutput, dict[str, float]]:
     """One method's defect maps of the episode's queries, and its seconds spent fitting and predicting.
 
     Taught in: 04_segmentation.
@@ -260,23 +278,51 @@ def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip"
         tick = time.perf_counter()
         out = model.predict(data.patches.subset(queries), data.image_size)
         return out, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
+    if method == "semnb":
+        features = data.patchcore_features()
+        model = SemnbSegmenter(SemnbSegmentConfig(config, coreset_fraction), data.compute).fit(
+            data.patches.subset(support), features[support], data.masks[support], data.images.is_normal[support],
+            text, seed=episode.seed)
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        out = model.predict(data.patches.subset(queries), features[queries], data.image_size)
+        return out, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
     coverage = data.compute.to(mask_coverage(data.masks[support], data.levels.grid).reshape(len(support), -1))
     memory = baselines.memory_rows(coverage, data.images.is_normal[support])
     if method == "winclip":
+        if data.windows is None:
+            raise SemnbInputError("winclip", "needs a CLIP backbone (text tower and image windows)",
+                                  "use a CLIP backbone, or nn_visual / patchcore")
+        coverage = data.compute.to(mask_coverage(data.masks[support], data.levels.grid).reshape(len(support), -1))
+        memory = baselines.memory_rows(coverage, data.images.is_normal[support])
+        bank = {k: v[support][memory[:, window_indices(data.levels.grid, k).to(memory.device)].all(dim=-1)]
+                for k, v in data.windows.items()}  # the windows of defect-free patches only
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        maps, scores = baselines.winclip_plus({k: v[queries] for k, v in data.windows.items()}, bank,
+                                              data.levels.embedding[queries], data.text["winclip"], data.levels.grid)
+        smooth = upsample_and_smooth(maps, data.levels.grid, data.image_size, config.sigma)
+        out = SegmentationOutput(maps=smooth.cpu().numpy(), scores=scores.cpu().numpy(),
+                                 patch_maps={"map": maps.reshape(-1, *data.levels.grid).cpu().numpy()})
+    elif method == "nn_visual":
         patches = data.patches
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
-        maps = baselines.winclip_patch_maps([t[queries] for t in patches.z], [t[support] for t in patches.z],
-                                            memory, text, config.logit_scale)
+        maps = baselines.nn_visual_patch_maps([t[queries] for t in patches.z], [t[support] for t in patches.z],
+                                              memory, text)
+        out = _finish_maps(maps, data, config.sigma, config.top_fraction)
     elif method == "patchcore":
         features = data.patchcore_features()
+        bank = baselines.patchcore_memory(features[support], memory, coreset_fraction, seed=episode.seed)
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
-        maps = baselines.patchcore_patch_maps(features[queries], features[support], memory, coreset_fraction,
-                                              seed=episode.seed)
+        maps = baselines.patchcore_patch_maps(features[queries], bank)
+        smooth = baselines.nearest_upsample_and_smooth(maps, data.levels.grid, data.image_size, config.sigma)
+        out = SegmentationOutput(maps=smooth.cpu().numpy(),
+                                 scores=baselines.reweighted_image_scores(features[queries], maps, bank).cpu().numpy(),
+                                 patch_maps={"map": maps.reshape(-1, *data.levels.grid).cpu().numpy()})
     else:
         raise SemnbInputError("method", f"got {method!r}", f"use one of {', '.join(SEGMENT_METHODS)}")
-    out = _finish_maps(maps, data, config.sigma, config.top_fraction)
     return out, {"fit_s": fit_s, "predict_s": time.perf_counter() - tick}
 
 
@@ -327,6 +373,19 @@ def classify_episode(data: FewShotData, episode: Episode, method: str = "semclip
         emb = data.levels.embedding
         proba = baselines.prototype_proba(emb[support], labels, emb[queries], n_classes)
         fit_s = 0.0
+    elif method == "semnb":
+        if data.masks is None or data.patches is None:
+            raise SemnbInputError("semnb", "needs a defect mask for every defect image, and this data set lacks some",
+                                  "add X_mask.png beside each defect image X, or use another method")
+        text = data.text.get(prompt_style) if data.has_text else None
+        config = config if isinstance(config, SemnbClassifyConfig) else SemnbClassifyConfig()
+        features = data.patchcore_features()
+        model = SemnbClassifier(config, data.compute).fit(
+            data.patches.subset(support), features[support], data.masks[support], data.images.is_normal[support],
+            labels, n_classes, text, seed=episode.seed)
+        fit_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        proba = model.predict_proba(data.patches.subset(queries), features[queries])
     elif method == "defect_pooled":
         if data.masks is None or data.patches is None:
             raise SemnbInputError("defect_pooled", "needs a defect mask for every defect image, and this data set "
@@ -357,7 +416,7 @@ class _Variant:
 
 
 def _segment_variants(data: FewShotData, config: SegmentationConfig, ablations: bool) -> tuple[list[_Variant], list[str]]:
-    variants = [_Variant(m, m, config) for m in SEGMENT_METHODS]
+    variants = [_Variant(m, m, config) for m in SEGMENT_METHODS if m != "winclip" or data.windows is not None]
     skipped = []
     if ablations:
         for name, change in SEGMENT_ABLATIONS.items():
@@ -369,8 +428,13 @@ def _segment_variants(data: FewShotData, config: SegmentationConfig, ablations: 
     return variants, skipped
 
 
-def _classify_variants(data: FewShotData, config: ClassificationConfig, ablations: bool) -> tuple[list[_Variant], list[str]]:
-    variants = [_Variant(m, m, config) for m in CLASSIFY_METHODS if m != "defect_pooled"]
+def _classify_variants(data: FewShotData, config: ClassificationConfig, ablations: bool,
+                       coreset_fraction: float) -> tuple[list[_Variant], list[str]]:
+    variants = []
+    if data.masks is not None:
+        variants.append(_Variant("semnb", "semnb", SemnbClassifyConfig(
+            SemnbSegmentConfig(coreset_fraction=coreset_fraction))))
+    variants += [_Variant(m, m, config) for m in CLASSIFY_METHODS if m not in ("semnb", "defect_pooled")]
     if data.masks is not None:
         variants.append(_Variant("defect_pooled", "defect_pooled", DefectPoolingConfig()))
     skipped = []
@@ -446,7 +510,8 @@ def _prepared(images: ImageSet | FewShotData, task: str, backbone: str, precisio
 def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAULT_BACKBONE, shots: int = DEFAULT_SHOTS,
                           seeds: Sequence[int] = (0, 1, 2), precision: str = "auto", image_size: int | None = None,
                           ablations: bool = False, max_per_class: int | None = None,
-                          config: SegmentationConfig | None = None, coreset_fraction: float = 1.0,
+                          config: SegmentationConfig | None = None,
+                          coreset_fraction: float = baselines.PATCHCORE_CORESET,
                           cache: FeatureCache | None = None, progress: bool = False, device: str = "auto",
                           batch_size: int = 16, workers: int = 0) -> EvalResult:
     """SEM-CLIP segmentation, WinCLIP+-style and PatchCore-style baselines (and, with `ablations`, Table 3).
@@ -474,8 +539,9 @@ def evaluate_segmentation(images: ImageSet | FewShotData, backbone: str = DEFAUL
     per_seed, times, episodes = _run(data, "segment", shots, seeds, variants, score, progress)
     result = _result(data, "segment", shots, seeds)
     aggregated = {name: metrics.mean_std_over_seeds(values) for name, values in per_seed.items()}
-    result.results = {m: aggregated[m] for m in SEGMENT_METHODS}
-    result.timing = _timing(times, SEGMENT_METHODS, data.encode_s, time.perf_counter() - started)
+    methods = [m for m in SEGMENT_METHODS if m in aggregated]
+    result.results = {m: aggregated[m] for m in methods}
+    result.timing = _timing(times, methods, data.encode_s, time.perf_counter() - started)
     result.warnings += _query_warnings(data, episodes)
     if skipped:
         result.warnings.append(f"ablations not applicable to {data.backbone} (no text / no V-V path): {', '.join(skipped)}")
@@ -496,8 +562,8 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
                             image_size: int | None = None, ablations: bool = False,
                             max_per_class: int | None = None, config: ClassificationConfig | None = None,
                             cache: FeatureCache | None = None, progress: bool = False,
-                            device: str = "auto", batch_size: int = 16,
-                            workers: int = 0) -> EvalResult:
+                            device: str = "auto", batch_size: int = 16, workers: int = 0,
+                            coreset_fraction: float = baselines.PATCHCORE_CORESET) -> EvalResult:
     """SEM-CLIP classification, linear-probe and prototype baselines, defect_pooled (and, with `ablations`, Table 3).
 
     defect_pooled runs when the data set has a mask for every defect image; otherwise it is
@@ -517,7 +583,7 @@ def evaluate_classification(images: ImageSet | FewShotData, backbone: str = DEFA
                      device, batch_size, workers)
     if len(data.class_names) < 2:
         raise SemnbInputError(str(data.images.root), "has only one class", "classification needs two classes or more")
-    variants, skipped = _classify_variants(data, config, ablations)
+    variants, skipped = _classify_variants(data, config, ablations, coreset_fraction)
     reports: dict[str, list[dict]] = {v.name: [] for v in variants}
 
     def score(variant: _Variant, episode: Episode) -> tuple[dict, dict]:

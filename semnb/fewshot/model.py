@@ -31,13 +31,12 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from semnb import metrics
-from semnb.components import image_scores, patchcore_features, upsample_and_smooth
+from semnb.components import image_scores, upsample_and_smooth
 from semnb.data.preprocess import resize
 from semnb.errors import SemnbInputError
 from semnb.fewshot import baselines
 from semnb.fewshot.classification import ClassHead, ClassificationConfig, SemClipClassifier
 from semnb.fewshot.defect_pooling import DefectPooledClassifier, DefectPoolingConfig
-from semnb.fewshot.evaluate import CLASSIFY_METHODS, SEGMENT_METHODS
 from semnb.fewshot.segmentation import (
     SegmentationConfig,
     SemClipSegmenter,
@@ -50,6 +49,9 @@ from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE, Backbone, EncodedLevels, encode_images, load_backbone
 from semnb.prompts import NORMAL_KEY, class_text_embeddings, normal_defect_embeddings
 
+# What `semnb fit` can save (the evaluation's `semnb` method is not a saved model yet).
+SEGMENT_METHODS = ("semclip", "patchcore", "nn_visual")
+CLASSIFY_METHODS = ("semclip", "linear_probe", "prototype", "defect_pooled")
 NORMAL_QUANTILE = 0.995  # the fallback threshold: this quantile of defect-free pixel scores
 DEFECT_CLASS = "defect"  # the defect prompts' class when fit_segment is given no class names
 _BACKBONE_KEYS = ("method", "backbone", "backbone_weights", "backbone_seed", "image_size", "precision", "tensors")
@@ -188,7 +190,8 @@ class SegmentModel(FittedModel):
     """A few-shot segmenter fit on a whole support: a defect map per image, its score, and a threshold.
 
     `method`: "semclip" (the trained `SemClipSegmenter`), or the memory-bank baselines
-    "winclip" and "patchcore" (the support's defect-free patches, `baselines.memory_rows`).
+    "nn_visual" and "patchcore" (the support's defect-free patches, `baselines.memory_rows`; PatchCore's
+    locally aware features and 10 % coreset; its map smoothed as semclip's, its score the top 1 % mean).
 
     Taught in: 00_quickstart.
     """
@@ -211,10 +214,11 @@ class SegmentModel(FittedModel):
             return cls(backbone, method, config, {}, segmenter=segmenter, text=text)
         coverage = compute.to(mask_coverage(masks, levels.grid).reshape(len(masks), -1))
         rows = baselines.memory_rows(coverage, is_normal)
-        if method == "winclip":
+        if method == "nn_visual":
             memory = [z[rows] for z in patch_features(levels).z]
         else:
-            memory = [patchcore_features(levels.patch_z, levels.grid)[rows]]
+            features = baselines.patchcore_embedding(levels.patch_z, levels.grid)
+            memory = [baselines.patchcore_memory(features, rows, seed=seed)]
         return cls(backbone, method, config, {}, memory=memory, text=text)
 
     @property
@@ -233,12 +237,11 @@ class SegmentModel(FittedModel):
         else:
             every = torch.ones(1, len(self.memory[0]), dtype=torch.bool, device=self.memory[0].device)
             bank = [m[None] for m in self.memory]
-            if self.method == "winclip":
-                patch_maps = baselines.winclip_patch_maps(patch_features(levels).z, bank, every, self.text,
-                                                          self.config.logit_scale)
+            if self.method == "nn_visual":
+                patch_maps = baselines.nn_visual_patch_maps(patch_features(levels).z, bank, every, self.text)
             else:
-                patch_maps = baselines.patchcore_patch_maps(patchcore_features(levels.patch_z, levels.grid),
-                                                            bank[0], every)
+                patch_maps = baselines.patchcore_patch_maps(
+                    baselines.patchcore_embedding(levels.patch_z, levels.grid), self.memory[0])
         maps = upsample_and_smooth(patch_maps, levels.grid, self.image_size, self.config.sigma)
         return maps, image_scores(maps, self.config.top_fraction)
 
@@ -263,7 +266,7 @@ class SegmentModel(FittedModel):
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {} if self.segmenter is None else _segmenter_tensors(self.segmenter, "segmenter.")
         out.update({f"memory.{j}": m for j, m in enumerate(self.memory)})
-        if self.text is not None and self.method == "winclip":
+        if self.text is not None and self.method == "nn_visual":
             out["text"] = self.text
         return _cpu(out)
 

@@ -162,6 +162,37 @@ def dual_path_forward(visual: nn.Module, pixels: torch.Tensor, groups: tuple[int
     return embedding, taps.z, taps.v
 
 
+def window_indices(grid: tuple[int, int], size: int) -> torch.Tensor:
+    """Patch indices [W, size * size] (row-major) of every size x size window of the grid, stride 1 (CPU).
+
+    Taught in: 04_segmentation (WinCLIP+).
+    """
+    h, w = grid
+    rows = torch.arange(h - size + 1, device="cpu")[:, None] + torch.arange(size, device="cpu")[None]
+    cols = torch.arange(w - size + 1, device="cpu")[:, None] + torch.arange(size, device="cpu")[None]
+    cells = rows[:, None, :, None] * w + cols[None, :, None, :]  # [h', w', size, size]
+    return cells.reshape(-1, size * size)
+
+
+def window_embeddings(visual: nn.Module, pixels: torch.Tensor, sizes: Sequence[int] = (2, 3)) -> dict[int, torch.Tensor]:
+    """WinCLIP's window embeddings: for each window size, [B, W, E], the class token and the window's patch
+    tokens alone (all others masked out) through the whole image tower, pooled and projected.
+
+    Taught in: 04_segmentation (WinCLIP+).
+    """
+    tokens = visual._embeds(pixels)  # [B, 1 + N, D]: class token, patches, positions, ln_pre (per token)
+    b, _, d = tokens.shape
+    out = {}
+    for size in sizes:
+        idx = window_indices(tuple(visual.grid_size), size).to(tokens.device) + 1
+        w = idx.shape[0]
+        windows = tokens[:, idx].reshape(b * w, -1, d)
+        cls = tokens[:, :1].expand(b, w, d).reshape(b * w, 1, d)
+        pooled, _ = visual._pool(visual.transformer(torch.cat([cls, windows], dim=1)))
+        out[size] = (pooled @ visual.proj).reshape(b, w, -1)
+    return out
+
+
 class ClipBackbone(Backbone):
     """An open_clip CLIP model read out as a dual-path, multi-level encoder, with its text tower.
 
@@ -207,6 +238,20 @@ class ClipBackbone(Backbone):
 
     def _encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(pixels)
+
+    @torch.no_grad()
+    def encode_windows(self, pixels, sizes: Sequence[int] = (2, 3), batch_size: int = 8) -> dict[int, torch.Tensor]:
+        """WinCLIP's window embeddings of every image (`window_embeddings`), [B, W, E] per size, float32 on the CPU.
+
+        Taught in: 04_segmentation (WinCLIP+).
+        """
+        parts: dict[int, list[torch.Tensor]] = {s: [] for s in sizes}
+        for start in range(0, len(pixels), batch_size):
+            x = self.compute.to(self.network_input(pixels[start:start + batch_size]))
+            with self.autocast():
+                for size, emb in window_embeddings(self.visual, x, sizes).items():
+                    parts[size].append(emb.float().cpu())
+        return {size: torch.cat(p) for size, p in parts.items()}
 
     def _encode_levels(self, pixels: torch.Tensor) -> EncodedLevels:
         embedding, z, v = dual_path_forward(self.visual, pixels, self.groups)

@@ -113,7 +113,7 @@ def test_end_to_end_on_tiny_sem_data(tiny_data):
     again, _ = classify_episode(tiny_data, episode, "defect_pooled")
     assert np.array_equal(proba, again)
     result = evaluate_classification(tiny_data, shots=1, seeds=(0, 1))
-    assert list(result.results) == ["semclip", "linear_probe", "prototype", "defect_pooled"]
+    assert list(result.results) == ["semnb", "semclip", "linear_probe", "prototype", "defect_pooled"]
     assert 0 <= result.results["defect_pooled"]["accuracy"] <= 1 and "accuracy_std" in result.results["defect_pooled"]
     assert np.sum(result.extra["confusion_matrix"]["defect_pooled"]) == 2 * (len(tiny_data.images) - 7)  # 1 shot x 7
     assert "defect_pooled" in result.extra["settings"]
@@ -121,5 +121,5 @@ def test_end_to_end_on_tiny_sem_data(tiny_data):
 
 def test_shot_sweep_on_classify_data_with_masks_still_classifies(tiny_data):
     table = shot_sweep(tiny_data, shots=(1,), seeds=(0,))
-    assert table["method"].tolist() == ["semclip", "linear_probe", "prototype", "defect_pooled"]
+    assert table["method"].tolist() == ["semnb", "semclip", "linear_probe", "prototype", "defect_pooled"]
     assert "accuracy" in table.columns

@@ -68,8 +68,8 @@ def test_evaluations_place_every_tensor_explicitly(sem_set, implicit_device_is_m
         seg = evaluate_segmentation(segment, shots=1, seeds=[0], ablations=True, coreset_fraction=0.5)
         cls = evaluate_classification(classify, shots=1, seeds=[0], ablations=True)
     assert seg.extra["device"] == cls.extra["device"] == "cpu" and seg.precision == cls.precision == "fp32"
-    assert list(seg.results) == ["semclip", "winclip", "patchcore"]
-    assert list(cls.results) == ["semclip", "linear_probe", "prototype", "defect_pooled"]
+    assert list(seg.results) == ["semnb", "semclip", "winclip", "patchcore", "nn_visual"]
+    assert list(cls.results) == ["semnb", "semclip", "linear_probe", "prototype", "defect_pooled"]
     for result in (seg, cls):
         for values in [*result.results.values(), *result.extra["ablations"].values()]:
             assert all(np.isfinite(v) for k, v in values.items() if not k.endswith("_std") and k != "image_auroc")

@@ -42,7 +42,7 @@ def test_segment_cli_writes_the_contract_with_semclip_first(sem_dir, tmp_path):
                            "--shots", "1", "--seeds", "0,1", "--ablations"], tmp_path / "seg.json")
     assert CONTRACT <= set(data)
     assert data["task"] == "segment" and data["shots"] == 1 and data["seeds"] == [0, 1] and data["n_images"] == 22
-    assert list(data["results"]) == ["semclip", "winclip", "patchcore"]
+    assert list(data["results"]) == ["semnb", "semclip", "winclip", "patchcore", "nn_visual"]
     for values in data["results"].values():
         for metric in ("image_auroc", "pixel_auroc", "pixel_f1_max", "aupro"):
             assert 0 <= values[metric] <= 1 and f"{metric}_std" in values
@@ -57,7 +57,7 @@ def test_classify_cli_writes_confusion_matrix_and_per_class(sem_dir, tmp_path):
     _, data = _run_json(["eval", "classify", "--data", str(sem_dir), "--backbone", "semnb-tiny", "--image-size", "64",
                          "--shots", "2", "--seeds", "0", "--ablations"], tmp_path / "cls.json")
     assert CONTRACT <= set(data)
-    assert list(data["results"]) == ["semclip", "linear_probe", "prototype", "defect_pooled"]
+    assert list(data["results"]) == ["semnb", "semclip", "linear_probe", "prototype", "defect_pooled"]
     assert set(data["results"]["semclip"]) >= {"accuracy", "macro_precision", "macro_recall", "macro_f1"}
     matrix = np.array(data["confusion_matrix"]["semclip"])
     assert matrix.shape == (7, 7) and matrix.sum() == 22 - 7 * 2
@@ -119,7 +119,7 @@ def test_shot_sweep_reuses_prepared_features(sem_dir):
     data = prepare_fewshot(load_dataset(sem_dir), "classify", "semnb-tiny", image_size=64)
     table = shot_sweep(data, shots=(1, 2, 5), seeds=(0,))
     assert table["shots"].unique().tolist() == [1, 2]  # 5 shots: more than a class has
-    assert table[table.shots == 1]["method"].tolist() == ["semclip", "linear_probe", "prototype", "defect_pooled"]
+    assert table[table.shots == 1]["method"].tolist() == ["semnb", "semclip", "linear_probe", "prototype", "defect_pooled"]
 
 
 @pytest.mark.shared_data

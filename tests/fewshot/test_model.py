@@ -63,7 +63,7 @@ def _restored(model, cls):
 
 
 # ------------------------------------------------------------------ segment
-@pytest.mark.parametrize("method", ["semclip", "winclip", "patchcore"])
+@pytest.mark.parametrize("method", ["semclip", "nn_visual", "patchcore"])
 def test_segment_restore_predicts_exactly_the_same_at_each_images_own_size(support, odd_sizes, method):
     model = _segment(support, method)
     settings = model.settings()

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from semnb.models import load_backbone
-from semnb.models.dual_path import default_groups, dual_path_forward
+from semnb.models.dual_path import (
+    default_groups,
+    dual_path_forward,
+    window_embeddings,
+    window_indices,
+)
 
 SIZE = 64  # 4 x 4 patches of 16 px
 
@@ -158,3 +163,14 @@ def test_features_can_feed_a_trained_layer_and_the_projection(tiny, pixels):
     loss.backward()  # works: features are ordinary tensors, gradients reach the layer only
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny.model.parameters())
+
+
+def test_windows_cover_the_grid_and_the_whole_grid_window_is_the_image_embedding():
+    assert window_indices((3, 3), 2).tolist() == [[0, 1, 3, 4], [1, 2, 4, 5], [3, 4, 6, 7], [4, 5, 7, 8]]
+    model = load_backbone("semnb-tiny", device="cpu", image_size=64)
+    pixels = [np.random.default_rng(i).random((64, 64)).astype(np.float32) for i in range(2)]
+    windows = model.encode_windows(pixels, sizes=(2, 3))
+    h, w = model.grid
+    assert windows[2].shape[:2] == (2, (h - 1) * (w - 1)) and windows[3].shape[:2] == (2, (h - 2) * (w - 2))
+    whole = window_embeddings(model.visual, model.network_input(pixels), (h,))[h][:, 0]
+    torch.testing.assert_close(whole, model.encode_image(pixels), atol=1e-5, rtol=1e-5)
