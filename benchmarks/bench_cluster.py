@@ -1,10 +1,11 @@
-"""Multi-resolution SSL clustering vs its baselines on synthetic wafer-SEM images, and SSL training speed.
+"""SSL clustering (semnb's `ssl` and the paper's `ssl_paper`) vs its baselines on synthetic wafer-SEM images, and speed.
 
 Run:  .venv/bin/python benchmarks/bench_cluster.py                        # 128 px, 20 per class, 5 epochs
       .venv/bin/python benchmarks/bench_cluster.py --crop defect --quality-only   # on located defect windows
       .venv/bin/python benchmarks/bench_cluster.py --size 512 --epochs 15 --n-per-class 72   # the paper's setting
       .venv/bin/python benchmarks/bench_cluster.py --speed-only --size 512
-      .venv/bin/python benchmarks/bench_cluster.py --quality-only --methods ssl,ssl_untrained --ssl-augment
+      .venv/bin/python benchmarks/bench_cluster.py --quality-only --methods ssl_paper,ssl_paper_untrained --ssl-augment
+      .venv/bin/python benchmarks/bench_cluster.py --ssl-speed-only --size 512 --speed-images 32   # the issue-18 speed goal
 
 Part 1 (quality): the same preprocessed images go through every method and the same k-means
 (k = 7 classes); it prints silhouette and NMI per method, the NMI of a random assignment, and
@@ -13,7 +14,12 @@ film): a method that clusters by background rather than by defect scores high th
 `--crop defect` every method sees a window (1/4 of the side) around each image's most
 anomalous place instead (`semnb.clustering.defect_crop`, 20 defect-free train images as the normal
 memory), and it also prints how often the window holds the true defect (the hit rate).
-`--ssl-augment` trains the SSL encoder on randomly augmented pyramid levels (not the paper's).
+`--ssl-augment` trains the paper's encoder on randomly augmented pyramid levels (not the paper's).
+
+Part 3 (`--ssl-speed-only`): semnb's `ssl` on `--speed-images` random images: the frozen trunk
+(once per image), 2 training epochs and the embedding, timed, then extrapolated to the issue's
+goal, 15 epochs x 500 images, beside one epoch of `ssl_paper` on the same images in the same run
+(a ratio of two things measured together stays meaningful on a shared machine).
 
 Part 2 (speed): training images/s of the SSL model (one image = its whole 3-level pyramid,
 forward and backward) for memory layout (channels_last or not), precision (fp32, bf16
@@ -36,6 +42,12 @@ from semnb import metrics
 from semnb.clustering.defect_crop import crop_images, crop_window, locate_defects
 from semnb.clustering.evaluate import evaluate_methods
 from semnb.clustering.ssl import SSLConfig, prepare_images, train_ssl
+from semnb.clustering.ssl_imagenet import (
+    FinetuneConfig,
+    embed_finetuned,
+    train_finetune,
+    trunk_features,
+)
 from semnb.data.preprocess import crop_border
 from semnb.data.synth_sem import CLASSES, generate_sem_set
 
@@ -79,13 +91,14 @@ def quality(args) -> None:
     methods = args.methods.split(",") if args.methods else None
     evaluation = evaluate_methods(images, labels, CLASSES, methods=methods, seeds=args.seeds,
                                   ssl_config=SSLConfig(epochs=args.epochs, threads=args.threads, augment_levels=args.ssl_augment),
+                                  finetune_config=FinetuneConfig(epochs=args.epochs, threads=args.threads),
                                   data="synthetic SEM (in memory)", progress=False)
     result = evaluation
     background_codes = pd.factorize(pd.Series(backgrounds))[0]
     rows = []
     for method, scores in result.results.items():
         rows.append({"method": method, "silhouette": scores["silhouette"], "nmi": scores["nmi"],
-                     "nmi_std": scores["nmi_std"],
+                     "nmi_std": scores["nmi_std"], "ari": scores["ari"],
                      "nmi_background (seed 0)": metrics.nmi(background_codes, evaluation.clusters[method]),
                      "seconds": result.timing[f"{method}_s"]})
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -119,6 +132,31 @@ def speed(args) -> None:
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
+def ssl_speed(args, goal_images: int = 500, goal_epochs: int = 15, epochs: int = 2) -> None:
+    images = np.random.default_rng(0).random((args.speed_images, args.size, args.size)).astype(np.float32)
+    n = len(images)
+    print(f"\n# ssl speed: {n} images of {args.size} px, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    start = time.perf_counter()
+    trunk = trunk_features(images, device="cpu", precision="fp32")
+    trunk_s = time.perf_counter() - start
+    run = train_finetune(trunk, FinetuneConfig(epochs=epochs, threads=args.threads, device="cpu", precision="fp32"))
+    epoch_s = sum(run.history.seconds) / epochs
+    start = time.perf_counter()
+    embed_finetuned(run.tail, trunk, device="cpu", precision="fp32")
+    embed_s = time.perf_counter() - start
+    paper = train_ssl(images, SSLConfig(epochs=1, threads=args.threads, device="cpu", precision="fp32"))
+    paper_epoch_s = sum(paper.history.seconds)
+    scale = goal_images / n
+    total = scale * (trunk_s + goal_epochs * epoch_s + embed_s)
+    paper_total = scale * goal_epochs * paper_epoch_s
+    print(f"ssl: trunk {n / trunk_s:.2f} images/s, training {n / epoch_s:.1f} images/s per epoch, embedding "
+          f"{n / embed_s:.1f} images/s")
+    print(f"extrapolated to {goal_epochs} epochs x {goal_images} images: ssl {total / 60:.1f} min "
+          f"(trunk {scale * trunk_s / 60:.1f}, training {scale * goal_epochs * epoch_s / 60:.1f}); ssl_paper "
+          f"{paper_total / 60:.1f} min; ratio paper / ssl {paper_total / total:.1f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=128)
@@ -135,7 +173,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--quality-only", action="store_true")
+    parser.add_argument("--ssl-speed-only", action="store_true", help="only part 3, the speed of semnb's ssl")
     args = parser.parse_args()
+    if args.ssl_speed_only:
+        ssl_speed(args)
+        return
     if not args.speed_only:
         quality(args)
     if not args.quality_only:

@@ -946,3 +946,26 @@ def mean_std_over_seeds(results: Sequence[Mapping], ddof: int = 1) -> dict:
             std = float(np.std(values, ddof=ddof)) if len(values) > ddof else float("nan")
         out[key], out[f"{key}_std"] = mean, std
     return out
+
+
+def adjusted_rand_index(labels_true, labels_pred) -> float:
+    """Adjusted Rand index of two labelings: 0 for chance agreement, 1 for identical (renaming-invariant).
+
+    Hubert & Arabie (1985): from the contingency table n_ij with row sums a_i and column sums b_j,
+    ARI = (sum_ij C(n_ij, 2) - E) / ((sum_i C(a_i, 2) + sum_j C(b_j, 2)) / 2 - E),
+    E = sum_i C(a_i, 2) sum_j C(b_j, 2) / C(N, 2). Unlike NMI its chance level is 0 whatever k,
+    so it complements NMI when one class dominates. Two single-cluster labelings give 1.0 (as scikit-learn).
+
+    Taught in: 06_ssl_clustering
+    """
+    u, v = _label_pair(labels_true, labels_pred)
+    _, u = np.unique(u, return_inverse=True)
+    _, v = np.unique(v, return_inverse=True)
+    n_v = v.max() + 1
+    table = np.bincount(u * n_v + v, minlength=(u.max() + 1) * n_v).astype(float)
+    pairs = lambda x: float(np.sum(x * (x - 1) / 2.0))  # noqa: E731
+    index, rows = pairs(table), pairs(np.bincount(u).astype(float))
+    cols, total = pairs(np.bincount(v).astype(float)), len(u) * (len(u) - 1) / 2.0
+    expected = rows * cols / total if total else 0.0
+    maximum = (rows + cols) / 2.0
+    return 1.0 if maximum == expected else (index - expected) / (maximum - expected)

@@ -1,6 +1,7 @@
 """Label-free clustering of SEM defect morphologies: self-supervised multi-resolution learning vs texture features.
 
-- `ssl`: the image pyramid, the shared encoder and the cross-scale SimSiam loss, training, embedding;
+- `ssl_imagenet`: semnb's `ssl` mode, an ImageNet encoder fine-tuned with lightly's VICReg, pooled on the defect region;
+- `ssl`: the paper's method (`ssl_paper`): the image pyramid, the shared encoder and the cross-scale SimSiam loss;
 - `baselines`: GLCM, LBP, wavelet and raw-pixel PCA features, and frozen backbone features;
 - `defect_crop`: a label-free locator that cuts a window around each image's defect;
 - `kmeans`: standardise, k-means and the scores every feature space shares;

@@ -1,7 +1,9 @@
 """The clustering protocol: the SSL embedding against its baselines, on the same images, scored alike.
 
 Every method (`METHODS`) turns the same preprocessed images into one feature vector per
-image (`baseline_specs` for the baselines, `ssl` for the paper's method); all of them then
+image (`baseline_specs` for the baselines; `ssl`, semnb's ImageNet-initialised self-supervised
+mode of `semnb.clustering.ssl_imagenet`; `ssl_paper`, the paper's multi-resolution SimSiam of
+`semnb.clustering.ssl`; each with its untrained control); all of them then
 go through the same k-means, with k = number of classes, and the same scores
 (`semnb.clustering.kmeans`). Labels are used only to score.
 
@@ -45,6 +47,14 @@ from semnb.clustering.ssl import (
     prepare_images,
     train_ssl,
 )
+from semnb.clustering.ssl_imagenet import (
+    FinetuneConfig,
+    FinetuneRun,
+    Tail,
+    embed_finetuned,
+    train_finetune,
+    trunk_features,
+)
 from semnb.data.dataset import ImageSet
 from semnb.data.preprocess import crop_border, detect_banner
 from semnb.errors import SemnbInputError
@@ -53,11 +63,17 @@ from semnb.models import DEFAULT_BACKBONE, PAPER_CLIP, available_weights, load_b
 from semnb.models.tiny_clip import TINY_NAME
 from semnb.results import NOT_IN_JSON, EvalResult
 
-METRICS = ("silhouette", "nmi")  # what the table shows, in this order
-METHODS = ("ssl", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip", "ssl_untrained")
-"""The paper's method first, then its baselines, then a control: the same encoder with its random
-initial weights (seeded), untrained. When the control scores like `ssl`, training taught the
-encoder nothing the clustering can use."""
+METRICS = ("silhouette", "nmi", "ari")  # what the table shows, in this order
+METHODS = ("ssl", "ssl_paper", "glcm", "lbp", "wavelet", "pca", "imagenet", "clip", "ssl_untrained",
+           "ssl_paper_untrained")
+"""semnb's recommended SSL mode first, the paper's beside it, then the baselines, then the controls:
+each SSL encoder with its initial weights, untrained (`ssl_untrained`: the ImageNet weights with the
+same defect-region pooling; `ssl_paper_untrained`: the paper's CNN with random seeded weights). When
+a control scores like its trained method, training taught the encoder nothing the clustering can use."""
+SSL_MODES = {"both": ("ssl", "ssl_untrained", "ssl_paper", "ssl_paper_untrained"),
+             "semnb": ("ssl", "ssl_untrained"), "paper": ("ssl_paper", "ssl_paper_untrained")}
+"""`--ssl-mode`: which SSL rows the default method list holds (`semnb`: the ImageNet-initialised mode only)."""
+SSL_METHODS = SSL_MODES["both"]
 IMAGENET_SIZE = 224  # side the "imagenet" baseline (DEFAULT_BACKBONE) encodes at
 CROPS = (None, "defect")  # what evaluate_clustering clusters: whole images, or windows around the located defect
 
@@ -78,7 +94,7 @@ class FeatureSpec:
 def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress: bool = False,
                    warnings: list[str] | None = None, device: str = "auto",
                    precision: str = "auto") -> dict[str, FeatureSpec]:
-    """Feature extractors of the baselines in `methods` (everything but "ssl" and "ssl_untrained").
+    """Feature extractors of the baselines in `methods` (everything but the SSL rows, `SSL_METHODS`).
 
     "imagenet" loads `DEFAULT_BACKBONE` (the ImageNet efficientnet-lite0); "clip" loads `backbone` when it names a CLIP
     model, else the default CLIP when its weights are on this machine. When "clip" was not
@@ -113,7 +129,7 @@ def baseline_specs(methods: Sequence[str], backbone: str | None = None, progress
                 warnings.append("clip: semnb-tiny has random weights, NOT CLIP; its row is for tests only")
             specs[method] = FeatureSpec(lambda x, seed, b=net: backbone_features(x, b, progress=progress),
                                         seeded=False, backbone=net.name, weights=net.weights)
-        elif method not in ("ssl", "ssl_untrained"):
+        elif method not in SSL_METHODS:
             raise SemnbInputError("--methods", f"unknown method {method!r}", f"use some of {', '.join(METHODS)}")
     return specs
 
@@ -127,7 +143,8 @@ class ClusterEvaluation(EvalResult):
 
     `pixels` are the preprocessed images clustered, `labels` their classes (-1 unlabelled);
     `features` and `clusters` hold, per method, the features and k-means clusters of the
-    first seed; `ssl_run` is that seed's trained model and history.
+    first seed; `ssl_run` is that seed's trained paper model (`ssl_paper`) and history,
+    `finetune_run` that seed's trained `ssl` tail and history.
     """
 
     pixels: np.ndarray | None = field(default=None, repr=False, metadata=NOT_IN_JSON)
@@ -136,19 +153,22 @@ class ClusterEvaluation(EvalResult):
     features: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_JSON)
     clusters: dict[str, np.ndarray] = field(default_factory=dict, repr=False, metadata=NOT_IN_JSON)
     ssl_run: SSLRun | None = field(default=None, repr=False, metadata=NOT_IN_JSON)
+    finetune_run: FinetuneRun | None = field(default=None, repr=False, metadata=NOT_IN_JSON)
 
 
 def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
                      methods: Sequence[str] | None = None, seeds: Sequence[int] = (0,), k: int | None = None,
                      ssl_config: SSLConfig | None = None, backbone: str | None = None, data: str = "arrays",
-                     progress: bool = False, device: str = "auto", precision: str = "auto") -> ClusterEvaluation:
+                     progress: bool = False, device: str = "auto", precision: str = "auto",
+                     finetune_config: FinetuneConfig | None = None, ssl_mode: str = "both") -> ClusterEvaluation:
     """Features, k-means and scores for every method on preprocessed images [N, S, S] (`prepare_images`).
 
-    For each seed: the SSL model is trained with that seed (`ssl_config.seed` is replaced)
-    and every method's k-means uses it; deterministic features (GLCM, LBP, wavelet, frozen
-    networks) are computed once. Results are means over seeds with `<metric>_std`.
-    `methods=None` runs all of `METHODS`, leaving out "clip" without weights. `device` and
-    `precision` are resolved once here and replace those of `ssl_config`; the result records
+    For each seed: both SSL models are trained with that seed (`finetune_config.seed` for `ssl`,
+    `ssl_config.seed` for `ssl_paper`, replaced) and every method's k-means uses it; deterministic
+    features (GLCM, LBP, wavelet, frozen networks, the frozen trunk of `ssl`) are computed once.
+    Results are means over seeds with `<metric>_std`. `methods=None` runs all of `METHODS` whose SSL
+    rows `ssl_mode` keeps (`SSL_MODES`), leaving out "clip" without weights. `device` and
+    `precision` are resolved once here and replace those of the configs; the result records
     the resolved ones (`precision`, `extra["device"]`).
 
     Taught in: 06_ssl_clustering.
@@ -156,7 +176,11 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(pixels):
         raise SemnbInputError("labels", f"{len(labels)} labels for {len(pixels)} images", "give one label per image")
+    if ssl_mode not in SSL_MODES:
+        raise SemnbInputError("--ssl-mode", f"got {ssl_mode!r}", f"use one of {', '.join(SSL_MODES)}")
     requested = list(METHODS if methods is None else methods)
+    if methods is None:
+        requested = [m for m in requested if m not in SSL_METHODS or m in SSL_MODES[ssl_mode]]
     if not requested:
         raise SemnbInputError("--methods", "is empty", f"use some of {', '.join(METHODS)}")
     if not seeds:
@@ -168,22 +192,37 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
     load_start = time.perf_counter()
     specs = baseline_specs(requested, backbone, progress, warnings if methods is None else None, **hardware)
     load_s = time.perf_counter() - load_start
-    order = [m for m in requested if m in ("ssl", "ssl_untrained") or m in specs]
+    order = [m for m in requested if m in SSL_METHODS or m in specs]
     ssl_config = replace(ssl_config or SSLConfig(), **hardware)
+    finetune_config = replace(finetune_config or FinetuneConfig(), **hardware)
+    trunk = None
+    if {"ssl", "ssl_untrained"} & set(order):
+        start = time.perf_counter()
+        trunk = trunk_features(pixels, progress=progress, **hardware)
+        load_s += time.perf_counter() - start
     timing: dict[str, float] = {m: 0.0 for m in order}
     per_seed: dict[str, list[dict[str, float]]] = {m: [] for m in order}
     first_features: dict[str, np.ndarray] = {}
     first_clusters: dict[str, np.ndarray] = {}
     first_run: SSLRun | None = None
+    first_finetune: FinetuneRun | None = None
     fixed: dict[str, np.ndarray] = {}  # features that do not depend on the seed, computed once
     for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
         for method in order:
             start = time.perf_counter()
             if method == "ssl":
+                tuned = train_finetune(trunk, replace(finetune_config, seed=int(seed)), progress=progress)
+                features = embed_finetuned(tuned.tail, trunk, **hardware)
+                first_finetune = first_finetune or tuned
+            elif method == "ssl_untrained":
+                if method not in fixed:  # the ImageNet weights: the same for every seed
+                    fixed[method] = embed_finetuned(Tail(), trunk, **hardware)
+                features = fixed[method]
+            elif method == "ssl_paper":
                 run = train_ssl(pixels, replace(ssl_config, seed=int(seed)), progress=progress)
                 features = embed(run.model, pixels, channels_last=ssl_config.channels_last, **hardware)
                 first_run = first_run or run
-            elif method == "ssl_untrained":
+            elif method == "ssl_paper_untrained":
                 features = embed(create_model(replace(ssl_config, seed=int(seed))), pixels,
                                  channels_last=ssl_config.channels_last, **hardware)
             elif specs[method].seeded or method not in fixed:
@@ -210,11 +249,14 @@ def evaluate_methods(pixels: np.ndarray, labels: np.ndarray, class_names: Sequen
                "n_labelled": int((labels >= 0).sum()),
                "nmi_random_assignment": metrics.random_assignment_nmi(labels, k)},
         pixels=pixels, labels=labels, class_names=list(class_names), features=first_features,
-        clusters=first_clusters, ssl_run=first_run,
+        clusters=first_clusters, ssl_run=first_run, finetune_run=first_finetune,
     )
+    if first_finetune is not None:
+        result.timing["ssl_train_images_per_s"] = round(first_finetune.history.images_per_second, 2)
+        result.extra["ssl"] = _finetune_summary(first_finetune)
     if first_run is not None:
-        result.timing["ssl_train_images_per_s"] = round(first_run.history.images_per_second, 2)
-        result.extra["ssl"] = _ssl_summary(first_run)
+        result.timing["ssl_paper_train_images_per_s"] = round(first_run.history.images_per_second, 2)
+        result.extra["ssl_paper"] = _ssl_summary(first_run)
     return result
 
 
@@ -240,7 +282,7 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
                         backbone: str | None = None, border: int = 0, banner: int | str = "auto",
                         threads: int | None = None, crop: str | None = None, crop_config: CropConfig | None = None,
                         ssl_augment: bool = False, progress: bool = False, device: str = "auto",
-                        precision: str = "auto") -> ClusterEvaluation:
+                        precision: str = "auto", ssl_mode: str = "both") -> ClusterEvaluation:
     """`semnb eval cluster`: preprocess an `ImageSet` (crop, resize, normalise) and run `evaluate_methods`.
 
     The images clustered are those of `split_for_clustering` (in the MVTec layout the test
@@ -249,8 +291,9 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
     place instead of the whole image (`semnb.clustering.defect_crop`; the train/ defect-free
     images, when there are any, are the locator's normal memory); `extra["crop"]` says how the
     windows were found and how often they hold the true defect, where masks exist
-    (`semnb.metrics.window_hit_rate`). `ssl_augment=True` trains the SSL encoder on randomly
-    augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's). `device` and
+    (`semnb.metrics.window_hit_rate`). `ssl_augment=True` trains the paper's encoder on randomly
+    augmented pyramid levels (`SSLConfig.augment_levels`; not the paper's). `ssl_mode` picks the
+    SSL rows (`SSL_MODES`); `epochs` applies to both SSL modes. `device` and
     `precision` (`semnb.hardware`) are resolved once, here, for every network of the run.
 
     Taught in: 06_ssl_clustering (the CLI runs the same function).
@@ -276,6 +319,7 @@ def evaluate_clustering(images: ImageSet, methods: Sequence[str] | None = None, 
     preprocess_s = time.perf_counter() - start
     evaluation = evaluate_methods(pixels, clustered.labels, clustered.class_names, methods=methods, seeds=seeds, k=k,
                                   ssl_config=SSLConfig(epochs=epochs, threads=threads, augment_levels=ssl_augment),
+                                  finetune_config=FinetuneConfig(epochs=epochs, threads=threads), ssl_mode=ssl_mode,
                                   backbone=backbone, data=str(clustered.root), progress=progress, **hardware)
     evaluation.timing = {"preprocess_s": round(preprocess_s, 3), **evaluation.timing}
     evaluation.warnings[:0] = notes
@@ -347,8 +391,16 @@ def _number_of_clusters(labels: np.ndarray, k: int | None) -> int:
     return len(classes)
 
 
+def _finetune_summary(run: FinetuneRun) -> dict:
+    """The first seed's `ssl` training curve and settings, for the JSON record."""
+    c = run.config
+    return {"mode": "semnb (ImageNet efficientnet-lite0, last block + head fine-tuned, lightly VICReg, "
+                    "defect-region pooling)", "epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr,
+            "threads": c.threads, "loss": [round(v, 5) for v in run.history.loss]}
+
+
 def _ssl_summary(run: SSLRun) -> dict:
-    """The first seed's training curve and settings, for the JSON record."""
+    """The first seed's `ssl_paper` training curve and settings, for the JSON record."""
     h, c = run.history, run.config
     return {"epochs": c.epochs, "batch_size": c.batch_size, "lr": c.lr, "channels_last": c.channels_last,
             "threads": c.threads, "augment_levels": c.augment_levels, "loss": [round(v, 5) for v in h.loss],

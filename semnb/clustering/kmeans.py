@@ -58,9 +58,9 @@ def kmeans_clusters(features: np.ndarray, k: int, seed: int = 0, n_init: int = K
 
 def score_clusters(features: np.ndarray, clusters: np.ndarray, labels: np.ndarray,
                    standardized: bool = True) -> dict[str, float]:
-    """Silhouette of `clusters` in the space k-means saw (`clustering_space`), and NMI against `labels`.
+    """Silhouette of `clusters` in the space k-means saw (`clustering_space`), NMI and ARI against `labels`.
 
-    Unlabelled images (label -1) count for the silhouette but not for NMI; NMI is NaN
+    Unlabelled images (label -1) count for the silhouette but not for NMI and ARI; those are NaN
     (undefined) when no image is labelled.
 
     Taught in: 06_ssl_clustering.
@@ -68,4 +68,6 @@ def score_clusters(features: np.ndarray, clusters: np.ndarray, labels: np.ndarra
     labels = np.asarray(labels)
     known = labels >= 0
     nmi = metrics.nmi(labels[known], clusters[known]) if known.any() else float("nan")
-    return {"silhouette": metrics.silhouette(clustering_space(features, standardized), clusters), "nmi": nmi}
+    ari = metrics.adjusted_rand_index(labels[known], clusters[known]) if known.any() else float("nan")
+    return {"silhouette": metrics.silhouette(clustering_space(features, standardized), clusters), "nmi": nmi,
+            "ari": ari}

@@ -2,9 +2,11 @@
 
 Why: a materials scientist with a few hundred unlabelled micrographs wants them sorted into
 morphologies, and next week's images sorted into the same groups. `fit_cluster` embeds the
-images (the paper's self-supervised multi-resolution SimSiam, `semnb.clustering.ssl`, trained on
-them; or, without time to train, frozen ImageNet efficientnet-lite0 features as the "imagenet"
-baseline of `semnb.clustering.evaluate` computes them), standardises each embedding dimension,
+images ("ssl": semnb's mode, `semnb.clustering.ssl_imagenet`, an ImageNet encoder fine-tuned on
+them and pooled on the defect region; "ssl_paper": the paper's multi-resolution SimSiam,
+`semnb.clustering.ssl`, trained on them; or, without time to train, frozen ImageNet
+efficientnet-lite0 features as the "imagenet" baseline of `semnb.clustering.evaluate` computes
+them), standardises each embedding dimension,
 runs the seeded k-means of `semnb.clustering.kmeans` and keeps the centroids. `ClusterModel`
 assigns any image to its nearest centroid.
 
@@ -32,12 +34,20 @@ from semnb.clustering.baselines import backbone_features
 from semnb.clustering.evaluate import IMAGENET_SIZE
 from semnb.clustering.kmeans import kmeans_clusters
 from semnb.clustering.ssl import SSLConfig, create_model, embed, prepare_images, train_ssl
+from semnb.clustering.ssl_imagenet import (
+    FinetuneConfig,
+    Tail,
+    embed_finetuned,
+    train_finetune,
+    trunk_features,
+)
 from semnb.errors import SemnbInputError
 from semnb.fitted import FittedModel, ImagePrediction, check_backbone_weights
 from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE, load_backbone
 
-METHODS = ("ssl", "imagenet")
+METHODS = ("ssl", "ssl_paper", "imagenet")
+TRAINED = ("ssl", "ssl_paper")  # methods whose network weights the model folder holds
 MIN_IMAGES = 3  # k-means needs 2 clusters, and the silhouette needs a cluster of more than one image
 K_RULE_AUTO = ("highest mean silhouette (Euclidean, in the standardised embedding) of seeded k-means over "
                "k = {low}..{high}; ties go to the smaller k")
@@ -51,7 +61,8 @@ class ClusterModel(FittedModel):
     """Embedding network + standardisation + k centroids; `predict` gives each image its nearest centroid.
 
     Build it with `fit_cluster` (or `restore` from a model folder). For method "ssl" `network`
-    is the trained `MultiResSimSiam` (only its encoder embeds); for "imagenet" it is the frozen
+    is the fine-tuned `Tail` (the frozen trunk is reloaded from the ImageNet weights); for
+    "ssl_paper" the trained `MultiResSimSiam` (only its encoder embeds); for "imagenet" the frozen
     efficientnet-lite0 backbone.
 
     Taught in: 00_quickstart.
@@ -74,7 +85,7 @@ class ClusterModel(FittedModel):
     def tensors(self) -> dict[str, torch.Tensor]:
         arrays = {"centroids": self.centroids, "feature_mean": self.mean, "feature_scale": self.scale}
         out = {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
-        if self._settings["method"] == "ssl":
+        if self._settings["method"] in TRAINED:
             out.update({SSL_PREFIX + name: t.detach().cpu().contiguous()
                         for name, t in self.network.state_dict().items()})
         return out
@@ -88,8 +99,8 @@ class ClusterModel(FittedModel):
         """
         _check_complete(settings, tensors)
         compute = Compute.resolve(device, precision or settings["precision"])
-        if settings["method"] == "ssl":
-            network = create_model(_ssl_config(settings, compute))
+        if settings["method"] in TRAINED:
+            network = Tail() if settings["method"] == "ssl" else create_model(_ssl_config(settings, compute))
             state = {name[len(SSL_PREFIX):]: t for name, t in tensors.items() if name.startswith(SSL_PREFIX)}
             try:
                 network.load_state_dict(state, strict=True)
@@ -131,8 +142,9 @@ def fit_cluster(pixels: Sequence[np.ndarray], k: int | str = "auto", method: str
                 precision: str = "auto", seed: int = 0, progress: bool = False) -> ClusterModel:
     """Fit a clustering model on unlabelled gray images (float [0, 1], any size): embed, standardise, k-means.
 
-    `method="ssl"` trains the multi-resolution SimSiam on these images for `epochs` (the paper's
-    method, `semnb.clustering.ssl`); `method="imagenet"` uses frozen efficientnet-lite0 features
+    `method="ssl"` fine-tunes semnb's ImageNet-initialised encoder on these images for `epochs`
+    (`semnb.clustering.ssl_imagenet`; `image_size` a multiple of 32); `method="ssl_paper"` trains
+    the paper's multi-resolution SimSiam (`semnb.clustering.ssl`); `method="imagenet"` uses frozen efficientnet-lite0 features
     (no training; the quick start). `k` is the number of clusters, or "auto": the k of `k_range`
     (inclusive) with the highest mean silhouette (see the module docstring). Same seed, same
     images, same machine -> the same model.
@@ -150,7 +162,15 @@ def fit_cluster(pixels: Sequence[np.ndarray], k: int | str = "auto", method: str
     settings = {"method": method, "image_size": int(image_size), "seed": int(seed), "border": 0, "banner": "auto",
                 "n_images": n}
     prepared = prepare_images(pixels, size=image_size, progress=progress)
+    trunk = None
     if method == "ssl":
+        trunk = trunk_features(prepared, device=str(compute.device), precision=compute.precision, progress=progress)
+        tuned = FinetuneConfig(epochs=epochs, seed=seed, device=str(compute.device), precision=compute.precision)
+        run = train_finetune(trunk, tuned, progress=progress)
+        network = run.tail
+        settings.update(epochs=tuned.epochs, batch_size=tuned.batch_size, lr=tuned.lr,
+                        weight_decay=tuned.weight_decay, ssl_loss=[round(v, 6) for v in run.history.loss])
+    elif method == "ssl_paper":
         config = SSLConfig(epochs=epochs, seed=seed, device=str(compute.device), precision=compute.precision)
         run = train_ssl(prepared, config, progress=progress)
         network = run.model
@@ -162,7 +182,7 @@ def fit_cluster(pixels: Sequence[np.ndarray], k: int | str = "auto", method: str
         network = load_backbone(DEFAULT_BACKBONE, image_size=IMAGENET_SIZE, device=compute.device,
                                 precision=compute.precision)
         settings.update(backbone=network.name, backbone_weights=network.weights, backbone_image_size=IMAGENET_SIZE)
-    features = _embed(network, settings, prepared, compute)
+    features = _embed(network, settings, prepared, compute, trunk)
     mean, scale = features.mean(axis=0), features.std(axis=0)
     scale = np.where(scale > 0, scale, 1.0)
     space = (features - mean) / scale
@@ -201,9 +221,13 @@ def _k_candidates(k: int | str, k_range: tuple[int, int], n: int) -> list[int]:
     return list(range(low, min(high, n - 1) + 1))
 
 
-def _embed(network, settings: Mapping, prepared: np.ndarray, compute: Compute) -> np.ndarray:
-    """Raw embeddings [N, D] (float64) of preprocessed images: the SSL encoder's L0 output, or the frozen backbone's."""
+def _embed(network, settings: Mapping, prepared: np.ndarray, compute: Compute, trunk=None) -> np.ndarray:
+    """Raw embeddings [N, D] (float64) of preprocessed images: the fine-tuned tail's defect-region pooling, the
+    paper encoder's L0 output, or the frozen backbone's. `trunk`: the images' `trunk_features` when already computed."""
     if settings["method"] == "ssl":
+        trunk = trunk or trunk_features(prepared, device=str(compute.device), precision=compute.precision)
+        features = embed_finetuned(network, trunk, device=str(compute.device), precision=compute.precision)
+    elif settings["method"] == "ssl_paper":
         features = embed(network, prepared, channels_last=settings["channels_last"], device=compute.device,
                          precision=compute.precision)
     else:
@@ -227,13 +251,15 @@ def _ssl_config(settings: Mapping, compute: Compute) -> SSLConfig:
 def _check_complete(settings: Mapping, tensors: Mapping[str, torch.Tensor]) -> None:
     """Refuse settings or tensors that miss what this version needs, or whose shapes disagree."""
     method = settings.get("method")
-    needed = SETTINGS_KEYS + (("epochs", "batch_size", "lr", "predictor_hidden", "channels_last", "augment_levels")
-                              if method == "ssl" else ("backbone", "backbone_weights", "backbone_image_size"))
+    needed = SETTINGS_KEYS + {"ssl": ("epochs", "batch_size", "lr", "weight_decay"),
+                              "ssl_paper": ("epochs", "batch_size", "lr", "predictor_hidden", "channels_last",
+                                            "augment_levels")}.get(method, ("backbone", "backbone_weights",
+                                                                            "backbone_image_size"))
     missing = [key for key in needed if key not in settings]
     if method not in METHODS or missing:
         raise _incomplete(f"its settings lack {', '.join(missing)}" if missing else f"unknown method {method!r}")
     absent = [name for name in SPACE_TENSORS if name not in tensors]
-    if method == "ssl" and not any(name.startswith(SSL_PREFIX) for name in tensors):
+    if method in TRAINED and not any(name.startswith(SSL_PREFIX) for name in tensors):
         absent.append(f"{SSL_PREFIX}*")
     if absent:
         raise _incomplete(f"tensors {', '.join(absent)} are missing")

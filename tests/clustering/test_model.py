@@ -46,7 +46,7 @@ def test_restore_from_settings_and_tensors_predicts_exactly_the_same(ssl_model, 
     assert settings == ssl_model.settings()
     tensors = ssl_model.tensors()
     assert all(t.device.type == "cpu" and t.is_contiguous() for t in tensors.values())
-    assert any(name.startswith("ssl.encoder.") for name in tensors)
+    assert "ssl.conv_head.weight" in tensors and "ssl.blocks.0._depthwise_conv.weight" in tensors
     restored = ClusterModel.restore(settings, tensors, device="cpu")
     before, after = ssl_model.predict(images), restored.predict(images)
     assert _same(before, after)
@@ -60,7 +60,7 @@ def test_the_same_seed_fits_the_same_model_and_another_seed_another(ssl_model, i
     assert all(torch.equal(first[name], second[name]) for name in first)
     assert _same(ssl_model.predict(images), again.predict(images))
     other = fit_cluster(images, k="auto", seed=1, **FIT).tensors()
-    assert not torch.equal(first["ssl.encoder.linear.weight"], other["ssl.encoder.linear.weight"])
+    assert not torch.equal(first["ssl.conv_head.weight"], other["ssl.conv_head.weight"])
 
 
 def test_clusters_agree_with_two_very_different_groups_far_better_than_chance(ssl_model, images):
@@ -103,6 +103,16 @@ def test_predict_takes_images_of_any_size(ssl_model, images):
     assert [p.cluster for p in ssl_model.predict(enlarged)] == [p.cluster for p in ssl_model.predict(images[:6])]
     assert len(ssl_model.predict(other)) == 2
     assert ssl_model.predict([]) == []
+
+
+def test_the_papers_ssl_fits_saves_and_restores_exactly(images):
+    model = fit_cluster(images[:12], k=2, method="ssl_paper", **{**FIT, "epochs": 1})
+    tensors = model.tensors()
+    assert "ssl.encoder.linear.weight" in tensors and model.settings()["embedding_dim"] == 128
+    restored = ClusterModel.restore(model.settings(), tensors, device="cpu")
+    assert _same(model.predict(images[:12]), restored.predict(images[:12]))
+    with pytest.raises(SemnbInputError, match="incomplete or from another version"):  # paper weights are not a tail
+        ClusterModel.restore({**model.settings(), "method": "ssl", "weight_decay": 0.0}, tensors, device="cpu")
 
 
 def test_imagenet_features_need_no_training_and_refuse_other_backbone_weights(images):
@@ -153,7 +163,7 @@ def test_restore_refuses_an_incomplete_or_foreign_model(ssl_model, change):
     elif change == "network":
         tensors = {name: t for name, t in tensors.items() if not name.startswith("ssl.")}
     elif change == "one weight":
-        tensors = _without(tensors, "ssl.encoder.linear.weight")
+        tensors = _without(tensors, "ssl.conv_head.weight")
     else:
         tensors["centroids"] = tensors["centroids"][:, :5]
     with pytest.raises(SemnbInputError, match="incomplete or from another version"):
