@@ -3,12 +3,17 @@
 The embedding f: an ImageNet CNN, global average pooling, a linear layer to M dimensions and
 a standardising layer (each embedding gets zero mean and unit standard deviation over its M
 components, so every embedding has length sqrt(M) and Euclidean ranking equals cosine
-ranking). Training ("ours"):
+ranking). Training ("ours", `RetrievalConfig.recipe="paper"`, the paper's procedure):
 1. fine-tune as a classifier (cross-entropy) on the labelled images of the known classes;
 2. then alternate, one epoch each, (a) a triplet loss with margin R on labelled images, with
    semi-hard negative mining (`mine_semihard`), and (b) an autoencoder reconstruction loss on
    all images, labelled or not, through a decoder that mirrors the backbone from its last
    convolutional map (`MirrorDecoder`).
+The default recipe "general" keeps the two losses but sums them in every step (so no epoch
+undoes the other's) and retrieves with the projection followed by the standardised pooled
+features (`EmbeddingNet.pooled_weight`): the labels shape the projection, and the pooled
+features keep what the labelled classes do not need, which is what classes nobody labelled
+are found by (leave-one-class-out).
 Baselines through the same code: "autoencoder" (b only), "siamese" (a only), "classifier"
 (1 only) and "frozen" (ImageNet features, no training).
 
@@ -40,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import TripletMarginLoss
+from pytorch_metric_learning.miners import TripletMarginMiner
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -49,6 +55,8 @@ from semnb.models import DEFAULT_BACKBONE
 from semnb.models.efficientnet import EFFICIENTNET_NAME, MEAN, STD, create_efficientnet_lite0
 from semnb.models.pixels import normalize, resize_gray
 
+RECIPES = ("general", "paper")
+"""How "ours" trains: "general" (default: both losses every step, projection + pooled embedding) or "paper"."""
 METHODS = ("ours", "autoencoder", "siamese", "classifier", "frozen")
 """The paper's method first, then its baselines (results contract order)."""
 LABEL_METHODS = ("ours", "siamese", "classifier")
@@ -69,6 +77,13 @@ class RetrievalConfig:
     `classifier_epochs` (default epochs // 3, at least 1) on the classifier, then alternates
     triplet and autoencoder epochs; each baseline spends all epochs on its one loss.
     `tuned_blocks`: how many of the backbone's last blocks are fine-tuned (the rest stay frozen).
+    `recipe` (how "ours" trains, see `train_embedding`): "paper" is the paper's procedure
+    (classifier warm-up of epochs // 3, then triplet and autoencoder epochs alternated, the
+    retrieval embedding is the triplet-trained projection); "general" (default) sums both
+    losses in every step (`recon_weight` weighs the reconstruction) and retrieves with the
+    projection followed by the pooled features at `pooled_weight` times its length, so the
+    labels of the known classes sharpen the embedding without erasing what it holds about
+    the others. `classifier_epochs` None: epochs // 3 warm-up for "paper", none for "general".
 
     Taught in: 07_retrieval.
     """
@@ -87,11 +102,18 @@ class RetrievalConfig:
     views: int = 3
     max_shift: float = 0.1
     scale_range: tuple[float, float] = (0.8, 1.25)
+    recipe: str = "general"
+    recon_weight: float = 1.0
+    pooled_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise SemnbInputError("--recipe", f"unknown recipe {self.recipe!r}", f"use one of {', '.join(RECIPES)}")
 
     def warmup_epochs(self) -> int:
         if self.classifier_epochs is not None:
             return int(self.classifier_epochs)
-        return max(1, self.epochs // 3)
+        return max(1, self.epochs // 3) if self.recipe == "paper" else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,22 +260,37 @@ class Standardize(nn.Module):
 class EmbeddingNet(nn.Module):
     """Tuned backbone layers -> global average pooling -> linear to `dims` (None: no projection) -> Standardize.
 
+    `pooled_weight` > 0 (with a projection) appends the standardised pooled features, scaled
+    to `pooled_weight` times the projection's length: the trained projection separates the
+    labelled classes, the pooled features keep what it was not asked about (classes nobody
+    labelled). Then `dims` is the length of the whole embedding.
+
     Taught in: 07_retrieval.
     """
 
-    def __init__(self, backbone: SplitBackbone, channels: int, dims: int | None):
+    def __init__(self, backbone: SplitBackbone, channels: int, dims: int | None, pooled_weight: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.projection = nn.Linear(channels, dims) if dims else nn.Identity()
-        self.dims = int(dims) if dims else int(channels)
+        self.pooled_weight = float(pooled_weight) if dims else 0.0
+        self.dims = (int(dims) + (int(channels) if self.pooled_weight else 0)) if dims else int(channels)
         self.standardize = Standardize()
 
     def conv_map(self, frozen_features: torch.Tensor) -> torch.Tensor:
         return self.backbone.tuned(frozen_features)
 
-    def embed_map(self, conv_map: torch.Tensor) -> torch.Tensor:
-        """Pool in float32, project (in the autocast precision), then standardise in float32."""
+    def project(self, conv_map: torch.Tensor) -> torch.Tensor:
+        """Pool in float32, project (in the autocast precision), then standardise in float32: what the triplet loss sees."""
         return self.standardize(self.projection(conv_map.float().mean(dim=(2, 3))).float())
+
+    def embed_map(self, conv_map: torch.Tensor) -> torch.Tensor:
+        """The retrieval embedding: `project`, followed by the weighted pooled features when `pooled_weight` > 0."""
+        projected = self.project(conv_map)
+        if not self.pooled_weight:
+            return projected
+        pooled = self.standardize(conv_map.float().mean(dim=(2, 3)))
+        scale = self.pooled_weight * math.sqrt(projected.shape[1] / pooled.shape[1])
+        return torch.cat([projected, scale * pooled], dim=1)
 
     def forward(self, frozen_features: torch.Tensor) -> torch.Tensor:
         return self.embed_map(self.conv_map(frozen_features))
@@ -442,10 +479,11 @@ def mine_semihard(embeddings: torch.Tensor, labels: torch.Tensor, margin: float
 # ---------------------------------------------------------------------------------------------
 
 
-def phase_schedule(method: str, epochs: int, warmup_epochs: int) -> list[str]:
-    """The loss of each epoch: "classifier", "triplet" or "autoencoder" (empty for "frozen").
+def phase_schedule(method: str, epochs: int, warmup_epochs: int, recipe: str = "paper") -> list[str]:
+    """The loss of each epoch: "classifier", "triplet", "autoencoder" or "joint" (empty for "frozen").
 
-    "ours": `warmup_epochs` classifier epochs, then triplet and autoencoder alternate.
+    "ours": `warmup_epochs` classifier epochs, then triplet and autoencoder alternate
+    (`recipe="paper"`) or "joint" epochs, both losses in every step (`recipe="general"`).
 
     Taught in: 07_retrieval.
     """
@@ -455,6 +493,8 @@ def phase_schedule(method: str, epochs: int, warmup_epochs: int) -> list[str]:
         return []
     if method == "ours":
         warmup = min(int(warmup_epochs), int(epochs))
+        if recipe == "general":
+            return ["classifier"] * warmup + ["joint"] * (int(epochs) - warmup)
         return ["classifier"] * warmup + [("triplet", "autoencoder")[i % 2] for i in range(int(epochs) - warmup)]
     return [{"autoencoder": "autoencoder", "siamese": "triplet", "classifier": "classifier"}[method]] * int(epochs)
 
@@ -543,7 +583,11 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
 
     The classifier and triplet losses see only labelled images; the autoencoder sees all.
     Every step draws one of the precomputed augmented views of each image. Same seed, same
-    model. The backbone is modified in place: load a fresh one per method. Trains on the
+    model. "ours" with `config.recipe="general"`: each step takes a P x K batch of labelled
+    images and as many images drawn from all (labelled or not), one forward pass; the loss
+    is the triplet loss on the projection (semi-hard triplets from pytorch-metric-learning's
+    `TripletMarginMiner`) plus `recon_weight` times the reconstruction error of every image
+    of the step; the embedding is the projection and the weighted pooled features. The backbone is modified in place: load a fresh one per method. Trains on the
     backbone's `compute` (its device, autocast and gradient scaler); the heads are
     initialised on the CPU first, so a seed gives the same start on every device.
 
@@ -553,7 +597,8 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
     if len(labels) != len(bank):
         raise SemnbInputError("labels", f"{len(labels)} labels for {len(bank)} images", "pass one label per image")
     _check_labels(method, labels)
-    schedule = phase_schedule(method, config.epochs, config.warmup_epochs())
+    schedule = phase_schedule(method, config.epochs, config.warmup_epochs(), config.recipe)
+    general = method == "ours" and config.recipe == "general"
     compute = backbone.compute
     backbone.eval()
     with torch.no_grad():
@@ -561,8 +606,9 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
     levels = mirror_levels(backbone, config.image_size)
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(int(seed))
-        net = EmbeddingNet(backbone, channels, config.dims if method in LABEL_METHODS else None)
-        head = nn.Linear(net.dims, max(n_classes, 1))
+        net = EmbeddingNet(backbone, channels, config.dims if method in LABEL_METHODS else None,
+                           config.pooled_weight if general else 0.0)
+        head = nn.Linear(config.dims if method in LABEL_METHODS else net.dims, max(n_classes, 1))
         decoder = MirrorDecoder(levels, channels, config.image_size)
     net, head, decoder = net.to(compute.device), head.to(compute.device), decoder.to(compute.device)
     trained = TrainedEmbedding(method, net, config.image_size)
@@ -576,6 +622,8 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
         weight_decay=config.weight_decay)
     scaler = compute.grad_scaler()
     triplet_loss = TripletMarginLoss(margin=config.margin, distance=LpDistance(normalize_embeddings=True, p=2))
+    miner = TripletMarginMiner(margin=config.margin, type_of_triplets="semihard",
+                               distance=LpDistance(normalize_embeddings=True, p=2))
     rng = np.random.default_rng([int(seed), 7])
     labelled = np.flatnonzero(labels >= 0)
     n_views = bank.views.shape[1]
@@ -588,33 +636,42 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
     decoder.train()
     for epoch, phase in enumerate(tqdm(schedule, desc=f"train {method}", disable=not progress)):
         losses = []
-        if phase == "autoencoder":
+        n_batches = max(1, math.ceil(len(labelled) / config.batch_size))
+        if phase == "joint":  # a P x K batch of labelled images, then as many drawn from all images
+            pk = _pk_batches(labels, config.batch_size, config.per_class, n_batches, rng)
+            others = np.resize(rng.permutation(len(labels)), (n_batches, config.batch_size))
+            batches = [np.concatenate([batch, more]) for batch, more in zip(pk, others)]
+        elif phase == "autoencoder":
             order = rng.permutation(len(labels))
             batches = [order[s:s + config.batch_size] for s in range(0, len(order), config.batch_size)]
         elif phase == "classifier":
             order = rng.permutation(labelled)
             batches = [order[s:s + config.batch_size] for s in range(0, len(order), config.batch_size)]
         else:
-            n_batches = max(1, math.ceil(len(labelled) / config.batch_size))
             batches = _pk_batches(labels, config.batch_size, config.per_class, n_batches, rng)
         for batch in batches:
             if len(batch) < 2:
                 continue
             x, view = features(batch)
+            n_labelled = len(batch) - config.batch_size if phase == "joint" else len(batch)
             with compute.autocast():  # the networks in the autocast precision, the losses in float32
                 conv_map = net.conv_map(x)
-                output = decoder(conv_map) if phase == "autoencoder" else net.embed_map(conv_map)
+                rebuilt = decoder(conv_map).float() if phase in ("autoencoder", "joint") else None
+                output = None if phase == "autoencoder" else net.project(conv_map[:n_labelled])
                 if phase == "classifier":
                     output = head(output)
-            output = output.float()
-            if phase == "autoencoder":
+            loss = torch.zeros((), device=compute.device)
+            if rebuilt is not None:
                 target = compute.to(bank.targets[batch, view]).float() / 255.0
-                loss = F.mse_loss(output, target)
-            elif phase == "classifier":
-                loss = F.cross_entropy(output, compute.to(torch.from_numpy(labels[batch])))
-            else:
-                batch_labels = compute.to(torch.from_numpy(labels[batch]))
-                loss = triplet_loss(output, batch_labels, indices_tuple=mine_semihard(output, batch_labels, config.margin))
+                loss = F.mse_loss(rebuilt, target) * (config.recon_weight if phase == "joint" else 1.0)
+            if phase == "classifier":
+                loss = F.cross_entropy(output.float(), compute.to(torch.from_numpy(labels[batch])))
+            elif phase in ("triplet", "joint"):
+                output = output.float()
+                batch_labels = compute.to(torch.from_numpy(labels[batch[:n_labelled]]))
+                mined = (miner(output, batch_labels) if phase == "joint"
+                         else mine_semihard(output, batch_labels, config.margin))
+                loss = loss + triplet_loss(output, batch_labels, indices_tuple=mined)
             optimizer.zero_grad()
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -6,10 +6,12 @@ the embedding network (the tuned backbone layers and the projection; the frozen 
 come back from `load_split_backbone`, checked by their weights label) and, per fit image, its
 embedding, its name (a file path, say) and its label (-1 = unlabelled).
 
-Method: "ours" (classifier warm-up, then triplet and autoencoder epochs alternated, see
-`embedding`) when at least two classes have two or more labelled images, which is what its
-triplets need; otherwise "autoencoder", which needs no labels. Any of `embedding.METHODS`
-can be asked for by name ("frozen": ImageNet features, no training).
+Method: "ours" (triplet and reconstruction losses in every step, the embedding holding the
+projection and the pooled features; `RetrievalConfig(recipe="paper")`: the paper's classifier
+warm-up and alternated epochs; see `embedding`) when at least two classes have two or more
+labelled images, which is what its triplets need; otherwise "autoencoder", which needs no
+labels. Any of `embedding.METHODS` can be asked for by name ("frozen": ImageNet features, no
+training).
 
 Taught in: 00_quickstart (fit -> save -> predict) and 07_retrieval.
 """
@@ -87,7 +89,8 @@ class RetrievalModel(FittedModel):
             "seed": self.seed,
             "config": {**asdict(self.config), "scale_range": list(self.config.scale_range)},
             "channels": int(net.projection.in_features) if projected else net.dims,
-            "dims": net.dims if projected else None,
+            "dims": int(net.projection.out_features) if projected else None,
+            "pooled_weight": net.pooled_weight,
             "names": list(self.names),
             "class_names": list(self.class_names),
             "gallery_labels": [int(c) for c in self.labels],
@@ -117,7 +120,7 @@ class RetrievalModel(FittedModel):
                                        device=compute)
         check_backbone_weights(backbone.weights, settings, "model")
         with torch.device("cpu"):  # the projection's start is overwritten below; built where the fit built it
-            net = EmbeddingNet(backbone, int(settings["channels"]), settings["dims"])
+            net = EmbeddingNet(backbone, int(settings["channels"]), settings["dims"], settings.get("pooled_weight", 0.0))
         state = net.state_dict()
         stored = {key[len(NET_PREFIX):]: value for key, value in tensors.items() if key.startswith(NET_PREFIX)}
         expected = {key for key in state if not key.startswith(FROZEN_PREFIX)}

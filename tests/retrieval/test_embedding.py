@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.losses import TripletMarginLoss
+from pytorch_metric_learning.miners import TripletMarginMiner
 
 import semnb.retrieval.evaluate as retrieval_eval
 from semnb.cli import main
@@ -26,6 +28,7 @@ from semnb.retrieval.embedding import (
     LABEL_METHODS,
     METHODS,
     TINY_CNN,
+    EmbeddingNet,
     MirrorDecoder,
     RetrievalConfig,
     Standardize,
@@ -185,6 +188,46 @@ def test_phase_schedule_warms_up_then_alternates():
         phase_schedule("pca", 2, 1)
 
 
+def test_general_recipe_trains_both_losses_every_epoch_and_paper_keeps_the_warm_up():
+    assert phase_schedule("ours", 3, 0, "general") == ["joint"] * 3
+    assert phase_schedule("ours", 3, 1, "general") == ["classifier", "joint", "joint"]
+    assert phase_schedule("siamese", 2, 0, "general") == ["triplet", "triplet"]  # baselines: one recipe
+    assert RetrievalConfig(epochs=9).warmup_epochs() == 0
+    assert RetrievalConfig(epochs=9, recipe="paper").warmup_epochs() == 3
+    with pytest.raises(SemnbInputError, match="recipe"):
+        RetrievalConfig(recipe="alternating")
+
+
+def test_embedding_with_pooled_features_is_the_projection_then_the_scaled_standardised_pool():
+    backbone = load_split_backbone(TINY_CNN)
+    net = EmbeddingNet(backbone, 64, 16, pooled_weight=0.5)
+    conv_map = torch.randn(3, 64, 2, 2)
+    out = net.embed_map(conv_map)
+    assert out.shape == (3, 16 + 64) and net.dims == 80
+    projected = net.project(conv_map)
+    assert torch.equal(out[:, :16], projected)
+    pooled = conv_map.mean(dim=(2, 3))
+    pooled = (pooled - pooled.mean(1, keepdim=True)) / pooled.std(1, unbiased=False, keepdim=True)
+    assert torch.allclose(out[:, 16:], 0.5 * math.sqrt(16 / 64) * pooled, atol=1e-4)
+    # the pooled half is pooled_weight times as long as the projection (which has length sqrt(16))
+    assert torch.allclose(out[:, 16:].norm(dim=1), 0.5 * projected.norm(dim=1), atol=1e-3)
+    assert EmbeddingNet(backbone, 64, 16).embed_map(conv_map).shape == (3, 16)
+
+
+def test_library_semihard_miner_keeps_exactly_the_semihard_triplets():
+    """pytorch-metric-learning's miner (recipe "general"): all triplets with d(a,p) < d(a,n) < d(a,p) + R."""
+    rng = np.random.default_rng(5)
+    emb = torch.from_numpy(rng.normal(size=(20, 6)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 3, 20))
+    miner = TripletMarginMiner(margin=0.3, type_of_triplets="semihard", distance=LpDistance(normalize_embeddings=True))
+    mined = set(zip(*(t.tolist() for t in miner(emb, labels))))
+    d = embedding_distances(emb).numpy()
+    lab = labels.numpy()
+    expected = {(a, p, n) for a in range(20) for p in range(20) for n in range(20)
+                if a != p and lab[a] == lab[p] and lab[n] != lab[a] and d[a, p] < d[a, n] < d[a, p] + 0.3}
+    assert mined == expected and expected
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -216,8 +259,12 @@ def test_training_is_deterministic_and_keeps_the_frozen_layers():
     a, b, c = (t.encode_frozen(bank.clean) for t in (first, second, other))
     assert np.array_equal(a, b)
     assert not np.allclose(a, c)
-    assert [h["phase"] for h in first.history] == ["classifier", "triplet"]
+    assert [h["phase"] for h in first.history] == ["joint", "joint"]
     assert all(math.isfinite(h["loss"]) for h in first.history)
+    backbone = load_split_backbone(TINY_CNN)
+    paper = train_embedding("ours", backbone, bank, labels, replace(TINY_CONFIG, recipe="paper"), 0)
+    assert [h["phase"] for h in paper.history] == ["classifier", "triplet"]
+    assert first.net.dims == TINY_CONFIG.dims + 64 and paper.net.dims == TINY_CONFIG.dims
 
     untouched = load_split_backbone(TINY_CNN)
     for trained_p, fresh_p in zip(first.backbone.frozen.parameters(), untouched.frozen.parameters()):
@@ -244,13 +291,17 @@ def test_label_methods_refuse_data_without_two_labelled_classes():
 
 def test_training_and_embedding_place_every_tensor_on_the_device_asked_for(implicit_device_is_meta):
     images, labels = _toy_images()
-    config = replace(TINY_CONFIG, epochs=3, classifier_epochs=1)  # classifier, triplet and autoencoder epochs
+    config = replace(TINY_CONFIG, epochs=3, classifier_epochs=1, recipe="paper")  # classifier, triplet, autoencoder
     with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail
         backbone = load_split_backbone(TINY_CNN, device="cpu", precision="fp32")
         bank = build_view_bank(backbone, images, SIZE, config.views, 0, config)
         trained = train_embedding("ours", backbone, bank, labels, config, 0)
         stored = trained.encode_frozen(bank.clean)
         fresh = trained.encode(images[:2])
+        joint = train_embedding("ours", load_split_backbone(TINY_CNN, device="cpu", precision="fp32"), bank, labels,
+                                replace(config, recipe="general", classifier_epochs=0, epochs=1), 0)
+        joint.encode(images[:2])
+    assert [h["phase"] for h in joint.history] == ["joint"]
     assert [h["phase"] for h in trained.history] == ["classifier", "triplet", "autoencoder"]
     assert trained.compute.device.type == "cpu" and trained.compute.precision == "fp32"
     assert all(p.device.type == "cpu" for p in trained.net.parameters())
@@ -272,7 +323,10 @@ def test_bf16_training_runs_on_a_cpu_without_bf16_arithmetic():
     embeddings = trained.encode_frozen(bank.clean)
     assert trained.compute.precision == "bf16" and all(math.isfinite(h["loss"]) for h in trained.history)
     assert embeddings.dtype == np.float32 and np.isfinite(embeddings).all()
-    assert np.allclose(embeddings.std(axis=1), 1.0, atol=1e-3)  # standardised in float32
+    # standardised in float32: the projection, then the pooled part (pooled_weight times as long)
+    assert np.allclose(embeddings[:, :config.dims].std(axis=1), 1.0, atol=1e-3)
+    pooled = embeddings[:, config.dims:]
+    assert np.allclose(np.linalg.norm(pooled, axis=1), config.pooled_weight * math.sqrt(config.dims), atol=1e-2)
 
 
 # ------------------------------------------------------------------ evaluation protocol
@@ -372,9 +426,11 @@ def test_cli_retrieve_writes_json_and_rejects_a_bad_k(tem_folder, tmp_path):
     runner = CliRunner()
     common = ["eval", "retrieve", "--data", str(tem_folder), "--backbone", "semnb-tiny-cnn", "--seeds", "0",
               "--epochs", "1", "--image-size", str(SIZE)]
-    ok = runner.invoke(main, [*common, "--k", "3", "--json", str(tmp_path / "out.json")])
+    ok = runner.invoke(main, [*common, "--k", "3", "--recipe", "paper", "--json", str(tmp_path / "out.json")])
     assert ok.exit_code == 0, ok.output
-    assert "ours" in ok.output and json.loads((tmp_path / "out.json").read_text())["task"] == "retrieve"
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert "ours" in ok.output and written["task"] == "retrieve"
+    assert written["settings"]["recipe"] == "paper"
     bad = runner.invoke(main, [*common, "--k", "500"])
     assert bad.exit_code == 2
     assert "--k" in bad.output and "Fix" in bad.output

@@ -62,7 +62,7 @@ def test_default_method_follows_the_labels():
 def test_fit_holds_the_gallery_with_names_labels_and_settings(model, collection):
     pixels, labels = collection
     assert model.method == "ours"
-    assert model.gallery.shape == (len(pixels), TINY.dims)
+    assert model.gallery.shape == (len(pixels), TINY.dims + 64)  # the projection, then the tiny CNN's 64 pooled
     assert model.names[3] == "run/03.png"
     np.testing.assert_array_equal(model.labels, labels)
     settings = json.loads(json.dumps(model.settings()))
@@ -117,8 +117,8 @@ def test_predict_takes_any_size_and_an_empty_batch(model):
     predictions = model.predict(images)
     assert len(predictions) == 3
     for p in predictions:
-        assert p.embedding.shape == (TINY.dims,) and p.embedding.dtype == np.float32
-        assert np.isclose(np.sqrt(np.mean(p.embedding ** 2)), 1.0, atol=1e-3)  # standardised
+        assert p.embedding.shape == (TINY.dims + 64,) and p.embedding.dtype == np.float32
+        assert np.isclose(np.sqrt(np.mean(p.embedding[:TINY.dims] ** 2)), 1.0, atol=1e-3)  # standardised projection
     assert model.predict([]) == []
 
 
