@@ -7,7 +7,8 @@ Three parts (each can be skipped):
    leave-one-surface-out defect classification (ProtoNet trained on two surfaces, one label
    per class on the third) against prototypes of raw crops and of raw brightness.
 2. real (needs ../shared/data/stm): m235_left, a TiO2(110) scan with a pixel mask; the
-   few-shot map from k = 1, 2, 5 labelled defects against the unsupervised map and raw
+   few-shot map (`fewshot`: filter-bank forest + label-chosen cues) from k = 1, 2, 5 labelled
+   defects against the earlier logistic map (`fewshot_logistic`), the unsupervised map and raw
    brightness, on the same query pixels.
 3. silver (needs ../shared/data/stm): m63, whose per-defect labels come from the source's
    own pipeline in an unverified frame. First the alignment check: the mean unsupervised

@@ -3,7 +3,9 @@
 - `preprocess`: scan validation, plane levelling, line flattening, robust normalization of a raw topograph;
 - `lattice`: the lattice, its residual, the unsupervised defect map and the defect list (no labels),
   and `analyze_scan`, which runs preprocessing and the unsupervised map once per scan;
-- `fewshot`: the few-shot pixel map and the few-shot defect classifier (ProtoNet, prototypes);
+- `fewshot`: the few-shot pixel map (ilastik-style filter bank, a random forest on the k labelled
+  defects plus cue pseudo-labels, combined with the unsupervised cues) and the few-shot defect
+  classifier (ProtoNet, prototypes, on crops that keep the height relative to the terrace);
 - `evaluate`: `evaluate_stm`, the protocol of `semnb eval stm`, and `leave_one_surface_out`;
 - `viz`: the figures of notebook 08.
 
@@ -13,21 +15,35 @@ Taught in: 08_stm.
 """
 from semnb.stm.evaluate import crops_by_surface, evaluate_stm, leave_one_surface_out
 from semnb.stm.fewshot import (
+    FEATURE_SCALES,
+    PSEUDO_BOTTOM,
+    PSEUDO_ROWS,
+    PSEUDO_TOP,
     PixelSupport,
     ProtoNet,
     PrototypeClassifier,
     brightness_embedding,
+    cue_map,
     defect_crops,
     dihedral,
     fewshot_map,
     fewshot_pixel_map,
+    filter_bank,
+    fit_forest,
     flatten_embedding,
+    forest_pixel_map,
+    logistic_map,
     pixel_features,
+    pseudo_labels,
+    relative_height,
     sample_class_support,
     sample_pixel_support,
+    select_cues,
     support_polarity,
     synthetic_training_crops,
     train_protonet,
+    unsupervised_cues,
+    z_scored,
 )
 from semnb.stm.lattice import (
     DefectMap,
@@ -52,7 +68,9 @@ from semnb.stm.preprocess import (
     robust_normalize,
 )
 
-__all__ = ["StmModel", "fit_stm",
+__all__ = ["StmModel", "fit_stm", "FEATURE_SCALES", "PSEUDO_BOTTOM", "PSEUDO_ROWS", "PSEUDO_TOP", "cue_map",
+    "filter_bank", "fit_forest", "forest_pixel_map", "logistic_map", "pseudo_labels", "relative_height", "select_cues",
+    "unsupervised_cues", "z_scored",
     "DefectMap", "Lattice", "PixelSupport", "ProtoNet", "PrototypeClassifier", "ScanAnalysis", "analyze_scan",
     "brightness_embedding", "check_scan", "crops_by_surface", "defect_crops", "defect_list", "detect_defects",
     "dihedral", "dominant_period", "estimate_lattice", "evaluate_stm", "fewshot_map", "fewshot_pixel_map",

@@ -8,8 +8,10 @@ per-defect classes) and:
    flattening and robust normalization, the lattice, its residual and the unsupervised
    defect map.
 2. Per seed, per scan: draws `shots` labelled defects from the scan's own mask (support)
-   and scores every other pixel (query) with three maps: `fewshot` (a pixel classifier
-   trained on the support), `unsupervised` (no labels) and `brightness` (the raw scan,
+   and scores every other pixel (query) with four maps: `fewshot` (a random forest on filter
+   features, trained on the support and on pseudo-labels of the label-free cues the support
+   chose, `fewshot_map`), `fewshot_logistic` (the earlier map: a logistic regression on the
+   support only), `unsupervised` (no labels) and `brightness` (the raw scan,
    the naive baseline). Pixel AUROC and F1-max pool the query pixels of all scans.
    Steps 1 and 2 are numpy/scipy/sklearn on the CPU whatever `device` says.
 3. Where per-defect classes exist, per seed and surface (`leave_one_surface_out`): `shots`
@@ -47,6 +49,7 @@ from semnb.stm.fewshot import (
     defect_crops,
     fewshot_map,
     flatten_embedding,
+    logistic_map,
     sample_class_support,
     sample_pixel_support,
     synthetic_training_crops,
@@ -55,13 +58,14 @@ from semnb.stm.fewshot import (
 from semnb.stm.lattice import ScanAnalysis, analyze_scan
 
 METRICS = ("pixel_auroc", "pixel_f1_max", "accuracy", "macro_f1")  # pixel maps, then defect classes
-PIXEL_METHODS = ("fewshot", "unsupervised", "brightness")
+PIXEL_METHODS = ("fewshot", "unsupervised", "brightness", "fewshot_logistic")  # the earlier map last
 CLASS_METHODS = ("fewshot", "prototype", "brightness")
 
 
 def pixel_maps_for_seed(scan: LabelledScan, analysis: ScanAnalysis, shots: int, seed: int) -> dict:
-    """The three maps of one scan, restricted to its query pixels (1 x n arrays), and the
-    query's mask: {"mask": ..., "fewshot": ..., "unsupervised": ..., "brightness": ...}.
+    """The maps of one scan (PIXEL_METHODS), restricted to its query pixels (1 x n arrays), and
+    the query's mask: {"mask": ..., "fewshot": ..., "fewshot_logistic": ..., "unsupervised": ...,
+    "brightness": ...}.
 
     Taught in: 08_stm.
     """
@@ -69,6 +73,7 @@ def pixel_maps_for_seed(scan: LabelledScan, analysis: ScanAnalysis, shots: int, 
     query = ~support.region
     maps = {
         "fewshot": fewshot_map(analysis, support, seed=seed),
+        "fewshot_logistic": logistic_map(analysis, support, seed=seed),
         "unsupervised": analysis.defect_map.score,
         "brightness": scan.raw,
     }

@@ -1,17 +1,20 @@
 """STM defects from k labelled examples: a few-shot pixel map and a few-shot defect classifier.
 
-- `fewshot_pixel_map`: a per-pixel classifier (logistic regression on `pixel_features`:
-  multi-scale filter features of the scan and of its lattice residual, oriented by the
-  contrast of the labelled defects) trained on k labelled defects of the scan and the
-  lattice around them (`sample_pixel_support`), applied to the rest of the scan; returns
-  defect log-odds.
+- `fewshot_map`: the few-shot pixel map. ilastik-style filter features (`filter_bank`,
+  `pixel_features`) of the scan and of its lattice residual; label-free cues (`unsupervised_cues`:
+  the lattice map, smoothed height, a blob filter), of which the k labelled defects choose
+  (`select_cues`); a random forest (`forest_pixel_map`) trained on the labelled defects, the
+  lattice ring around them (`sample_pixel_support`) and pseudo-labels of the cue, averaged in rank
+  with the cue. `logistic_map` / `fewshot_pixel_map` is the earlier map (a logistic regression on
+  the support pixels only), kept for comparison and for the saved model (`semnb.stm.model`).
 - `defect_crops` + `PrototypeClassifier`: classify each detected defect by its nearest class
   prototype (mean embedding of the k labelled crops per class, each crop seen in all 8
   rotations/reflections). Crops are cut in units of the lattice period, so surfaces imaged at
   other scales look alike. The embedding is either the crop itself (z-scored) or a small
   prototypical network (`ProtoNet`, Snell et al. 2017) trained episodically with
   `train_protonet` on other surfaces, or on synthetic ones (`synthetic_training_crops`);
-  adapting to a new surface needs only its k labels. The ProtoNet trains and embeds on
+  adapting to a new surface needs only its k labels. The ProtoNet sees each crop z-scored (shape)
+  and its residual relative to the terrace (`relative_height`: amplitude). It trains and embeds on
   `compute.device` under `compute.autocast()`; everything else here (features, the pixel
   classifier, crops, prototypes) is numpy/scipy/sklearn on the CPU: it is small and fast there.
 - `sample_class_support`: the k labelled defects per class and the query, as the evaluation draws them.
@@ -25,9 +28,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from skimage.feature import multiscale_basic_features
+from scipy.stats import rankdata
+from skimage.feature import (
+    hessian_matrix,
+    hessian_matrix_eigvals,
+    structure_tensor,
+    structure_tensor_eigenvalues,
+)
 from skimage.measure import label
 
+from semnb import metrics
 from semnb.components import torch_threads
 from semnb.data.synth_stm import generate_stm_scan, surface_names
 from semnb.errors import SemnbInputError
@@ -94,28 +104,179 @@ def support_polarity(residual: np.ndarray, support: PixelSupport) -> str:
     return "bright" if bright >= 0.8 else "dark" if bright <= 0.2 else "both"
 
 
-def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float, polarity: str = "both") -> np.ndarray:
-    """Per-pixel features (HxWxF) for the few-shot map: intensity, gradient and Hessian
-    features (skimage multiscale_basic_features, 5 scales from 0.5 px to half a period) of
-    the scan and of its lattice residual oriented by `polarity` (r for "bright", -r for
-    "dark", |r| for "both"; `support_polarity` reads it off the labelled defects).
+FEATURE_SCALES = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+"""Filter scales of `filter_bank`, in lattice periods (2 to 32 px on TiO2 at 32 px per row)."""
 
-    Why oriented: a linear model fitted on bright defects only extrapolates a dark defect
-    to "even less defect than lattice"; with |r| all deviations point the same way, and
-    when the labels show one contrast the sign carries real information.
+CUE_MARGIN = 0.02
+"""`select_cues` keeps every cue whose support AUROC is within this of the best one."""
+
+PSEUDO_TOP, PSEUDO_BOTTOM, PSEUDO_ROWS = 0.05, 0.5, 2000
+"""`forest_pixel_map` pseudo-labels: the top 5% of the cue (defect) and its bottom half
+(lattice) of the unlabelled pixels, PSEUDO_ROWS drawn from each."""
+
+
+def filter_bank(image: np.ndarray, period: float) -> np.ndarray:
+    """ilastik-style per-pixel filter features (HxWxF, F = 1 + 8 per scale): the image itself,
+    then at each sigma of FEATURE_SCALES x period: Gaussian, Laplacian of Gaussian and
+    gradient magnitude (scale-normalised by sigma^2 and sigma), difference of Gaussians
+    (sigma vs 1.6 sigma), the two Hessian eigenvalues (sigma^2) and the two structure-tensor
+    eigenvalues (Sommer et al., "ilastik", ISBI 2011; scipy.ndimage and skimage.feature).
+
+    Why scales in periods: a feature then means the same on Si at 10 px per row and TiO2 at 32.
+    Why the image itself: the raw levelled height (brightness) is among the features, so the
+    classifier can always fall back on it.
+
+    Taught in: 08_stm.
+    """
+    z = check_scan(image, min_side=MIN_SIDE).astype(np.float64)
+    out = [z]
+    for sigma in (max(f * period, 0.5) for f in FEATURE_SCALES):
+        smooth = ndimage.gaussian_filter(z, sigma)
+        out += [smooth, sigma**2 * ndimage.gaussian_laplace(z, sigma),
+                smooth - ndimage.gaussian_filter(z, 1.6 * sigma),
+                sigma * ndimage.gaussian_gradient_magnitude(z, sigma)]
+        hessian = hessian_matrix(z, sigma, order="rc", use_gaussian_derivatives=True)
+        out += [sigma**2 * e for e in hessian_matrix_eigvals(hessian)]
+        out += list(structure_tensor_eigenvalues(structure_tensor(z, sigma=sigma, order="rc")))
+    return np.stack(out, axis=-1)
+
+
+def pixel_features(scan: np.ndarray, residual: np.ndarray, period: float, polarity: str = "both") -> np.ndarray:
+    """Per-pixel features (HxWxF, float32) for the few-shot map: `filter_bank` of the levelled
+    scan and of its lattice residual oriented by `polarity` (r for "bright", -r for "dark",
+    |r| for "both"; `support_polarity` reads it off the labelled defects).
+
+    Why oriented: a model fitted on bright defects only extrapolates a dark defect to "even
+    less defect than lattice"; with |r| all deviations point the same way, and when the
+    labels show one contrast the sign carries real information.
 
     Taught in: 08_stm.
     """
     z, r = check_scan(scan, min_side=MIN_SIDE), check_scan(residual, "residual", min_side=MIN_SIDE)
     if polarity not in ("bright", "dark", "both"):
         raise SemnbInputError("polarity", f"got {polarity!r}", "use bright, dark or both")
-    oriented = r if polarity == "bright" else -r if polarity == "dark" else np.abs(r)
-    sigma_max = max(period / 2.0, 1.0)
+    if z.shape != r.shape:
+        raise SemnbInputError("residual", f"shape {r.shape} differs from the scan's {z.shape}", "pass the scan's own residual")
+    return np.concatenate([filter_bank(z, period), filter_bank(_oriented(r, polarity), period)], axis=-1).astype(np.float32)
 
-    def features(image):
-        return multiscale_basic_features(image, sigma_min=0.5, sigma_max=sigma_max, num_sigma=5, channel_axis=None)
 
-    return np.concatenate([features(z), features(oriented)], axis=-1).astype(np.float32)
+def _oriented(image: np.ndarray, polarity: str) -> np.ndarray:
+    """x for "bright", -x for "dark", |x - median| for "both"."""
+    return image if polarity == "bright" else -image if polarity == "dark" else np.abs(image - np.median(image))
+
+
+def unsupervised_cues(analysis: ScanAnalysis) -> dict[str, np.ndarray]:
+    """Label-free defect cues of an analysed scan: "lattice", the unsupervised defect map
+    (`unsupervised_defect_map`: deviation from the periodic lattice, its polarity chosen on
+    the whole scan, steps neutralised), and in both orientations ("<cue>:bright" x,
+    "<cue>:dark" -x) "height" (the levelled scan, Gaussian at period/16: brightness with the
+    noise averaged) and "blob" (difference of Gaussians at period/4 vs 1.6x that: a bump of
+    about a cell against its surroundings, which removes the slow background).
+
+    Why several: on the real TiO2(110) scan the defects are the brightest things (height and
+    blob win, the lattice map loses), on the synthetic surfaces, with steps, tip changes and
+    dark and bright defects, the lattice map wins; `select_cues` lets the labelled defects choose.
+
+    Taught in: 08_stm.
+    """
+    z, period = analysis.z, analysis.defect_map.lattice.period
+    images = {"height": ndimage.gaussian_filter(z, max(period / 16, 0.5)),
+              "blob": ndimage.gaussian_filter(z, period / 4) - ndimage.gaussian_filter(z, 1.6 * period / 4)}
+    cues = {"lattice": analysis.defect_map.score}
+    cues.update({f"{name}:{polarity}": _oriented(image, polarity) for name, image in images.items()
+                 for polarity in ("bright", "dark")})
+    return cues
+
+
+def select_cues(cues: dict[str, np.ndarray], support: PixelSupport, margin: float = CUE_MARGIN) -> list[str]:
+    """The cues (`unsupervised_cues`) that tell the labelled defect pixels from their labelled
+    lattice ring best: AUROC on the support within `margin` of the best cue's. When the
+    "lattice" map is among them it is taken alone: it is the cue built on the physics (a
+    crystal repeats itself); height and blob are taken only where the labels show that they
+    beat it.
+
+    Taught in: 08_stm.
+    """
+    labels = np.r_[np.ones(int(support.defect.sum()), bool), np.zeros(int(support.lattice.sum()), bool)]
+    auroc = {name: metrics.image_auroc(np.r_[c[support.defect], c[support.lattice]], labels) for name, c in cues.items()}
+    best = max(auroc.values())
+    chosen = [name for name, value in auroc.items() if value >= best - margin]
+    return ["lattice"] if "lattice" in chosen else chosen
+
+
+def cue_map(cues: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """The mean of the named cues' pixel ranks (each scaled to (0, 1]): cues in other units
+    combine without weights, and the ranks are what AUROC and F1-max read.
+
+    Taught in: 08_stm.
+    """
+    if not names:
+        raise SemnbInputError("names", "is empty", "name at least one cue of `unsupervised_cues`")
+    shape = cues[names[0]].shape
+    return np.mean([rankdata(cues[n].ravel()) / cues[n].size for n in names], axis=0).reshape(shape)
+
+
+def fit_forest(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, seed: int = 0):
+    """The pixel classifier of the few-shot map: a random forest (scikit-learn; 100 trees, at
+    least 10 rows per leaf, sqrt(F) features per split, one thread), fitted on rows x,
+    labels y (1 defect, 0 lattice) with `weights`, class-balanced when none are given.
+
+    Why a forest (as ilastik): it needs no feature scaling, combines filters non-linearly and
+    with a fixed seed is deterministic, so a fitted STM model rebuilds it from its stored rows.
+
+    Taught in: 08_stm.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+
+    forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=10, max_features="sqrt", n_jobs=1,
+                                    class_weight=None if weights is not None else "balanced", random_state=seed)
+    return forest.fit(x, np.asarray(y, dtype=np.int64), sample_weight=weights)
+
+
+def pseudo_labels(cue: np.ndarray, unlabelled: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(defect pixels, lattice pixels) as flat indices: PSEUDO_ROWS each, drawn (seeded) from
+    the top PSEUDO_TOP and the bottom PSEUDO_BOTTOM of `cue` over the `unlabelled` pixels.
+
+    Taught in: 08_stm.
+    """
+    where = np.flatnonzero(unlabelled.ravel())
+    values = cue.ravel()[where]
+    high = where[values >= np.quantile(values, 1 - PSEUDO_TOP)]
+    low = where[values <= np.quantile(values, PSEUDO_BOTTOM)]
+    rng = np.random.default_rng([seed, 21])
+    return (rng.choice(high, min(PSEUDO_ROWS, len(high)), replace=False),
+            rng.choice(low, min(PSEUDO_ROWS, len(low)), replace=False))
+
+
+def forest_pixel_map(features: np.ndarray, support: PixelSupport, cue: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The few-shot map: a random forest (`fit_forest`) on `features`, trained on the labelled
+    defect and lattice pixels and on `pseudo_labels` of the unlabelled rest from `cue`, each
+    of the four groups with the same total weight; the map is the mean of the pixel ranks of
+    the forest's defect probability and of the cue, in (0, 1].
+
+    Why pseudo-labels: one labelled defect is a few hundred pixels of one blob; a forest
+    fitted on them alone learns that blob (AUROC .66 on the real scan, raw brightness .93).
+    Pseudo-labels from the cue show it the rest of the scan, and the labelled pixels then
+    correct the cue where it is wrong near them. Why the cue's ranks too: where the forest
+    only memorised, the map stays as good as the cue.
+
+    Taught in: 08_stm.
+    """
+    if features.shape[:2] != support.defect.shape or cue.shape != support.defect.shape:
+        raise SemnbInputError("features", f"shape {features.shape[:2]} (cue {cue.shape}) differs from the support's "
+                              f"{support.defect.shape}", "compute features, cue and support on the same scan")
+    if not support.defect.any() or not support.lattice.any():
+        raise SemnbInputError("support", "needs both defect and lattice pixels", "label at least one defect")
+    flat = features.reshape(-1, features.shape[-1])
+    high, low = pseudo_labels(cue, ~support.region, seed)
+    groups = [(np.flatnonzero(support.defect), 1), (high, 1), (np.flatnonzero(support.lattice), 0), (low, 0)]
+    groups = [(rows, label_) for rows, label_ in groups if len(rows)]
+    x = np.concatenate([flat[rows] for rows, _ in groups])
+    y = np.concatenate([np.full(len(rows), label_) for rows, label_ in groups])
+    weights = np.concatenate([np.full(len(rows), 1.0 / len(rows)) for rows, _ in groups])
+    forest = fit_forest(x, y, weights * len(x), seed)
+    probability = forest.predict_proba(flat)[:, 1]
+    return cue_map({"forest": probability.reshape(cue.shape), "cue": cue}, ["forest", "cue"])
 
 
 def fit_pixel_classifier(x: np.ndarray, y: np.ndarray, seed: int = 0, c: float = 0.1):
@@ -160,8 +321,22 @@ def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0
 
 
 def fewshot_map(analysis: ScanAnalysis, support: PixelSupport, seed: int = 0) -> np.ndarray:
-    """The few-shot defect map of an analysed scan (`analyze_scan`): features oriented by the
-    contrast of the labelled defects (`support_polarity`), then `fewshot_pixel_map`.
+    """The few-shot defect map of an analysed scan (`analyze_scan`), in (0, 1]: features
+    oriented by the contrast of the labelled defects (`support_polarity`), the cues the
+    support prefers (`unsupervised_cues`, `select_cues`, `cue_map`), then `forest_pixel_map`.
+
+    Taught in: 08_stm.
+    """
+    residual = analysis.defect_map.residual
+    polarity = support_polarity(residual, support)
+    features = pixel_features(analysis.z, residual, analysis.defect_map.lattice.period, polarity)
+    cues = unsupervised_cues(analysis)
+    return forest_pixel_map(features, support, cue_map(cues, select_cues(cues, support)), seed=seed)
+
+
+def logistic_map(analysis: ScanAnalysis, support: PixelSupport, seed: int = 0) -> np.ndarray:
+    """The earlier few-shot map, kept for comparison: `fewshot_pixel_map` (a logistic regression
+    on the support pixels only) on the same oriented `pixel_features`.
 
     Taught in: 08_stm.
     """
@@ -221,16 +396,42 @@ def dihedral(crops: np.ndarray) -> np.ndarray:
     return np.stack(views).copy()
 
 
-def flatten_embedding(crops: np.ndarray) -> np.ndarray:
-    """The crop itself as the embedding (each channel z-scored over the crop): the no-training
-    baseline for prototypes.
+def relative_height(crops: np.ndarray, border: int = 3) -> np.ndarray:
+    """Each channel of each crop minus its median (the terrace level around the defect), divided
+    by the spread of the crop's detail channel (channel 0) over its outer `border` pixels (the
+    lattice corrugation around the defect): heights relative to the terrace, in units of the
+    local lattice contrast, the same scale for both channels.
+
+    Why not z-scores: on TiO2(110) a hydroxyl and an oxygen vacancy look alike in shape and
+    differ by height (about 0.75 vs 0.4 of the corrugation); dividing each crop by its own
+    spread removes exactly that. Why the local corrugation: a tip change rescales the whole
+    image below its line (gain 0.7-1.3 in the synthetic scans), lattice and defects alike.
 
     Taught in: 08_stm.
     """
     x = np.asarray(crops, np.float64)
+    detail = x[:, 0]
+    ring = np.ones(detail.shape[-2:], bool)
+    ring[border:-border, border:-border] = False
+    spread = detail[:, ring].std(axis=1)[:, None, None, None]
+    return (x - np.median(x, axis=(-2, -1), keepdims=True)) / np.where(spread > 0, spread, 1.0)
+
+
+def z_scored(crops: np.ndarray) -> np.ndarray:
+    """Each channel of each crop z-scored (mean 0, std 1 over the crop): its shape only."""
+    x = np.asarray(crops, np.float64)
     mean = x.mean(axis=(-2, -1), keepdims=True)
     std = x.std(axis=(-2, -1), keepdims=True)
-    return ((x - mean) / np.where(std > 0, std, 1.0)).reshape(len(x), -1)
+    return (x - mean) / np.where(std > 0, std, 1.0)
+
+
+def flatten_embedding(crops: np.ndarray) -> np.ndarray:
+    """The crop itself as the embedding (each channel z-scored over the crop, `z_scored`): the
+    no-training baseline for prototypes.
+
+    Taught in: 08_stm.
+    """
+    return z_scored(crops).reshape(len(crops), -1)
 
 
 def brightness_embedding(crops: np.ndarray) -> np.ndarray:
@@ -314,7 +515,7 @@ class ProtoNet:
     """A small prototypical network (Snell et al., NeurIPS 2017) for defect crops.
 
     Four blocks of 3x3 convolution (32 channels), batch norm and ReLU, the first three
-    followed by 2x2 max pooling, map a 2 x 24 x 24 crop (each channel z-scored) to a
+    followed by 2x2 max pooling, map a crop (`tensor`: 3 x 24 x 24, shape and amplitude) to a
     32 x 3 x 3 = 288-d embedding. Trained episodically by
     `train_protonet`: each episode is a small few-shot task, so the network learns an
     embedding in which class means separate classes it has never seen, such as the defects
@@ -337,17 +538,16 @@ class ProtoNet:
         self.compute = compute
         with torch.random.fork_rng(devices=[]), torch.device("cpu"):
             torch.manual_seed(seed)
-            net = nn.Sequential(*block(2, 32), *block(32, 32), *block(32, 32), *block(32, 32)[:-1], nn.Flatten())
+            net = nn.Sequential(*block(3, 32), *block(32, 32), *block(32, 32), *block(32, 32)[:-1], nn.Flatten())
         self.net = net.to(compute.device)
 
     def tensor(self, crops: np.ndarray):
-        """Crops as a float tensor on the CPU, each channel of each crop z-scored (as `flatten_embedding`)."""
+        """Crops as a float32 tensor on the CPU, three channels: the crop's two channels z-scored
+        (`z_scored`: shape) and its residual relative to the terrace (`relative_height`: amplitude)."""
         import torch
 
-        x = np.asarray(crops, np.float32)
-        mean = x.mean(axis=(-2, -1), keepdims=True)
-        std = x.std(axis=(-2, -1), keepdims=True)
-        return torch.from_numpy((x - mean) / np.where(std > 0, std, 1.0))
+        x = np.concatenate([z_scored(crops), relative_height(crops)[:, 1:]], axis=1)
+        return torch.from_numpy(x.astype(np.float32))
 
     def forward(self, crops: np.ndarray):
         """The float32 embeddings of `crops` on the network's device (autocast to the precision)."""

@@ -128,6 +128,11 @@ def _valley_depth(acf: np.ndarray, limit: float) -> np.ndarray:
 def dominant_period(scan: np.ndarray) -> float:
     """The strongest lattice period of the scan (pixels), from its power spectrum.
 
+    The slow background is removed first by a median filter (`_terrace_background`), not a
+    Gaussian: a median follows a step edge, a Gaussian leaves each step as a line, and two
+    parallel steps then put fringe spots in the spectrum that won over the lattice (two
+    synthetic Ge(001) scans with two steps gave 38 and 62 px for 12 px rows).
+
     Why not simply the highest peak: step edges, the slow background and the tip-change line
     put power on streaks through zero frequency that fall off smoothly with |f|, whereas a
     lattice puts it on sharp spots. Each frequency is scored by its power times its radial
@@ -141,7 +146,7 @@ def dominant_period(scan: np.ndarray) -> float:
     z = check_scan(scan, min_side=MIN_SIDE)
     h, w = z.shape
     window = np.outer(np.hanning(h), np.hanning(w))
-    spectrum = np.fft.fft2((z - ndimage.gaussian_filter(z, min(h, w) / 16.0)) * window)
+    spectrum = np.fft.fft2((z - _terrace_background(z)) * window)
     power = ndimage.gaussian_filter(np.fft.fftshift(np.abs(spectrum) ** 2), 0.7)
     cy, cx = h // 2, w // 2
     fy, fx = np.meshgrid((np.arange(h) - cy) / h, (np.arange(w) - cx) / w, indexing="ij")
@@ -159,6 +164,20 @@ def dominant_period(scan: np.ndarray) -> float:
     if half.any():
         best = np.unravel_index(np.argmax(np.where(half, score, 0.0)), score.shape)
     return float(1.0 / radius[best])
+
+
+def _terrace_background(z: np.ndarray) -> np.ndarray:
+    """The scan's slow background, steps kept sharp: a 9x9 median filter on every f-th pixel
+    (f = smaller side // 64, so the window spans about 1/7 of the smaller side; the lattice
+    averages out when its period is below that), interpolated back to the scan's pixels.
+    Why subsampled: a median over the full-resolution window costs seconds per call (scipy)."""
+    h, w = z.shape
+    f = max(1, min(h, w) // 64)
+    background = ndimage.median_filter(z[::f, ::f], size=9, mode="reflect")
+    if f == 1:
+        return background
+    ys, xs = np.mgrid[0:h, 0:w] / f
+    return ndimage.map_coordinates(background, [ys, xs], order=1, mode="nearest")
 
 
 def _lattice_detail(z: np.ndarray, period: float) -> np.ndarray:

@@ -1,6 +1,8 @@
 """The fitted STM defect-map model: fit on a few labelled scans, save, predict on unlabelled ones.
 
-`fit_stm` learns the few-shot pixel map of `semnb.stm.fewshot` from scans with their defect
+`fit_stm` learns the logistic few-shot pixel map of `semnb.stm.fewshot` (`logistic_map`, which
+`semnb eval stm` reports as `fewshot_logistic`; the forest map `fewshot` is trained per scan on
+pseudo-labels of that scan, which a saved model does not hold) from scans with their defect
 masks: each scan is analysed (`analyze_scan`: levelling, lattice, residual), its labelled
 defects and the lattice ring around them are drawn (`sample_pixel_support`), and their
 `pixel_features` (oriented by the contrast of the labelled defects, `support_polarity`) are

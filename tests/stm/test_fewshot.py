@@ -34,9 +34,9 @@ def test_fewshot_pixel_map_from_two_labelled_defects():
     scores = stm.fewshot_pixel_map(features, support)
     query = ~support.region
     assert pixel_auroc(scores[query][None], mask[query][None]) > 0.95
-    # fewshot_map of an analysed scan is the same map, oriented by the labelled defects
+    # logistic_map of an analysed scan is the same map, oriented by the labelled defects
     analysis = stm.ScanAnalysis(z=z, defect_map=defect_map)
-    assert np.array_equal(stm.fewshot_map(analysis, support), scores)
+    assert np.array_equal(stm.logistic_map(analysis, support), scores)
 
 
 def test_dihedral_views_and_prototypes():
@@ -124,3 +124,86 @@ def test_protonet_in_bf16_runs_on_a_cpu_without_bf16_arithmetic():
         net = stm.train_protonet(crops, labels, episodes=2, seed=1, device="cpu", precision="bf16")
     embedded = net.embed(crops[:4])
     assert net.compute.precision == "bf16" and embedded.dtype == np.float64 and np.isfinite(embedded).all()
+
+
+def test_filter_bank_is_the_image_then_eight_filters_per_scale():
+    image = np.random.default_rng(2).normal(size=(40, 48))
+    period = 8.0
+    bank = stm.filter_bank(image, period)
+    assert bank.shape == (40, 48, 1 + 8 * len(stm.FEATURE_SCALES))
+    assert np.array_equal(bank[..., 0], image)  # the raw levelled height is a feature
+    from scipy import ndimage
+
+    sigma = stm.FEATURE_SCALES[2] * period  # 2 px: Gaussian, sigma^2 LoG, DoG(sigma, 1.6 sigma), sigma |grad|
+    g = ndimage.gaussian_filter(image, sigma)
+    first = 1 + 8 * 2
+    assert np.allclose(bank[..., first], g)
+    assert np.allclose(bank[..., first + 1], sigma**2 * ndimage.gaussian_laplace(image, sigma))
+    assert np.allclose(bank[..., first + 2], g - ndimage.gaussian_filter(image, 1.6 * sigma))
+    assert np.allclose(bank[..., first + 3], sigma * ndimage.gaussian_gradient_magnitude(image, sigma))
+    # sigma^2 times the eigenvalues of the Hessian [[Hrr, Hrc], [Hrc, Hcc]]: their sum is the trace, their
+    # product the determinant; structure-tensor eigenvalues are >= 0, sorted
+    from skimage.feature import hessian_matrix
+
+    hrr, hrc, hcc = hessian_matrix(image, sigma, order="rc", use_gaussian_derivatives=True)
+    e1, e2 = bank[..., first + 4], bank[..., first + 5]
+    assert np.allclose(e1 + e2, sigma**2 * (hrr + hcc)) and np.allclose(e1 * e2, sigma**4 * (hrr * hcc - hrc**2))
+    assert (bank[..., first + 4] >= bank[..., first + 5]).all()
+    assert (bank[..., first + 7] >= -1e-12).all() and (bank[..., first + 6] >= bank[..., first + 7]).all()
+
+
+def test_cue_map_is_the_mean_of_pixel_ranks():
+    a = np.array([[0.0, 10.0], [5.0, 1.0]])
+    b = np.array([[4.0, 3.0], [2.0, 1.0]])
+    combined = stm.cue_map({"a": a, "b": b}, ["a", "b"])
+    assert np.allclose(combined, np.array([[1 + 4, 4 + 3], [3 + 2, 2 + 1]]) / 4 / 2)
+    assert np.array_equal(stm.cue_map({"a": a}, ["a"]), np.array([[1, 4], [3, 2]]) / 4)
+    with pytest.raises(SemnbInputError, match="empty"):
+        stm.cue_map({"a": a}, [])
+
+
+def test_select_cues_keeps_the_lattice_map_when_it_is_as_good():
+    scan, mask = lattice_with_pits(seed=4)
+    analysis = stm.analyze_scan(scan)
+    support = stm.sample_pixel_support(mask, shots=1, seed=0)
+    cues = stm.unsupervised_cues(analysis)
+    assert set(cues) == {"lattice", "height:bright", "height:dark", "blob:bright", "blob:dark"}
+    assert stm.select_cues(cues, support) == ["lattice"]  # dark pits on a tilted lattice: brightness cannot tell
+    # where the lattice map fails on the labelled pixels, the cues that tell them apart are taken
+    noise = np.random.default_rng(0).normal(size=mask.shape)
+    failed = dict(cues, lattice=noise, **{"height:dark": np.where(mask, 100.0, 0.0) + noise})
+    chosen = stm.select_cues(failed, support)
+    assert "lattice" not in chosen and "height:dark" in chosen and "height:bright" not in chosen
+
+
+def test_forest_map_beats_brightness_from_one_labelled_defect():
+    scan, mask = lattice_with_pits(seed=4)
+    analysis = stm.analyze_scan(scan)
+    support = stm.sample_pixel_support(mask, shots=1, seed=0)
+    scores = stm.fewshot_map(analysis, support, seed=0)
+    query = ~support.region
+    assert 0 < scores.min() and scores.max() <= 1
+    assert pixel_auroc(scores[query][None], mask[query][None]) > 0.95
+    assert pixel_auroc(scan[query][None], mask[query][None]) < 0.6
+    assert np.array_equal(scores, stm.fewshot_map(analysis, support, seed=0))  # same seed, same map
+    high, low = stm.pseudo_labels(scores, ~support.region, seed=0)
+    assert len(high) == min(stm.PSEUDO_ROWS, int(np.ceil(stm.PSEUDO_TOP * query.sum())))
+    assert not support.region.ravel()[np.r_[high, low]].any()
+
+
+def test_relative_height_keeps_the_amplitude_that_z_scores_remove():
+    yy, xx = np.mgrid[0:16, 0:16] - 7.5
+    bump = np.exp(-(xx**2 + yy**2) / 2)
+    rows = 0.3 * np.sin(2 * np.pi * xx / 4)  # the lattice around the defect (0 on average at its centre)
+    low, high = rows + 0.4 * bump, rows + 0.75 * bump  # an oxygen vacancy and a hydroxyl
+    crops = np.stack([np.stack([low + 2.0, low]), np.stack([1.3 * high - 1.0, 1.3 * high])])  # other terrace, tip gain
+    relative = stm.relative_height(crops)
+    assert np.allclose(np.median(relative, axis=(-2, -1)), 0)
+    ring = np.ones((16, 16), bool)
+    ring[3:-3, 3:-3] = False
+    assert np.allclose(relative[:, 0][:, ring].std(axis=1), 1.0)  # in units of the lattice contrast around it
+    peak = relative[:, 1, 7:9, 7:9].mean(axis=(-2, -1)) - relative[:, 1][:, ring].mean(axis=1)
+    assert peak[1] / peak[0] == pytest.approx(0.75 / 0.4, rel=0.05)  # the tip gain of 1.3 is gone
+    z_scored = stm.z_scored(crops)
+    assert np.allclose(z_scored.std(axis=(-2, -1)), 1.0)
+    assert np.array_equal(stm.flatten_embedding(crops), z_scored.reshape(2, -1))

@@ -83,3 +83,14 @@ def test_detect_defects_lists_the_planted_pits():
     hits = sum(np.hypot(found["x"] - t.x, found["y"] - t.y).min() < 3 for t in truth.itertuples())
     assert hits >= 0.8 * len(truth)
     assert len(found) <= 1.5 * len(truth)
+
+
+@pytest.mark.parametrize("seed", [5, 3964924996])
+def test_period_survives_two_steps_and_a_tip_change(seed):
+    # two steps (and for seed 5 a tip change): a Gaussian background gave 38 and 62 px for 12 px rows
+    scan = generate_stm_scan("ge001", 256, seed=seed)
+    assert scan.artefacts["n_steps"] == 2
+    z = preprocess_scan(scan.raw)
+    assert abs(stm.dominant_period(z) - scan.row_period) < 0.1 * scan.row_period
+    defect_map = stm.unsupervised_defect_map(z)
+    assert pixel_auroc(defect_map.score[None], scan.mask[None], num_thresholds=None) > 0.95  # 0.65 and 0.58 with the wrong period

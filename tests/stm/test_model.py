@@ -65,7 +65,7 @@ def test_one_scan_model_is_the_fewshot_pixel_map_of_that_scan(support):
     scan = support[0]
     model = fit_stm([scan.raw], [scan.mask], shots=2, seed=1)
     analysis = stm.analyze_scan(scan.raw)
-    log_odds = stm.fewshot_map(analysis, stm.sample_pixel_support(scan.mask, 2, 1), seed=1)
+    log_odds = stm.logistic_map(analysis, stm.sample_pixel_support(scan.mask, 2, 1), seed=1)
     expected = np.clip(np.logaddexp(0.0, log_odds), 0.0, MAP_CAP).astype(np.float32)
     assert np.array_equal(model.predict([scan.raw])[0].defect_map, expected)
     assert "halves of the one scan" in model.settings()["threshold_rule"]
