@@ -253,6 +253,9 @@ def _fewshot_options(func):
                      help="Images encoded at a time (halved and retried when the GPU runs out of memory)."),
         click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
                      help="Processes that read and resize the next images while the backbone encodes (0: none)."),
+        click.option("--coreset", "coreset_fraction", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1,
+                     show_default=True, help="Share of the defect-free support patches PatchCore's greedy coreset "
+                                             "keeps (patchcore and semnb's memory map; PatchCore: 0.1)."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -271,7 +274,7 @@ def _echo_ablations(result) -> None:
 def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str, csv_options: dict,
                       backbone: str | None, shots: int | None, seeds: list[int], device: str, precision: str,
                       image_size: int | None, ablations: bool, max_per_class: int | None, batch_size: int,
-                      workers: int):
+                      workers: int, coreset_fraction: float = 0.1):
     """Load the data and run `task` (segment or classify) as `eval segment` and `eval classify`
     both do: the same defaults, a feature cache, the ablation table when asked."""
     from semnb.data import load_dataset
@@ -282,7 +285,7 @@ def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str,
     result = evaluate(task, images, backbone=backbone or DEFAULT_BACKBONE, shots=shots or DEFAULT_SHOTS, seeds=seeds,
                       device=device, precision=precision, image_size=image_size, ablations=ablations,
                       max_per_class=max_per_class, batch_size=batch_size, workers=workers,
-                      cache=FeatureCache(), progress=True)
+                      coreset_fraction=coreset_fraction, cache=FeatureCache(), progress=True)
     _echo_ablations(result)
     return result
 
@@ -293,13 +296,14 @@ def _run_fewshot_eval(task: str, data_dir: Path, layout: str, normal_class: str,
 @compute_options
 def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                  seeds: list[int], json_path: Path | None, image_size: int | None, device: str, precision: str,
-                 ablations: bool, max_per_class: int | None, batch_size: int, workers: int,
+                 ablations: bool, max_per_class: int | None, batch_size: int, workers: int, coreset_fraction: float,
                  csv_options: dict) -> None:
-    """SEM-CLIP few-shot defect segmentation vs WinCLIP+-style and PatchCore-style baselines (default: 5 shots,
-    efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
+    """Few-shot defect segmentation: semnb (recommended: SEM-CLIP's supervised map + PatchCore's calibrated memory
+    map), SEM-CLIP, PatchCore and a visual nearest neighbour (default: 5 shots, efficientnet-lite0; features
+    cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     result = _run_fewshot_eval("segment", data_dir, layout, normal_class, csv_options, backbone, shots,
                                seeds, device, precision, image_size, ablations, max_per_class,
-                               batch_size, workers)
+                               batch_size, workers, coreset_fraction)
     click.echo(f"{result.shots}-shot, {len(seeds)} seed(s), {result.extra['n_queries']} queries per episode, "
                f"{result.timing['episode_s']:.1f} s per episode (semclip training {result.timing['semclip_fit_s']:.1f} s)")
     finish_eval(result, json_path)
@@ -311,18 +315,20 @@ def eval_segment(data_dir: Path, layout: str, normal_class: str, backbone: str |
 @compute_options
 def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                   seeds: list[int], json_path: Path | None, image_size: int | None, device: str, precision: str,
-                  ablations: bool, max_per_class: int | None, batch_size: int, workers: int,
-                 csv_options: dict) -> None:
-    """SEM-CLIP few-shot defect classification (P = 0.2 P_S + 0.8 P_C) vs linear probe and prototype baselines
-    (default: 5 shots, efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
+                  ablations: bool, max_per_class: int | None, batch_size: int, workers: int, coreset_fraction: float,
+                  csv_options: dict) -> None:
+    """Few-shot defect classification: semnb (recommended, with masks: the defect region's pooled tokens x a PatchCore
+    normal gate), SEM-CLIP (P = 0.2 P_S + 0.8 P_C), linear probe, prototype, defect_pooled (default: 5 shots,
+    efficientnet-lite0; features cached under $SEMNB_CACHE_DIR or ~/.cache/semnb)."""
     import pandas as pd
 
     result = _run_fewshot_eval("classify", data_dir, layout, normal_class, csv_options, backbone, shots,
                                seeds, device, precision, image_size, ablations, max_per_class,
-                               batch_size, workers)
+                               batch_size, workers, coreset_fraction)
     names = result.extra["class_names"]
-    confusion = pd.DataFrame(result.extra["confusion_matrix"]["semclip"], index=names, columns=names)
-    click.echo(f"semclip confusion matrix (rows: true class, columns: predicted; summed over {len(seeds)} seed(s)):")
+    first = next(iter(result.results))  # the recommended method: semnb where masks allow it, else semclip
+    confusion = pd.DataFrame(result.extra["confusion_matrix"][first], index=names, columns=names)
+    click.echo(f"{first} confusion matrix (rows: true class, columns: predicted; summed over {len(seeds)} seed(s)):")
     click.echo(confusion.to_string())
     click.echo("")
     click.echo(f"{result.shots}-shot, {len(seeds)} seed(s), {result.extra['n_queries']} queries per episode, "
@@ -339,28 +345,33 @@ def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str 
 @click.option("--k", type=click.IntRange(min=2), default=None,
               help="Number of k-means clusters  [default: number of labelled classes]")
 @click.option("--methods", default=None,
-              help="Comma-separated subset of ssl,glcm,lbp,wavelet,pca,imagenet,clip,ssl_untrained  [default: all; clip only with weights]")
+              help="Comma-separated subset of ssl,ssl_paper,glcm,lbp,wavelet,pca,imagenet,clip,ssl_untrained,"
+                   "ssl_paper_untrained  [default: all that --ssl-mode keeps; clip only with weights]")
+@click.option("--ssl-mode", type=click.Choice(["both", "semnb", "paper"]), default="both", show_default=True,
+              help="SSL rows of the default method list: semnb (ssl: ImageNet-initialised, fine-tuned with VICReg, "
+                   "pooled on the defect region; ssl_untrained), paper (ssl_paper: the paper's multi-resolution "
+                   "SimSiam; ssl_paper_untrained), or both.")
 @click.option("--border", type=click.IntRange(min=0), default=0, show_default=True,
               help="Pixels cropped off every side before resizing (the info banner is found and cut automatically).")
 @click.option("--crop", type=click.Choice(["defect"]), default=None,
               help="Cluster a window (1/4 of the side) around each image's most anomalous place, found without "
                    "labels (distance to the patches of the train/ defect-free images)  [default: whole images]")
 @click.option("--ssl-augment", is_flag=True, default=False,
-              help="Train ssl on randomly augmented pyramid levels (crop, turn, blur, contrast, noise per level); "
+              help="Train ssl_paper on randomly augmented pyramid levels (crop, turn, blur, contrast, noise per level); "
                    "not the paper's  [default: off, the paper's method]")
 @compute_options
 def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                          seeds: list[int], json_path: Path | None, epochs: int, image_size: int, k: int | None,
-                         methods: str | None, border: int, crop: str | None, ssl_augment: bool,
+                         methods: str | None, ssl_mode: str, border: int, crop: str | None, ssl_augment: bool,
                          device: str, precision: str, csv_options: dict) -> None:
-    """Self-supervised multi-resolution clustering (ssl) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and an untrained encoder."""
+    """Self-supervised clustering (ssl; the paper's ssl_paper) vs GLCM, LBP, wavelet, PCA, ImageNet, CLIP and untrained encoders."""
     from semnb.data import load_dataset
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
     result = evaluate("cluster", images, methods=chosen, seeds=seeds, epochs=epochs, image_size=image_size, k=k,
                       backbone=backbone, border=border, crop=crop, ssl_augment=ssl_augment, device=device,
-                      precision=precision, progress=True)
+                      precision=precision, ssl_mode=ssl_mode, progress=True)
     if shots is not None:
         result.warnings.append("--shots is not used by clustering (no labels are used to train)")
     if crop:
@@ -382,18 +393,21 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
               help="Training epochs of every trained method.")
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=128, show_default=True,
               help="Side in pixels the images are resized to.")
+@click.option("--recipe", type=click.Choice(["general", "paper"]), default="general", show_default=True,
+              help="How ours trains: general (triplet head + reconstruction every step, pooled embedding) or "
+                   "paper (classifier warm-up, then triplet and autoencoder epochs alternated).")
 @compute_options
 def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
                   seeds: list[int], json_path: Path | None, k: int, loco: bool, epochs: int, image_size: int,
-                  device: str, precision: str, csv_options: dict) -> None:
-    """Semi-supervised retrieval (classifier, then triplet/autoencoder) vs autoencoder, siamese, classifier, frozen."""
+                  recipe: str, device: str, precision: str, csv_options: dict) -> None:
+    """Semi-supervised retrieval (triplet + reconstruction) vs autoencoder, siamese, classifier, frozen."""
     from semnb.data import load_dataset
     from semnb.models import DEFAULT_BACKBONE
     from semnb.retrieval.embedding import RetrievalConfig
     from semnb.retrieval.evaluate import loco_text
 
     images = load_dataset(data_dir, layout=layout, normal_class=normal_class, **csv_options)
-    config = RetrievalConfig(epochs=epochs, image_size=image_size)
+    config = RetrievalConfig(epochs=epochs, image_size=image_size, recipe=recipe)
     result = evaluate("retrieve", images, backbone=backbone or DEFAULT_BACKBONE, k=k, seeds=seeds, config=config,
                       loco=loco, shots=shots, device=device, precision=precision, progress=True)
     if loco:
@@ -464,7 +478,7 @@ def _support_command(task: str):
                   show_default=True)
     @click.option("--normal-class", default="good", show_default=True, help="Name of the defect-free class.")
     @click.option("--backbone", default=None, help="efficientnet-lite0 (default), MODEL:PRETRAINED or clip:/path.")
-    @click.option("--method", default=None, help="semclip (default), patchcore, winclip" if task == "segment" else
+    @click.option("--method", default=None, help="semclip (default), patchcore, nn_visual" if task == "segment" else
                   "defect_pooled (default with masks), semclip, linear_probe, prototype")
     @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=None,
                   help="Side the images are resized to  [default: the backbone's own]")
@@ -505,8 +519,9 @@ fit_classify_command = _support_command("classify")
               help="Folder of unlabelled images (labels, if any, are ignored).")
 @click.option("--k", "k", default="auto", show_default=True,
               help="Number of clusters, or auto (the k of highest mean silhouette in 2..10).")
-@click.option("--method", type=click.Choice(["ssl", "imagenet"]), default="ssl", show_default=True,
-              help="ssl: self-supervised multi-resolution training on the images; imagenet: frozen ImageNet features.")
+@click.option("--method", type=click.Choice(["ssl", "ssl_paper", "imagenet"]), default="ssl", show_default=True,
+              help="ssl: ImageNet encoder fine-tuned on the images (VICReg), pooled on the defect region (--image-size "
+                   "a multiple of 32); ssl_paper: the paper's multi-resolution SimSiam; imagenet: frozen ImageNet features.")
 @click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=32, max=2048), default=128, show_default=True)
 @fit_options
@@ -532,18 +547,21 @@ def fit_cluster_command(images_dir: Path, k: str, method: str, epochs: int, imag
 @click.option("--backbone", default=None, help="efficientnet-lite0 (default) or semnb-tiny-cnn (tests).")
 @click.option("--method", type=click.Choice(["ours", "autoencoder", "frozen"]), default=None,
               help="ours (default with two labelled classes or more), autoencoder (default without), frozen.")
+@click.option("--recipe", type=click.Choice(["general", "paper"]), default="general", show_default=True,
+              help="How ours trains: general (both losses every step) or paper (warm-up, alternated epochs).")
 @fit_options
 def fit_retrieve_command(images_dir: Path, labels_csv: Path | None, backbone: str | None, method: str | None,
-                         out_dir: Path, overwrite: bool, seed: int, device: str, precision: str) -> None:
+                         recipe: str, out_dir: Path, overwrite: bool, seed: int, device: str, precision: str) -> None:
     """Fit the retrieval embedding on the images and index them, for `semnb search`."""
     from semnb.data import load_dataset
     from semnb.fitting import fit
     from semnb.models import DEFAULT_BACKBONE
+    from semnb.retrieval.embedding import RetrievalConfig
 
     _refuse_existing(out_dir, overwrite)
     images = (load_dataset(labels_csv, layout="csv", image_folder=images_dir.absolute()) if labels_csv
               else load_dataset(images_dir))
-    options = {"method": method} if method else {}
+    options = {"config": RetrievalConfig(recipe=recipe), **({"method": method} if method else {})}
     model = fit("retrieve", images, backbone=backbone or DEFAULT_BACKBONE, seed=seed, device=device,
                 precision=precision, progress=True, **options)
     _save_fitted(model, out_dir, overwrite)
