@@ -56,7 +56,7 @@ def run_demo(out_dir: str | Path, n_per_class: int = 12, size: int = 256, seed: 
              batch_per_class: int = BATCH_PER_CLASS, device: str = "auto", progress: bool = False) -> Path:
     """Generate the default data, run every SEM method against its baselines, write `report.html`.
 
-    The defaults are the README's demo (under 3 minutes on 2 quiet cores); the tests pass smaller sizes.
+    The defaults are the README's demo (its measured time is in the README); the tests pass smaller sizes.
     Every method computes on `device` (`auto`: the first CUDA GPU, else the CPU).
     """
     out_dir = Path(out_dir)
