@@ -31,6 +31,17 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_leftover_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporary files `atomic_path` left in `folder` when a process was killed (SIGKILL) mid-write.
+
+    Why: only a kill that no `finally` survives leaves one; a resumed run rewrites that file from scratch, so the
+    leftover is garbage that would otherwise stay in the results folder. Call it only where no other process is
+    writing into `folder`.
+    """
+    for leftover in Path(folder).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def check_writable(target: str | os.PathLike, what: str, folder: bool = False) -> None:
     """Refuse an output path that cannot be written before any work, not after a long computation.
 

@@ -40,7 +40,13 @@ from semnb.data.image_io import read_image
 from semnb.data.listing import list_images
 from semnb.errors import SemnbInputError
 from semnb.fitted import FittedModel, ImagePrediction
-from semnb.io_utils import atomic_path, write_bytes_atomic, write_json_atomic, write_text_atomic
+from semnb.io_utils import (
+    atomic_path,
+    remove_leftover_temporaries,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 RUN_FILE = "run.json"
 TABLE_FILE = "predictions.parquet"
@@ -278,8 +284,9 @@ def _prepare_folder(out: Path, run: dict, overwrite: bool) -> None:
                                   "pass --overwrite to replace them, or choose another --out")
         if not same:
             shutil.rmtree(out)
-    for sub in (PARTS, MAPS, MASKS):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / PARTS, out / MAPS, out / MASKS):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_leftover_temporaries(folder)  # a killed run's half-written files: their batches are redone
     if not record.is_file():
         write_json_atomic(record, run)
 

@@ -6,7 +6,12 @@ import pytest
 
 from semnb.errors import SemnbInputError
 from semnb.html_page import HtmlPage
-from semnb.io_utils import atomic_path, check_writable, write_json_atomic
+from semnb.io_utils import (
+    atomic_path,
+    check_writable,
+    remove_leftover_temporaries,
+    write_json_atomic,
+)
 from semnb.results import EvalResult, format_table
 
 
@@ -19,6 +24,16 @@ def test_failed_write_leaves_earlier_file_untouched(tmp_path):
             raise RuntimeError("crash while writing")
     assert target.read_text() == "earlier"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_nothing_else(tmp_path):
+    result = tmp_path / "part-000003.parquet"
+    result.write_bytes(b"kept")
+    (tmp_path / ".part-000003.parquet.tg2c1nuy.tmp").write_bytes(b"half")  # atomic_path's name, left by a SIGKILL
+    (tmp_path / ".hidden_but_mine.json").write_text("{}")
+    remove_leftover_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden_but_mine.json", "part-000003.parquet"]
+    assert result.read_bytes() == b"kept"
 
 
 def test_json_is_strict_with_undefined_metrics_as_null(tmp_path):
