@@ -115,8 +115,9 @@ def silver_part(seeds: list[int], episodes: int) -> None:
             support, query, _ = stm.sample_class_support(labels, shots, seed)
             classes = list(np.unique(labels[support]))
             run = {}
-            for method, embed, x in (("fewshot", nets[seed].embed, crops), ("prototype", stm.flatten_embedding, crops),
-                                     ("brightness", stm.brightness_embedding, bright)):
+            for method, embed, x in (("fewshot", stm.AmplitudeEmbedding(nets[seed].embed, crops), crops),
+                                     ("prototype", stm.flatten_embedding, crops),
+                                     ("brightness", stm.brightness_embedding, bright), ("protonet", nets[seed].embed, crops)):
                 predicted = stm.PrototypeClassifier(embed).fit(x[support], labels[support]).predict(x[query])
                 run[f"{method}_accuracy"] = metrics.accuracy(labels[query], predicted)
                 run[f"{method}_macro_f1"] = metrics.macro_f1(labels[query], predicted)
@@ -124,7 +125,7 @@ def silver_part(seeds: list[int], episodes: int) -> None:
         summary = metrics.mean_std_over_seeds(runs)
         rows = {m: {k: summary[f"{m}_{k}"] for k in ("accuracy", "macro_f1")} |
                 {f"{k}_std": summary[f"{m}_{k}_std"] for k in ("accuracy", "macro_f1")}
-                for m in ("fewshot", "prototype", "brightness")}
+                for m in ("fewshot", "prototype", "brightness", "protonet")}
         print(f"\n  silver-label classification, {shots} labelled defect(s) per class "
               f"({', '.join(classes)}; {len(query)} queries), seeds={seeds}")
         print("  " + format_table(rows, ["accuracy", "macro_f1"]).replace("\n", "\n  "))

@@ -5,7 +5,8 @@
   and `analyze_scan`, which runs preprocessing and the unsupervised map once per scan;
 - `fewshot`: the few-shot pixel map (ilastik-style filter bank, a random forest on the k labelled
   defects plus cue pseudo-labels, combined with the unsupervised cues) and the few-shot defect
-  classifier (ProtoNet, prototypes, on crops that keep the height relative to the terrace);
+  classifier (ProtoNet prototypes beside explicit amplitude features, on crops that keep the height
+  relative to the terrace);
 - `evaluate`: `evaluate_stm`, the protocol of `semnb eval stm`, and `leave_one_surface_out`;
 - `viz`: the figures of notebook 08.
 
@@ -15,13 +16,16 @@ Taught in: 08_stm.
 """
 from semnb.stm.evaluate import crops_by_surface, evaluate_stm, leave_one_surface_out
 from semnb.stm.fewshot import (
+    AMPLITUDE_WEIGHT,
     FEATURE_SCALES,
     PSEUDO_BOTTOM,
     PSEUDO_ROWS,
     PSEUDO_TOP,
+    AmplitudeEmbedding,
     PixelSupport,
     ProtoNet,
     PrototypeClassifier,
+    amplitude_features,
     brightness_embedding,
     cue_map,
     defect_crops,
@@ -32,6 +36,9 @@ from semnb.stm.fewshot import (
     fit_forest,
     flatten_embedding,
     forest_pixel_map,
+    forest_probability,
+    forest_row_groups,
+    group_weights,
     logistic_map,
     pixel_features,
     pseudo_labels,
@@ -46,9 +53,11 @@ from semnb.stm.fewshot import (
     z_scored,
 )
 from semnb.stm.lattice import (
+    MIN_TERRACE_CELLS,
     DefectMap,
     Lattice,
     ScanAnalysis,
+    TerraceLattice,
     analyze_scan,
     defect_list,
     detect_defects,
@@ -57,6 +66,7 @@ from semnb.stm.lattice import (
     lattice_residual,
     level_terraces,
     step_edges,
+    terrace_residual,
     unsupervised_defect_map,
 )
 from semnb.stm.model import StmModel, fit_stm
@@ -68,8 +78,9 @@ from semnb.stm.preprocess import (
     robust_normalize,
 )
 
-__all__ = ["StmModel", "fit_stm", "FEATURE_SCALES", "PSEUDO_BOTTOM", "PSEUDO_ROWS", "PSEUDO_TOP", "cue_map",
-    "filter_bank", "fit_forest", "forest_pixel_map", "logistic_map", "pseudo_labels", "relative_height", "select_cues",
+__all__ = ["StmModel", "fit_stm", "AMPLITUDE_WEIGHT", "AmplitudeEmbedding", "amplitude_features", "FEATURE_SCALES", "PSEUDO_BOTTOM", "PSEUDO_ROWS", "PSEUDO_TOP", "cue_map",
+    "filter_bank", "fit_forest", "forest_pixel_map", "forest_probability", "forest_row_groups", "group_weights",
+    "MIN_TERRACE_CELLS", "TerraceLattice", "terrace_residual", "logistic_map", "pseudo_labels", "relative_height", "select_cues",
     "unsupervised_cues", "z_scored",
     "DefectMap", "Lattice", "PixelSupport", "ProtoNet", "PrototypeClassifier", "ScanAnalysis", "analyze_scan",
     "brightness_embedding", "check_scan", "crops_by_surface", "defect_crops", "defect_list", "detect_defects",

@@ -17,9 +17,10 @@ per-defect classes) and:
 3. Where per-defect classes exist, per seed and surface (`leave_one_surface_out`): `shots`
    labelled defects per class are the support and all other defects of that surface the
    query. `fewshot` classifies with prototypes of a `ProtoNet` trained episodically on the
-   other surfaces (on generated synthetic surfaces when there is one surface only),
-   `prototype` with prototypes of the raw crops, `brightness` with prototypes of crops of
-   the raw scan. Crops are cut at the listed defect centres. The ProtoNet trains and embeds
+   other surfaces (on generated synthetic surfaces when there is one surface only), beside
+   explicit amplitude features (`AmplitudeEmbedding`); `protonet` with the ProtoNet's
+   prototypes alone, `prototype` with prototypes of the raw crops, `brightness` with
+   prototypes of crops of the raw scan. Crops are cut at the listed defect centres. The ProtoNet trains and embeds
    on `device` in `precision`; crops and prototypes stay on the CPU.
 
 Figures are means over seeds with their spread (`<metric>_std`, sample std), in the results
@@ -44,6 +45,7 @@ from semnb.errors import SemnbInputError
 from semnb.hardware import Compute
 from semnb.results import EvalResult
 from semnb.stm.fewshot import (
+    AmplitudeEmbedding,
     PrototypeClassifier,
     brightness_embedding,
     defect_crops,
@@ -59,7 +61,7 @@ from semnb.stm.lattice import ScanAnalysis, analyze_scan
 
 METRICS = ("pixel_auroc", "pixel_f1_max", "accuracy", "macro_f1")  # pixel maps, then defect classes
 PIXEL_METHODS = ("fewshot", "unsupervised", "brightness", "fewshot_logistic")  # the earlier map last
-CLASS_METHODS = ("fewshot", "prototype", "brightness")
+CLASS_METHODS = ("fewshot", "prototype", "brightness", "protonet")  # ProtoNet alone (Snell et al.) last
 
 
 def pixel_maps_for_seed(scan: LabelledScan, analysis: ScanAnalysis, shots: int, seed: int) -> dict:
@@ -211,8 +213,11 @@ def leave_one_surface_out(crops: Mapping[str, SurfaceCrops], shots: int = 1, see
     For each target surface a `ProtoNet` is trained on the crops of all the other surfaces
     (labels "surface:class", so that classes of different surfaces stay apart), or on
     generated synthetic surfaces when `crops` holds one surface only; then `fewshot`
-    (ProtoNet prototypes), `prototype` (prototypes of the raw crops) and `brightness`
-    (prototypes of raw-brightness crops) classify the target's query defects. A target with
+    (prototypes of the ProtoNet embedding beside explicit amplitude features,
+    `AmplitudeEmbedding`, scaled on all the target's crops, no labels), `protonet` (prototypes
+    of the ProtoNet embedding alone, Snell et al. 2017), `prototype` (prototypes of the raw
+    crops) and `brightness` (prototypes of raw-brightness crops) classify the target's query
+    defects. A target with
     fewer than two classes that have a query left is skipped; classes left out are reported
     in `warnings` (when a list is given). Same seed, same runs. The ProtoNets train on
     `device` in `precision` (a resolved `Compute` passes as `device`).
@@ -231,8 +236,9 @@ def leave_one_surface_out(crops: Mapping[str, SurfaceCrops], shots: int = 1, see
         train_x, train_y, source = _training_crops(crops, [k for k in crops if k != target], seed)
         net = train_protonet(train_x, train_y, episodes=episodes, seed=seed, progress=progress, device=compute)
         classifiers, predicted = {}, {}
-        for method, embed, x in (("fewshot", net.embed, detail), ("prototype", flatten_embedding, detail),
-                                 ("brightness", brightness_embedding, bright)):
+        for method, embed, x in (("fewshot", AmplitudeEmbedding(net.embed, detail), detail),
+                                 ("prototype", flatten_embedding, detail), ("brightness", brightness_embedding, bright),
+                                 ("protonet", net.embed, detail)):
             classifiers[method] = PrototypeClassifier(embed).fit(x[support], labels[support])
             predicted[method] = classifiers[method].predict(x[query])
         runs[target] = SurfaceRun(support=support, query=query, truth=labels[query], predicted=predicted,

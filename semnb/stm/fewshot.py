@@ -248,17 +248,30 @@ def pseudo_labels(cue: np.ndarray, unlabelled: np.ndarray, seed: int) -> tuple[n
             rng.choice(low, min(PSEUDO_ROWS, len(low)), replace=False))
 
 
-def forest_pixel_map(features: np.ndarray, support: PixelSupport, cue: np.ndarray, seed: int = 0) -> np.ndarray:
-    """The few-shot map: a random forest (`fit_forest`) on `features`, trained on the labelled
-    defect and lattice pixels and on `pseudo_labels` of the unlabelled rest from `cue`, each
-    of the four groups with the same total weight; the map is the mean of the pixel ranks of
-    the forest's defect probability and of the cue, in (0, 1].
+def forest_row_groups(support: PixelSupport, cue: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training rows of the few-shot forest as (flat pixel indices, group): group 1 the
+    labelled defect pixels, 3 the cue's pseudo-defects, 0 the labelled lattice pixels, 2 the
+    cue's pseudo-lattice (`pseudo_labels` outside the support region); label = group % 2.
 
-    Why pseudo-labels: one labelled defect is a few hundred pixels of one blob; a forest
-    fitted on them alone learns that blob (AUROC .66 on the real scan, raw brightness .93).
-    Pseudo-labels from the cue show it the rest of the scan, and the labelled pixels then
-    correct the cue where it is wrong near them. Why the cue's ranks too: where the forest
-    only memorised, the map stays as good as the cue.
+    Taught in: 08_stm.
+    """
+    high, low = pseudo_labels(cue, ~support.region, seed)
+    groups = [(np.flatnonzero(support.defect), 1), (high, 3), (np.flatnonzero(support.lattice), 0), (low, 2)]
+    return (np.concatenate([rows for rows, _ in groups]).astype(np.int64),
+            np.concatenate([np.full(len(rows), g, np.uint8) for rows, g in groups]))
+
+
+def group_weights(groups: np.ndarray) -> np.ndarray:
+    """Row weights that give every group (`forest_row_groups`) the same total weight, len(groups)
+    in all: a few hundred labelled pixels then count as much as thousands of pseudo-labels."""
+    groups = np.asarray(groups)
+    present, index, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return len(groups) / (len(present) * counts[index].astype(np.float64))
+
+
+def forest_probability(features: np.ndarray, support: PixelSupport, cue: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The forest's defect probability (HxW): `fit_forest` on `features` at the rows of
+    `forest_row_groups`, weighted by `group_weights`.
 
     Taught in: 08_stm.
     """
@@ -268,15 +281,27 @@ def forest_pixel_map(features: np.ndarray, support: PixelSupport, cue: np.ndarra
     if not support.defect.any() or not support.lattice.any():
         raise SemnbInputError("support", "needs both defect and lattice pixels", "label at least one defect")
     flat = features.reshape(-1, features.shape[-1])
-    high, low = pseudo_labels(cue, ~support.region, seed)
-    groups = [(np.flatnonzero(support.defect), 1), (high, 1), (np.flatnonzero(support.lattice), 0), (low, 0)]
-    groups = [(rows, label_) for rows, label_ in groups if len(rows)]
-    x = np.concatenate([flat[rows] for rows, _ in groups])
-    y = np.concatenate([np.full(len(rows), label_) for rows, label_ in groups])
-    weights = np.concatenate([np.full(len(rows), 1.0 / len(rows)) for rows, _ in groups])
-    forest = fit_forest(x, y, weights * len(x), seed)
-    probability = forest.predict_proba(flat)[:, 1]
-    return cue_map({"forest": probability.reshape(cue.shape), "cue": cue}, ["forest", "cue"])
+    rows, groups = forest_row_groups(support, cue, seed)
+    forest = fit_forest(flat[rows], groups % 2, group_weights(groups), seed)
+    return forest.predict_proba(flat)[:, 1].reshape(cue.shape)
+
+
+def forest_pixel_map(features: np.ndarray, support: PixelSupport, cue: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The few-shot map: the forest's defect probability (`forest_probability`: a random forest
+    trained on the labelled defect and lattice pixels and on `pseudo_labels` of the unlabelled
+    rest from `cue`, each of the four groups with the same total weight) and the cue, averaged
+    in pixel rank (`cue_map`), in (0, 1].
+
+    Why pseudo-labels: one labelled defect is a few hundred pixels of one blob; a forest
+    fitted on them alone learns that blob (AUROC .66 on the real scan, raw brightness .93).
+    Pseudo-labels from the cue show it the rest of the scan, and the labelled pixels then
+    correct the cue where it is wrong near them. Why the cue's ranks too: where the forest
+    only memorised, the map stays as good as the cue.
+
+    Taught in: 08_stm.
+    """
+    probability = forest_probability(features, support, cue, seed)
+    return cue_map({"forest": probability, "cue": cue}, ["forest", "cue"])
 
 
 def fit_pixel_classifier(x: np.ndarray, y: np.ndarray, seed: int = 0, c: float = 0.1):
@@ -468,6 +493,62 @@ def sample_class_support(labels, shots: int, seed: int) -> tuple[np.ndarray, np.
         return np.zeros(0, int), np.zeros(0, int), left_out
     support = np.concatenate(support)
     return support, np.setdiff1d(np.concatenate(usable), support), left_out
+
+
+AMPLITUDE_WEIGHT = 0.5
+"""`AmplitudeEmbedding`: weight of the standardised amplitude features beside the embedding
+scaled to unit typical distance (0.5, 1, 2 measured on synthetic leave-one-surface-out)."""
+
+
+def amplitude_features(crops: np.ndarray) -> np.ndarray:
+    """Explicit amplitude features of defect crops (N x 5), on `relative_height` (heights relative
+    to the terrace, in units of the lattice corrugation around the defect): the residual's
+    signed peak in the central third (the largest |value|, with its sign), the residual's mean
+    there, the fraction of the crop where |residual| exceeds half that peak (the defect's area),
+    and the detail channel's mean over the central 4 x 4 pixels and over the central half.
+
+    Why explicit: a prototype of one labelled crop per class has no way to learn that a
+    hydroxyl and an oxygen vacancy differ in height, a vacancy and an adatom in sign; these
+    numbers say it directly, and they do not change under rotation or reflection.
+
+    Taught in: 08_stm.
+    """
+    r = relative_height(crops)
+    n = r.shape[-1]
+    third, half, mid = slice(n // 3, n - n // 3), slice(n // 4, n - n // 4), slice(n // 2 - 2, n // 2 + 2)
+    centre = r[:, 1, third, third].reshape(len(r), -1)
+    peak = centre[np.arange(len(r)), np.abs(centre).argmax(axis=1)] if len(r) else np.zeros(0)
+    area = (np.abs(r[:, 1]) > 0.5 * np.abs(peak)[:, None, None]).mean(axis=(1, 2))
+    return np.stack([peak, centre.mean(axis=1), area, r[:, 0, mid, mid].mean(axis=(1, 2)),
+                     r[:, 0, half, half].mean(axis=(1, 2))], axis=1)
+
+
+class AmplitudeEmbedding:
+    """An embedding (e.g. `ProtoNet.embed`) beside explicit `amplitude_features`, for prototypes:
+    [embed(x) / s, w * (a(x) - m) / d], with s the typical distance between the embeddings of
+    `reference` crops (the root of the median squared distance to their mean), m and d the
+    median and spread of their amplitude features, w = `weight`.
+
+    `reference`: the crops of the new surface's defects (all of them, labelled or not: only
+    their spread is used, no labels), so both parts are in units of that surface's variety.
+
+    Taught in: 08_stm.
+    """
+
+    def __init__(self, embed, reference: np.ndarray, weight: float = AMPLITUDE_WEIGHT):
+        if len(reference) < 2:
+            raise SemnbInputError("reference", f"holds {len(reference)} crops", "pass the crops of the surface's defects")
+        self.embed, self.weight = embed, float(weight)
+        embedded = embed(np.asarray(reference))
+        self.scale = float(np.sqrt(np.median(((embedded - embedded.mean(0)) ** 2).sum(-1)))) or 1.0
+        features = amplitude_features(reference)
+        self.centre = np.median(features, axis=0)
+        spread = features.std(axis=0)
+        self.spread = np.where(spread > 0, spread, 1.0)
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        amplitude = (amplitude_features(crops) - self.centre) / self.spread
+        return np.concatenate([self.embed(crops) / self.scale, self.weight * amplitude], axis=1)
 
 
 class PrototypeClassifier:

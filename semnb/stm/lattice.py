@@ -14,8 +14,9 @@ prediction:
    robust z units. Its sign says bright or dark; `polarity="auto"` keeps one sign when the
    scan's deviations are clearly one-sided and |residual| otherwise. Step edges
    (`step_edges`) are found first; each terrace is brought to one level
-   (`level_terraces`) so that templates fit across steps, and the step pixels themselves
-   are neutralised in the map.
+   (`level_terraces`), gets its own lattice when it is large enough (`terrace_residual`;
+   smaller ones fall back to the scan's lattice, named in `DefectMap.terrace_lattices`),
+   and the step pixels themselves are neutralised in the map.
 4. `detect_defects` / `defect_list`: threshold, connected components
    (skimage.measure.label) and their centres and areas (skimage.measure.regionprops), as
    a table.
@@ -220,25 +221,98 @@ def _refine_peak(acf: np.ndarray, y: int, x: int) -> tuple[float, float]:
     return y + oy, x + ox
 
 
-def lattice_residual(scan: np.ndarray, lattice: Lattice) -> np.ndarray:
+def lattice_residual(scan: np.ndarray, lattice: Lattice, region: np.ndarray | None = None) -> np.ndarray:
     """The scan minus its lattice template: the median of the scan shifted by each translation.
 
     Why the median: in a neighbour cell that holds another defect the shifted copy is wrong,
-    and the median ignores such minorities. Copies shifted past the border are left out.
+    and the median ignores such minorities. Copies shifted past the border are left out, and
+    so are copies that land outside `region` (bool HxW, e.g. one terrace: a copy from the
+    next terrace shows another domain or another height). Pixels with no copy left keep
+    their own height (residual 0).
 
     Taught in: 08_stm.
     """
     z = check_scan(scan, min_side=MIN_SIDE)
     h, w = z.shape
+    if region is not None and np.shape(region) != z.shape:
+        raise SemnbInputError("region", f"shape {np.shape(region)} differs from the scan's {z.shape}",
+                              "pass one bool per pixel of the scan")
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     copies = np.empty((len(lattice.translations), h, w))
     for i, (tx, ty) in enumerate(lattice.translations):
-        copies[i] = ndimage.map_coordinates(z, [ys + ty, xs + tx], order=1, mode="constant", cval=np.nan)
+        coords = [ys + ty, xs + tx]
+        copies[i] = ndimage.map_coordinates(z, coords, order=1, mode="constant", cval=np.nan)
+        if region is not None:
+            inside = ndimage.map_coordinates(np.asarray(region, np.float64), coords, order=1, mode="constant", cval=0.0)
+            copies[i][inside < 0.999] = np.nan
     with warnings.catch_warnings():  # pixels whose every copy falls outside: kept as they are below
         warnings.simplefilter("ignore", RuntimeWarning)
         template = np.nanmedian(copies, axis=0) if np.isnan(copies).any() else np.median(copies, axis=0)
     template = np.where(np.isnan(template), z, template)
     return z - template
+
+
+MIN_TERRACE_CELLS = 64.0
+"""A terrace gets its own lattice (`terrace_residual`) when it holds at least this many unit
+cells (period^2, 8 x 8 cells) and its bounding box is at least 4 periods on each side."""
+
+
+@dataclass(frozen=True)
+class TerraceLattice:
+    """The lattice one terrace used: `label` (its value in `DefectMap.terraces`), `cells` (its
+    area in unit cells), `lattice` and `source`: "terrace" (estimated on the terrace alone) or
+    "scan (...)" (the scan's lattice, with the reason the terrace's own was not used)."""
+
+    label: int
+    cells: float
+    lattice: Lattice
+    source: str
+
+
+def terrace_residual(scan: np.ndarray, terraces: np.ndarray, lattice: Lattice,
+                     min_cells: float = MIN_TERRACE_CELLS) -> tuple[np.ndarray, list[TerraceLattice]]:
+    """The lattice residual with one lattice per terrace: (residual HxW, one `TerraceLattice` each).
+
+    `terraces` labels the terraces (1..n, 0 = step pixels; `step_edges` + skimage `label`),
+    `lattice` is the scan's. Each terrace of at least `min_cells` unit cells gets its own
+    lattice (`estimate_lattice` on its bounding box, the other terraces there set to 0, the
+    level `level_terraces` gives every terrace) and its residual from copies on the terrace only
+    (`lattice_residual` with `region`); a smaller terrace, or one where no lattice stands out,
+    falls back to the scan's lattice (copies still from the terrace only, when its box is at
+    least MIN_SIDE pixels) and says so in its `source`. Step pixels take the scan's lattice.
+    With one terrace this is `lattice_residual` with the scan's lattice.
+
+    Why: across a step Si(001) and Ge(001) rotate their dimer rows by 90 degrees, so the
+    scan's lattice (the translations common to both domains, or those of the bigger one)
+    predicts one terrace badly; and a template copy from the next terrace is never right.
+
+    Taught in: 08_stm.
+    """
+    z = check_scan(scan, min_side=MIN_SIDE)
+    n = int(terraces.max())
+    if n <= 1:
+        cells = float((terraces == 1).sum()) / lattice.period**2
+        return lattice_residual(z, lattice), ([TerraceLattice(1, cells, lattice, "scan (the only terrace)")] if n else [])
+    residual = lattice_residual(z, lattice)
+    used = []
+    for k, box in enumerate(ndimage.find_objects(terraces), start=1):
+        if box is None:
+            continue
+        here = terraces[box] == k
+        cells = float(here.sum()) / lattice.period**2
+        sides = min(here.shape) / lattice.period
+        own, source = lattice, "terrace"
+        if cells < min_cells or sides < 4 or min(here.shape) < MIN_SIDE:
+            source = f"scan (terrace of {cells:.0f} cells, {sides:.1f} periods across: too small for its own lattice)"
+        else:
+            try:
+                own = estimate_lattice(np.where(here, z[box], 0.0))
+            except SemnbInputError:
+                source = "scan (no lattice stands out on the terrace alone)"
+        if min(here.shape) >= MIN_SIDE:
+            residual[box][here] = lattice_residual(z[box], own, region=here)[here]
+        used.append(TerraceLattice(k, cells, own, source))
+    return residual, used
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,14 +323,18 @@ def lattice_residual(scan: np.ndarray, lattice: Lattice) -> np.ndarray:
 @dataclass
 class DefectMap:
     """The unsupervised result: `score` (HxW, robust z units, high = defect), the signed
-    `residual`, the `lattice` it used, the `polarity` it chose ("bright", "dark", "both")
-    and `steps`, the step-edge pixels whose score was neutralised."""
+    `residual`, the scan's `lattice` (its period is the scale of the crops and features),
+    the `polarity` it chose ("bright", "dark", "both"), `steps`, the step-edge pixels whose
+    score was neutralised, `terraces` (labels 1..n between the steps, 0 on them) and
+    `terrace_lattices`, the lattice each terrace used (`terrace_residual`)."""
 
     score: np.ndarray
     residual: np.ndarray
     lattice: Lattice
     polarity: str
     steps: np.ndarray
+    terraces: np.ndarray | None = None
+    terrace_lattices: tuple[TerraceLattice, ...] = ()
 
 
 def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: Lattice | None = None,
@@ -270,7 +348,9 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
     deviations as the other side and 50 times as many beyond 6 (the scan's defects are then
     all of that contrast, e.g. adsorbates on TiO2), else "both" (e.g. Si with adatoms and
     vacancies). A heuristic: pass the polarity when you know it.
-    Pixels on step edges (`step_edges`) get the map's median score.
+    Pixels on step edges (`step_edges`) get the map's median score. Without a `lattice` each
+    terrace between the steps gets its own (`terrace_residual`, the scan's lattice where a
+    terrace is too small); a `lattice` given is used on every terrace.
 
     Taught in: 08_stm.
     """
@@ -279,8 +359,12 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
     z = check_scan(scan, min_side=MIN_SIDE)
     steps = step_edges(z, dominant_period(z) if lattice is None else lattice.period)
     z = level_terraces(z, steps)
-    lattice = estimate_lattice(z) if lattice is None else lattice
-    residual = lattice_residual(z, lattice)
+    terraces = label(~steps, connectivity=1)
+    if lattice is None:
+        lattice = estimate_lattice(z)
+        residual, used = terrace_residual(z, terraces, lattice)
+    else:
+        residual, used = lattice_residual(z, lattice), []
     smoothed = ndimage.gaussian_filter(residual, max(smooth * lattice.period, 0.5))
     centred = smoothed - np.median(smoothed)
     spread = MAD_TO_STD * np.median(np.abs(centred))
@@ -289,7 +373,8 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
         polarity = _one_sided(zres) or _one_sided(-zres, "dark") or "both"
     score = zres if polarity == "bright" else -zres if polarity == "dark" else np.abs(zres)
     score = np.where(steps, np.median(score), score)
-    return DefectMap(score=score, residual=residual, lattice=lattice, polarity=polarity, steps=steps)
+    return DefectMap(score=score, residual=residual, lattice=lattice, polarity=polarity, steps=steps,
+                     terraces=terraces, terrace_lattices=tuple(used))
 
 
 def _one_sided(zres: np.ndarray, name: str = "bright") -> str | None:

@@ -1,17 +1,24 @@
 """The fitted STM defect-map model: fit on a few labelled scans, save, predict on unlabelled ones.
 
-`fit_stm` learns the logistic few-shot pixel map of `semnb.stm.fewshot` (`logistic_map`, which
-`semnb eval stm` reports as `fewshot_logistic`; the forest map `fewshot` is trained per scan on
-pseudo-labels of that scan, which a saved model does not hold) from scans with their defect
-masks: each scan is analysed (`analyze_scan`: levelling, lattice, residual), its labelled
-defects and the lattice ring around them are drawn (`sample_pixel_support`), and their
-`pixel_features` (oriented by the contrast of the labelled defects, `support_polarity`) are
-the training rows of one logistic regression shared by every scan. `StmModel.predict` then
-gives each new scan a defect map at the scan's own size: -ln P(lattice) per pixel (below).
+`fit_stm` learns the forest of the few-shot pixel map of `semnb.stm.fewshot` (`semnb eval stm`'s
+`fewshot`) from scans with their defect masks: each scan is analysed (`analyze_scan`: levelling,
+lattice per terrace, residual), its labelled defects and the lattice ring around them are drawn
+(`sample_pixel_support`), its label-free cue is chosen by those labels (`unsupervised_cues`,
+`select_cues`, `cue_map`) and, when only a few defects per scan are labelled (`shots`), gives
+pseudo-labels (`forest_row_groups`); their `pixel_features`
+(oriented by the contrast of the labelled defects, `support_polarity`) are the training rows of
+one class-balanced random forest (`fit_forest`, every row group with the same total weight,
+`group_weights`) shared by every scan. `StmModel.predict` gives each new scan the forest's
+defect probability at the scan's own size. Unlike `semnb eval stm`'s map it does not refit per
+new scan on that scan's pseudo-labels, nor average with that scan's cue: the saved model is one
+forest, so a scan's map does not depend on anything but the scan.
 
-The state is the training rows themselves (support pixel features and labels, a few thousand
-rows per scan), not the scikit-learn object: `restore` refits the same seeded classifier on
-them, so nothing is pickled and the restored model predicts bit for bit what the fitted one did.
+The state is the training rows themselves (feature rows of the support and pseudo-label pixels
+and their group, at most 4 x MAX_ROWS rows per scan), not the scikit-learn
+object: `restore` refits the same seeded forest (one thread, fixed seed: deterministic) on them.
+Why not pickle or skops: a pickle executes code from the file on load, and skops needs a list of
+trusted types kept in step with scikit-learn's internals; float32/uint8 arrays in safetensors
+and a JSON settings file hold nothing but numbers. The cost is the refit at load (seconds).
 
 Everything runs in numpy/scipy/scikit-learn on the CPU (as `evaluate_stm`'s pixel maps do):
 `device` and `precision` are checked, and the model records that it computes in fp32 there.
@@ -33,83 +40,86 @@ from semnb.errors import SemnbInputError
 from semnb.fitted import FittedModel, ImagePrediction
 from semnb.hardware import Compute
 from semnb.stm.fewshot import (
-    fit_pixel_classifier,
+    cue_map,
+    fit_forest,
+    forest_row_groups,
+    group_weights,
     pixel_features,
     sample_pixel_support,
+    select_cues,
     support_polarity,
+    unsupervised_cues,
 )
 from semnb.stm.lattice import ScanAnalysis, analyze_scan
 
-METHOD = "fewshot_pixel"
-C = 0.1
-"""L2 strength of the logistic regression, as in `fewshot_pixel_map`."""
+METHOD = "fewshot_forest"
 RING = 12.0
 """Pixels within this distance of a labelled defect (and not in the mask) are labelled lattice."""
 MIN_AREA = 4
 """Mask components smaller than this (specks) are not drawn as labelled defects."""
-MAX_ROWS = 4000
-"""At most this many defect and this many lattice pixels per scan are kept as training rows."""
+MAX_ROWS = 1000
+"""By default at most this many rows of each group (`forest_row_groups`) per scan are kept: the model stays
+small (at most 4 x MAX_ROWS x 82 float32 per scan, 1.3 MB) and its forest refits in seconds."""
 TOP_FRACTION = 0.01
 """The image score is the mean of the top 1% of the map's pixels."""
 FOLDS = 5
 """The threshold's cross-fit holds out one scan in turn, in at most this many folds."""
-MAP_CAP = 40.0
-"""The map is clipped to [0, MAP_CAP] nats (P(lattice) = 4e-18 there): its `map_range`."""
+MAP_RANGE = (0.0, 1.0)
+"""The map is the forest's defect probability."""
 
-SETTINGS_KEYS = ("method", "image_size", "precision", "threshold", "threshold_rule", "map_range", "polarity", "seed", "C",
+SETTINGS_KEYS = ("method", "image_size", "precision", "threshold", "threshold_rule", "map_range", "polarity", "seed",
                  "top_fraction", "n_features")
 """What `restore` and `predict` read; the other settings record how the support was drawn."""
-TENSOR_NAMES = ("support_features", "support_labels")
+TENSOR_NAMES = ("support_features", "support_groups")
+"""The forest's training rows (float32 N x F) and their `forest_row_groups` group (uint8 N: 1
+labelled defect, 0 labelled lattice, 3 pseudo-defect, 2 pseudo-lattice; label = group % 2)."""
 
 
 class StmModel(FittedModel):
-    """The few-shot STM pixel map, fitted: a seeded logistic regression on stored support rows.
+    """The few-shot STM pixel map, fitted: a seeded random forest on stored training rows.
 
     predict(scans): scans as `semnb.data.read_image` reads X.npy (heights stretched to [0, 1], the
     way `load_scans` reads the support; any size), one
-    `ImagePrediction` each: `defect_map` (float32, in `map_range` = (0, MAP_CAP); mask =
-    map >= `threshold`) and `score`, the mean of the map's top 1% (`components.image_scores`).
-
-    The map is -ln P(lattice) = ln(1 + e^logit), in nats: the classifier's defect log-odds
-    where they are positive, bent smoothly towards 0 where they are negative. Why not the
-    probability: in float32 it is exactly 1.0 beyond log-odds of about 17, which many defect
-    pixels reach, and the ties would blur the threshold, the score and the 16-bit PNG; and why
-    not the log-odds themselves: the PNG needs a map >= 0 that still ranks the lattice pixels.
+    `ImagePrediction` each: `defect_map` (float32, the forest's defect probability, in
+    `map_range` = (0, 1); mask = map >= `threshold`) and `score`, the mean of the map's top 1%
+    (`components.image_scores`).
 
     Taught in: 00_quickstart and 08_stm.
     """
 
     task = "stm"
 
-    def __init__(self, settings: Mapping, support_features: np.ndarray, support_labels: np.ndarray):
+    def __init__(self, settings: Mapping, support_features: np.ndarray, support_groups: np.ndarray):
         self._settings = dict(settings)
         self._x = np.ascontiguousarray(support_features, np.float32)
-        self._y = np.ascontiguousarray(support_labels, np.uint8)
-        self._classifier = fit_pixel_classifier(self._x, self._y, self._settings["seed"], self._settings["C"])
+        self._groups = np.ascontiguousarray(support_groups, np.uint8)
+        self._classifier = fit_forest(self._x, self._groups % 2, group_weights(self._groups), self._settings["seed"])
 
     def settings(self) -> dict:
         return dict(self._settings)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"support_features": torch.from_numpy(self._x.copy()),
-                "support_labels": torch.from_numpy(self._y.copy())}
+                "support_groups": torch.from_numpy(self._groups.copy())}
 
     @classmethod
     def restore(cls, settings: Mapping, tensors: Mapping[str, torch.Tensor], device: str = "auto",
                 precision: str | None = None) -> StmModel:
-        """The model back from its settings and tensors: the classifier refit, seeded, on the stored rows."""
+        """The model back from its settings and tensors: the forest refit, seeded, on the stored rows."""
         Compute.resolve(device, precision or "auto")
         missing = [k for k in SETTINGS_KEYS if k not in settings] + [k for k in TENSOR_NAMES if k not in tensors]
         if missing or settings.get("method") != METHOD:
             problem = f"lacks {', '.join(missing)}" if missing else f"holds method {settings.get('method')!r}"
             raise SemnbInputError("stm model", f"this model folder is incomplete or from another version ({problem})",
                                   "fit the model again with this semnb version (`semnb fit stm`)")
-        x, y = tensors["support_features"].numpy(), tensors["support_labels"].numpy()
-        if x.ndim != 2 or x.shape[1] != settings["n_features"] or y.shape != (len(x),) or set(np.unique(y)) != {0, 1}:
+        x, groups = tensors["support_features"].numpy(), tensors["support_groups"].numpy()
+        if (x.ndim != 2 or x.shape[1] != settings["n_features"] or groups.shape != (len(x),)
+                or not set(np.unique(groups)) <= {0, 1, 2, 3} or len(set(np.unique(groups % 2))) != 2):
             raise SemnbInputError("stm model", f"its support tensors do not fit its settings (features {tuple(x.shape)}, "
-                                  f"labels {tuple(y.shape)}, {settings['n_features']} features expected, both classes)",
+                                  f"groups {tuple(groups.shape)}, {settings['n_features']} features expected, "
+                                  "groups 0-3 with both classes)",
                                   "fit the model again with this semnb version (`semnb fit stm`)")
-        return cls(settings, x, y)
+        return cls(settings, x, groups)
 
     def predict(self, pixels: Sequence[np.ndarray]) -> list[ImagePrediction]:
         out = []
@@ -126,26 +136,29 @@ class StmModel(FittedModel):
 
 
 def fit_stm(scans: Sequence[np.ndarray], masks: Sequence[np.ndarray], shots: int | None = None, seed: int = 0,
-            device: str = "auto", precision: str = "auto", progress: bool = False) -> StmModel:
+            device: str = "auto", precision: str = "auto", progress: bool = False, max_rows: int = MAX_ROWS) -> StmModel:
     """Fit the few-shot STM defect map on labelled scans (raw heights, each with its full defect mask).
 
     shots: labelled defects drawn per scan (`sample_pixel_support`, seeded); None takes every
-    defect of at least MIN_AREA pixels. Each scan's labelled defects and the RING around them
-    give at most MAX_ROWS defect and MAX_ROWS lattice rows (a seeded draw when there are more).
-    The features are oriented by the labelled contrast when every scan shows the same one
-    (`support_polarity`), else "both" (|residual|): one linear model serves all scans.
+    defect of at least MIN_AREA pixels. Each scan's labelled defects and the RING around them,
+    and with `shots` given its chosen cue's pseudo-defects and pseudo-lattice
+    (`forest_row_groups`), give at most `max_rows` rows of each group (a seeded draw when
+    there are more; fewer rows, a smaller model and a faster fit). Why pseudo-labels only with
+    `shots`: they stand in for the labels of a scan's other defects; with every defect labelled
+    they only add the cue's mistakes (3 fully labelled synthetic Ge(001) scans: held-out pixel
+    AUROC .95-.99 with them, .95-1.0 without, and defect-free scans then score as high as
+    defective ones: top-1% mean .86-.99 vs .51-.80 without). The features are oriented by the labelled contrast when every scan
+    shows the same one (`support_polarity`), else "both" (|residual|): one forest serves all scans.
 
     The threshold comes from a cross-fit over the support scans (`_crossfit_threshold`): in
-    FOLDS folds (leave one scan out up to FOLDS scans), a classifier fit on the other scans
+    FOLDS folds (leave one scan out up to FOLDS scans), a forest fit on the other scans' rows
     scores every pixel of each held-out scan, and that scan's pixel-F1-max threshold is
     taken against its mask; the threshold is the median over the scans. Why held out: F1 at
     a threshold needs scores the model did not train on, on whole scans (masks complete),
     whose defect/lattice ratio is that of new scans, not that of the support rows (defects
-    plus their rings). Why each scan's own threshold and their median: the fold classifiers
-    differ in calibration, so one F1-max over their pooled maps mixes scales (in trials it fell
-    to 0 or to the cap), while the median ignores a scan to which the transfer failed. With
-    one scan the units are its left and right halves; without a labelled defect on both
-    sides, P = 0.5 (the class-balanced classifier's boundary, ln 2 on the map) is kept.
+    plus their rings). Why each scan's own threshold and their median: the median ignores a
+    scan to which the transfer failed. With one scan the units are its left and right halves;
+    without a labelled defect on both sides, P = 0.5 (the balanced forest's boundary) is kept.
     `threshold_rule` says which, `crossfit_pixel_f1` is the pooled held-out F1 at the threshold.
 
     Taught in: 00_quickstart and 08_stm.
@@ -159,25 +172,32 @@ def fit_stm(scans: Sequence[np.ndarray], masks: Sequence[np.ndarray], shots: int
     polarity = polarities.pop() if len(polarities) == 1 else "both"
     features = [_features(a, polarity) for a in analyses]
     rng = np.random.default_rng([seed, 15])
-    rows = [(_thin(s.defect, rng), _thin(s.lattice, rng)) for s in supports]
+    rows, chosen = [], []
+    for analysis, support in zip(analyses, supports):
+        cues = unsupervised_cues(analysis)
+        chosen.append(select_cues(cues, support))
+        pixels, groups = forest_row_groups(support, cue_map(cues, chosen[-1]), seed)
+        if shots is None:  # every defect labelled: no pseudo-labels (groups 2, 3)
+            pixels, groups = pixels[groups < 2], groups[groups < 2]
+        rows.append(_thin(pixels, groups, rng, max_rows))
     threshold, rule, f1 = _crossfit_threshold(features, masks, rows, seed)
-    x, y = _training_rows(features, rows)
+    x, groups = _training_rows(features, rows)
     settings = {
         "method": METHOD, "image_size": None, "precision": "fp32", "threshold": threshold, "threshold_rule": rule,
-        "crossfit_pixel_f1": f1, "map_range": [0.0, MAP_CAP],
-        "score": f"mean of the top {TOP_FRACTION:.0%} of the defect map, -ln P(lattice) in nats",
-        "polarity": polarity, "shots": shots, "seed": int(seed), "C": C, "ring": RING, "min_area": MIN_AREA,
-        "max_rows": MAX_ROWS, "folds": FOLDS, "top_fraction": TOP_FRACTION, "n_features": int(x.shape[1]),
-        "n_scans": len(scans), "n_defect_rows": int(y.sum()), "n_lattice_rows": int(len(y) - y.sum()),
+        "crossfit_pixel_f1": f1, "map_range": list(MAP_RANGE),
+        "score": f"mean of the top {TOP_FRACTION:.0%} of the defect map, the forest's defect probability",
+        "polarity": polarity, "cues": chosen, "pseudo_labels": shots is not None, "shots": shots, "seed": int(seed), "ring": RING, "min_area": MIN_AREA,
+        "max_rows": int(max_rows), "folds": FOLDS, "top_fraction": TOP_FRACTION,
+        "n_features": int(x.shape[1]), "n_scans": len(scans), "n_defect_rows": int((groups == 1).sum()),
+        "n_lattice_rows": int((groups == 0).sum()), "n_pseudo_rows": int((groups >= 2).sum()),
     }
-    return StmModel(settings, x, y)
+    return StmModel(settings, x, groups)
 
 
 def _defect_map(classifier, features: np.ndarray) -> np.ndarray:
-    """ln(1 + e^logit) = -ln P(lattice), clipped to [0, MAP_CAP], float32 HxW."""
+    """The forest's defect probability, float32 HxW."""
     h, w, f = features.shape
-    logit = classifier.decision_function(features.reshape(-1, f)).reshape(h, w)
-    return np.clip(np.logaddexp(0.0, logit), 0.0, MAP_CAP).astype(np.float32)
+    return classifier.predict_proba(features.reshape(-1, f))[:, 1].reshape(h, w).astype(np.float32)
 
 
 def _features(analysis: ScanAnalysis, polarity: str) -> np.ndarray:
@@ -227,24 +247,30 @@ def _support(mask: np.ndarray, shots: int | None, seed: int, where: str):
         raise SemnbInputError(f"{where} ({error.what})", error.problem, error.fix) from None
 
 
-def _thin(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """At most MAX_ROWS of the True pixels, a seeded draw, as a mask (raster order is kept)."""
-    where = np.flatnonzero(pixels)
-    kept = np.zeros(pixels.size, bool)
-    kept[where if len(where) <= MAX_ROWS else rng.choice(where, size=MAX_ROWS, replace=False)] = True
-    return kept.reshape(pixels.shape)
+def _thin(pixels: np.ndarray, groups: np.ndarray, rng: np.random.Generator,
+          max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_rows` rows of each group, a seeded draw (the order of the rows is kept)."""
+    keep = np.zeros(len(pixels), bool)
+    for group in np.unique(groups):
+        where = np.flatnonzero(groups == group)
+        keep[where if len(where) <= max_rows else rng.choice(where, size=max_rows, replace=False)] = True
+    return pixels[keep], groups[keep]
 
 
 def _training_rows(features, rows, pieces=None):
-    """Feature rows and labels (1 defect, 0 lattice) of the support pixels, restricted to `pieces`:
+    """Feature rows and groups (`forest_row_groups`) of the training pixels, restricted to `pieces`:
     (scan index, column slice) pairs; all of every scan by default."""
     pieces = pieces or [(i, slice(None)) for i in range(len(features))]
-    x, y = [], []
+    x, groups = [], []
     for i, cols in pieces:
-        defect, lattice = rows[i][0][:, cols], rows[i][1][:, cols]
-        x += [features[i][:, cols][defect], features[i][:, cols][lattice]]
-        y += [np.ones(int(defect.sum()), np.uint8), np.zeros(int(lattice.sum()), np.uint8)]
-    return np.concatenate(x), np.concatenate(y)
+        pixels, group = rows[i]
+        width = features[i].shape[1]
+        column = pixels % width
+        lo, hi, _ = cols.indices(width)
+        keep = (column >= lo) & (column < hi)
+        x.append(features[i].reshape(-1, features[i].shape[-1])[pixels[keep]])
+        groups.append(group[keep])
+    return np.concatenate(x), np.concatenate(groups)
 
 
 def _crossfit_threshold(features, masks, rows, seed: int) -> tuple[float, str, float | None]:
@@ -259,20 +285,20 @@ def _crossfit_threshold(features, masks, rows, seed: int) -> tuple[float, str, f
     held_out = [[units[j] for j in order[f::k]] for f in range(k)]
     thresholds, maps, truth = [], [], []
     for f, held in enumerate(held_out):
-        x, y = _training_rows(features, rows, [u for g, fold in enumerate(held_out) if g != f for u in fold])
-        if len(np.unique(y)) < 2:
-            continue
-        classifier = fit_pixel_classifier(x, y, seed, C)
+        x, groups = _training_rows(features, rows, [u for g, fold in enumerate(held_out) if g != f for u in fold])
+        if not ((groups == 1).any() and (groups % 2 == 0).any()):
+            continue  # no labelled defect left to learn from
+        classifier = fit_forest(x, groups % 2, group_weights(groups), seed)
         for i, cols in held:
             if masks[i][:, cols].any():
                 maps.append(_defect_map(classifier, features[i][:, cols]).ravel())
                 truth.append(masks[i][:, cols].ravel())
                 thresholds.append(metrics.f1_max_threshold(maps[-1], truth[-1]))
     if not thresholds:
-        return float(np.log(2.0)), (f"ln 2 (P = 0.5, the class-balanced classifier's boundary): the cross-fit "
-                                    f"over the {unit} needs labelled defects on both sides"), None
+        return 0.5, (f"0.5 (the balanced forest's boundary): the cross-fit over the {unit} needs labelled "
+                     "defects on both sides"), None
     threshold = float(np.median(thresholds))
     predicted, truth = np.concatenate(maps) >= threshold, np.concatenate(truth)
     f1 = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
     return threshold, (f"median of the pixel-F1-max thresholds of the {unit}, each held out and scored by a "
-                       f"classifier fit on the others ({k}-fold cross-fit; mask = map >= threshold)"), float(f1)
+                       f"forest fit on the others ({k}-fold cross-fit; mask = map >= threshold)"), float(f1)

@@ -72,7 +72,7 @@ def test_leave_one_surface_out_adapts_to_each_surface_from_its_own_labels():
     labels = crops["s1"].labels
     assert sorted(labels[run.support]) == ["a", "b", "c"]
     assert np.array_equal(run.truth, labels[run.query]) and not set(run.support) & set(run.query)
-    assert list(run.predicted) == ["fewshot", "prototype", "brightness"]
+    assert list(run.predicted) == ["fewshot", "prototype", "brightness", "protonet"]
     assert all(len(p) == len(run.query) for p in run.predicted.values())
     assert np.array_equal(run.classifiers["prototype"].predict(crops["s1"].detail[run.query]),
                           run.predicted["prototype"])

@@ -207,3 +207,39 @@ def test_relative_height_keeps_the_amplitude_that_z_scores_remove():
     z_scored = stm.z_scored(crops)
     assert np.allclose(z_scored.std(axis=(-2, -1)), 1.0)
     assert np.array_equal(stm.flatten_embedding(crops), z_scored.reshape(2, -1))
+
+
+def _bump_crops(amplitudes, n=24, seed=0):
+    """Crops whose detail channel is the same lattice of unit corrugation and whose residual is a
+    centred Gaussian bump of the given amplitude (each plus a little noise): after z-scoring
+    they differ only by noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n, 0:n] - (n - 1) / 2
+    bump = np.exp(-(xx**2 + yy**2) / (2 * 2.0**2))
+    crops = np.empty((len(amplitudes), 2, n, n))
+    for i, a in enumerate(amplitudes):
+        crops[i, 0] = np.cos(2 * np.pi * xx / 8) + 0.01 * rng.standard_normal((n, n))
+        crops[i, 1] = a * bump + 0.01 * rng.standard_normal((n, n))
+    return crops
+
+
+def test_amplitude_features_read_height_sign_and_area():
+    a = stm.amplitude_features(_bump_crops([0.4, 0.8, -0.8]))
+    assert a.shape == (3, 5)
+    assert a[1, 0] == pytest.approx(2 * a[0, 0], rel=0.05) and a[2, 0] == pytest.approx(-a[1, 0], rel=0.05)
+    assert a[0, 2] == pytest.approx(a[1, 2], abs=0.01)  # the same area at another height
+    views = stm.dihedral(_bump_crops([0.8]))[:, 0]
+    assert np.allclose(stm.amplitude_features(views), stm.amplitude_features(views[:1]), atol=1e-9)
+
+
+def test_amplitude_embedding_separates_classes_that_differ_only_in_height():
+    amplitudes = np.r_[np.full(10, 0.4), np.full(10, 0.75)] * np.random.default_rng(1).uniform(0.9, 1.1, 20)
+    crops, labels = _bump_crops(amplitudes, seed=2), np.repeat(["vacancy", "hydroxyl"], 10)
+    support, query = np.array([0, 10]), np.setdiff1d(np.arange(20), [0, 10])
+    shape_only = stm.PrototypeClassifier(stm.flatten_embedding).fit(crops[support], labels[support])
+    with_amplitude = stm.PrototypeClassifier(stm.AmplitudeEmbedding(stm.flatten_embedding, crops))
+    with_amplitude.fit(crops[support], labels[support])
+    assert accuracy(labels[query], with_amplitude.predict(crops[query])) == 1.0
+    assert accuracy(labels[query], shape_only.predict(crops[query])) < 0.8
+    with pytest.raises(SemnbInputError, match="reference"):
+        stm.AmplitudeEmbedding(stm.flatten_embedding, crops[:1])

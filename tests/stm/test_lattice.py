@@ -94,3 +94,40 @@ def test_period_survives_two_steps_and_a_tip_change(seed):
     assert abs(stm.dominant_period(z) - scan.row_period) < 0.1 * scan.row_period
     defect_map = stm.unsupervised_defect_map(z)
     assert pixel_auroc(defect_map.score[None], scan.mask[None], num_thresholds=None) > 0.95  # 0.65 and 0.58 with the wrong period
+
+
+def test_residual_takes_copies_from_the_region_only():
+    z = np.random.default_rng(0).normal(size=(12, 12))
+    lattice = stm.Lattice(translations=np.array([[1.0, 0.0], [-1.0, 0.0]]), correlation=np.ones(2), period=2.0)
+    region = np.ones_like(z, bool)
+    region[:, 6] = False  # pixel (r, 5) loses its copy from column 6: its template is column 4 alone
+    residual = stm.lattice_residual(z, lattice, region=region)
+    assert np.allclose(residual[:, 5], z[:, 5] - z[:, 4])
+    assert np.allclose(residual[:, 3], z[:, 3] - 0.5 * (z[:, 2] + z[:, 4]))  # both copies, their median
+    assert np.allclose(stm.lattice_residual(z, lattice), stm.lattice_residual(z, lattice, region=np.ones_like(region)))
+
+
+def test_a_small_terrace_falls_back_to_the_scans_lattice_and_says_so():
+    scan, _ = lattice_with_pits()
+    z = preprocess_scan(scan)
+    lattice = stm.estimate_lattice(z)
+    one = np.ones(z.shape, int)
+    residual, used = stm.terrace_residual(z, one, lattice)
+    assert np.array_equal(residual, stm.lattice_residual(z, lattice)) and used[0].source.startswith("scan (the only")
+    two = one.copy()
+    two[:12, :12] = 2  # a corner of about 2 unit cells
+    _, used = stm.terrace_residual(z, two, lattice)
+    assert [t.source.split(" ")[0] for t in used] == ["terrace", "scan"] and "too small" in used[1].source
+    assert used[1].lattice is lattice and used[0].cells > stm.MIN_TERRACE_CELLS
+
+
+@pytest.mark.parametrize("surface, seed", [("tio2_110", 0), ("tio2_110", 4), ("ge001", 2)])
+def test_a_lattice_per_terrace_survives_two_steps(surface, seed):
+    # the scan's one lattice fits one terrace: unsupervised AUROC .88, .56, .94 with it
+    scan = generate_stm_scan(surface, 256, seed=seed, n_steps=2)
+    z = preprocess_scan(scan.raw)
+    per_terrace = stm.unsupervised_defect_map(z)
+    assert [t.source for t in per_terrace.terrace_lattices].count("terrace") >= 2
+    one_lattice = stm.unsupervised_defect_map(z, lattice=per_terrace.lattice)
+    auroc = [pixel_auroc(m.score[None], scan.mask[None], num_thresholds=None) for m in (per_terrace, one_lattice)]
+    assert auroc[0] > 0.8 and auroc[0] > auroc[1] + 0.04, auroc

@@ -2,15 +2,17 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from semnb import stm
 from semnb.data.synth_stm import generate_stm_scan
 from semnb.errors import SemnbInputError
-from semnb.stm.model import MAP_CAP, TENSOR_NAMES, StmModel, fit_stm
+from semnb.stm.model import TENSOR_NAMES, StmModel, fit_stm
 
 SURFACE, SIZE = "ge001", 128
+ROWS = 300  # training rows per group and scan: small models fit fast
 
 
 def _scans(seeds, size=SIZE, **options):
@@ -24,7 +26,7 @@ def support():
 
 @pytest.fixture(scope="module")
 def model(support):
-    return fit_stm([s.raw for s in support], [s.mask for s in support])
+    return fit_stm([s.raw for s in support], [s.mask for s in support], max_rows=ROWS)
 
 
 def _f1_and_chance(maps, masks, threshold):
@@ -50,25 +52,34 @@ def test_restored_model_predicts_exactly_the_same(model, support):
         assert np.array_equal(a.defect_map, b.defect_map) and a.score == b.score
 
 
-def test_same_seed_same_fit_and_the_seed_draws_the_support(support):
-    raws, masks = [s.raw for s in support[:2]], [s.mask for s in support[:2]]
-    first, again = fit_stm(raws, masks, shots=2, seed=3), fit_stm(raws, masks, shots=2, seed=3)
+def test_same_seed_same_fit_and_the_seed_draws_the_support():
+    small = _scans([0, 1], size=96)
+    raws, masks = [s.raw for s in small], [s.mask for s in small]
+    first, again = (fit_stm(raws, masks, shots=2, seed=3, max_rows=ROWS) for _ in range(2))
     assert first.settings() == again.settings()
     assert all(torch.equal(first.tensors()[k], again.tensors()[k]) for k in TENSOR_NAMES)
     assert np.array_equal(first.predict(raws[:1])[0].defect_map, again.predict(raws[:1])[0].defect_map)
-    other = fit_stm(raws, masks, shots=2, seed=4).tensors()["support_features"]
+    other = fit_stm(raws, masks, shots=2, seed=4, max_rows=ROWS).tensors()["support_features"]
     assert not (other.shape == first.tensors()["support_features"].shape
                 and torch.equal(other, first.tensors()["support_features"]))
 
 
-def test_one_scan_model_is_the_fewshot_pixel_map_of_that_scan(support):
+def test_one_scan_model_is_the_forest_of_the_fewshot_map_of_that_scan(support):
+    # no rows thinned: the saved forest is then the one `semnb eval stm` fits on that scan
     scan = support[0]
-    model = fit_stm([scan.raw], [scan.mask], shots=2, seed=1)
+    model = fit_stm([scan.raw], [scan.mask], shots=2, seed=1, max_rows=10**9)
     analysis = stm.analyze_scan(scan.raw)
-    log_odds = stm.logistic_map(analysis, stm.sample_pixel_support(scan.mask, 2, 1), seed=1)
-    expected = np.clip(np.logaddexp(0.0, log_odds), 0.0, MAP_CAP).astype(np.float32)
+    pixel_support = stm.sample_pixel_support(scan.mask, 2, 1)
+    residual = analysis.defect_map.residual
+    features = stm.pixel_features(analysis.z, residual, analysis.defect_map.lattice.period,
+                                  stm.support_polarity(residual, pixel_support))
+    cues = stm.unsupervised_cues(analysis)
+    cue = stm.cue_map(cues, stm.select_cues(cues, pixel_support))
+    expected = stm.forest_probability(features, pixel_support, cue, seed=1).astype(np.float32)
     assert np.array_equal(model.predict([scan.raw])[0].defect_map, expected)
     assert "halves of the one scan" in model.settings()["threshold_rule"]
+    groups = model.tensors()["support_groups"].numpy()
+    assert (groups == 1).sum() == pixel_support.defect.sum() and set(np.unique(groups)) == {0, 1, 2, 3}
 
 
 def test_masks_at_the_threshold_agree_with_the_truth_far_better_than_chance(model, support):
@@ -94,8 +105,8 @@ def test_threshold_falls_back_to_the_classifier_boundary_without_defects_in_a_ha
     scan = support[0]
     mask = scan.mask.copy()
     mask[:, SIZE // 2:] = False
-    model = fit_stm([scan.raw], [mask])
-    assert model.threshold == pytest.approx(np.log(2.0)) and "ln 2" in model.settings()["threshold_rule"]
+    model = fit_stm([scan.raw], [mask], max_rows=ROWS)
+    assert model.threshold == 0.5 and "boundary" in model.settings()["threshold_rule"]
     assert model.settings()["crossfit_pixel_f1"] is None
 
 
@@ -123,7 +134,7 @@ def test_restore_refuses_an_incomplete_or_foreign_model(model):
     settings, tensors = model.settings(), model.tensors()
     broken = [
         ({k: v for k, v in settings.items() if k != "polarity"}, tensors, "lacks polarity"),
-        (settings, {"support_features": tensors["support_features"]}, "lacks support_labels"),
+        (settings, {"support_features": tensors["support_features"]}, "lacks support_groups"),
         ({**settings, "method": "patchcore"}, tensors, "holds method 'patchcore'"),
         (settings, {**tensors, "support_features": tensors["support_features"][:, :5]}, "do not fit its settings"),
     ]
@@ -136,3 +147,31 @@ def test_restore_refuses_an_incomplete_or_foreign_model(model):
 def test_predict_names_a_bad_scan_of_the_batch(model, support):
     with pytest.raises(SemnbInputError, match="^scan 1 of the batch"):
         model.predict([support[0].raw, np.full((64, 64), np.nan)])
+
+
+def test_fit_save_predict_round_trip_from_the_command_line(tmp_path):
+    # `semnb fit stm` -> model folder (JSON + safetensors, no pickle) -> `semnb predict`, scores as fitted
+    from click.testing import CliRunner
+
+    from semnb.cli import main
+    from semnb.data.image_io import read_image
+    from semnb.model_folder import load_model
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i, scan in enumerate(_scans([0, 1], size=96)):
+        np.save(scans / f"ge{i}.npy", scan.raw)
+        np.save(scans / f"ge{i}_mask.npy", scan.mask)
+    runner = CliRunner()
+    fitted = runner.invoke(main, ["fit", "stm", "--scans", str(scans), "--out", str(tmp_path / "model")])
+    assert fitted.exit_code == 0, fitted.output
+    assert not list((tmp_path / "model").rglob("*.pkl")) and not list((tmp_path / "model").rglob("*.pickle"))
+    model = load_model(tmp_path / "model")
+    assert model.settings()["method"] == "fewshot_forest" and not model.settings()["pseudo_labels"]
+    new = tmp_path / "new"
+    new.mkdir()
+    np.save(new / "a.npy", _scans([7], size=96)[0].raw)
+    predicted = runner.invoke(main, ["predict", str(tmp_path / "model"), "--images", str(new), "--out", str(tmp_path / "out")])
+    assert predicted.exit_code == 0, predicted.output
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert table["score"].iloc[0] == pytest.approx(model.predict([read_image(new / "a.npy")])[0].score, abs=1e-6)
