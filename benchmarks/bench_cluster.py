@@ -6,6 +6,7 @@ Run:  .venv/bin/python benchmarks/bench_cluster.py                        # 128 
       .venv/bin/python benchmarks/bench_cluster.py --speed-only --size 512
       .venv/bin/python benchmarks/bench_cluster.py --quality-only --methods ssl_paper,ssl_paper_untrained --ssl-augment
       .venv/bin/python benchmarks/bench_cluster.py --ssl-speed-only --size 512 --speed-images 32   # the issue-18 speed goal
+      .venv/bin/python benchmarks/bench_cluster.py --ssl-speed-only --size 512 --full-size-too   # and the ratio to before
 
 Part 1 (quality): the same preprocessed images go through every method and the same k-means
 (k = 7 classes); it prints silhouette and NMI per method, the NMI of a random assignment, and
@@ -19,7 +20,8 @@ memory), and it also prints how often the window holds the true defect (the hit 
 Part 3 (`--ssl-speed-only`): semnb's `ssl` on `--speed-images` random images: the frozen trunk
 (once per image), 2 training epochs and the embedding, timed, then extrapolated to the issue's
 goal, 15 epochs x 500 images, beside one epoch of `ssl_paper` on the same images in the same run
-(a ratio of two things measured together stays meaningful on a shared machine).
+(a ratio of two things measured together stays meaningful on a shared machine). `--full-size-too`
+first times the same with the frozen trunk at the image size (semnb before round 2), for the ratio.
 
 Part 2 (speed): training images/s of the SSL model (one image = its whole 3-level pyramid,
 forward and backward) for memory layout (channels_last or not), precision (fp32, bf16
@@ -39,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from semnb import metrics
+from semnb.clustering import ssl_imagenet
 from semnb.clustering.defect_crop import crop_images, crop_window, locate_defects
 from semnb.clustering.evaluate import evaluate_methods
 from semnb.clustering.ssl import SSLConfig, prepare_images, train_ssl
@@ -134,8 +137,21 @@ def speed(args) -> None:
 
 def ssl_speed(args, goal_images: int = 500, goal_epochs: int = 15, epochs: int = 2) -> None:
     images = np.random.default_rng(0).random((args.speed_images, args.size, args.size)).astype(np.float32)
+    if args.full_size_too:  # the same measurement with the trunk at the image's own size (semnb before round 2)
+        default = ssl_imagenet.WORKING_SIZE
+        ssl_imagenet.WORKING_SIZE = args.size
+        print(f"\n## trunk at the image size ({args.size} px), not {default} px")
+        ssl_speed_once(images, args, goal_images, goal_epochs, epochs)
+        ssl_imagenet.WORKING_SIZE = default
+    print(f"\n## trunk at min(image size, {ssl_imagenet.WORKING_SIZE}) px (the default)")
+    ssl_speed_once(images, args, goal_images, goal_epochs, epochs, paper=True)
+
+
+def ssl_speed_once(images: np.ndarray, args, goal_images: int, goal_epochs: int, epochs: int,
+                   paper: bool = False) -> float:
+    """Time semnb's ssl (and with `paper` one epoch of ssl_paper) on `images`; print the extrapolation."""
     n = len(images)
-    print(f"\n# ssl speed: {n} images of {args.size} px, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(f"# ssl speed: {n} images of {args.size} px, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     start = time.perf_counter()
     trunk = trunk_features(images, device="cpu", precision="fp32")
     trunk_s = time.perf_counter() - start
@@ -144,17 +160,18 @@ def ssl_speed(args, goal_images: int = 500, goal_epochs: int = 15, epochs: int =
     start = time.perf_counter()
     embed_finetuned(run.tail, trunk, device="cpu", precision="fp32")
     embed_s = time.perf_counter() - start
-    paper = train_ssl(images, SSLConfig(epochs=1, threads=args.threads, device="cpu", precision="fp32"))
-    paper_epoch_s = sum(paper.history.seconds)
     scale = goal_images / n
     total = scale * (trunk_s + goal_epochs * epoch_s + embed_s)
-    paper_total = scale * goal_epochs * paper_epoch_s
     print(f"ssl: trunk {n / trunk_s:.2f} images/s, training {n / epoch_s:.1f} images/s per epoch, embedding "
           f"{n / embed_s:.1f} images/s")
     print(f"extrapolated to {goal_epochs} epochs x {goal_images} images: ssl {total / 60:.1f} min "
-          f"(trunk {scale * trunk_s / 60:.1f}, training {scale * goal_epochs * epoch_s / 60:.1f}); ssl_paper "
-          f"{paper_total / 60:.1f} min; ratio paper / ssl {paper_total / total:.1f}")
+          f"(trunk {scale * trunk_s / 60:.1f}, training {scale * goal_epochs * epoch_s / 60:.1f})")
+    if paper:
+        run = train_ssl(images, SSLConfig(epochs=1, threads=args.threads, device="cpu", precision="fp32"))
+        paper_total = scale * goal_epochs * sum(run.history.seconds)
+        print(f"ssl_paper {paper_total / 60:.1f} min; ratio paper / ssl {paper_total / total:.1f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
+    return total
 
 
 def main() -> None:
@@ -174,6 +191,8 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--quality-only", action="store_true")
     parser.add_argument("--ssl-speed-only", action="store_true", help="only part 3, the speed of semnb's ssl")
+    parser.add_argument("--full-size-too", action="store_true",
+                        help="part 3 also with the trunk at the image size (before round 2), for the ratio")
     args = parser.parse_args()
     if args.ssl_speed_only:
         ssl_speed(args)

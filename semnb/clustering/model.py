@@ -35,6 +35,7 @@ from semnb.clustering.evaluate import IMAGENET_SIZE
 from semnb.clustering.kmeans import kmeans_clusters
 from semnb.clustering.ssl import SSLConfig, create_model, embed, prepare_images, train_ssl
 from semnb.clustering.ssl_imagenet import (
+    WORKING_SIZE,
     FinetuneConfig,
     Tail,
     embed_finetuned,
@@ -143,7 +144,8 @@ def fit_cluster(pixels: Sequence[np.ndarray], k: int | str = "auto", method: str
     """Fit a clustering model on unlabelled gray images (float [0, 1], any size): embed, standardise, k-means.
 
     `method="ssl"` fine-tunes semnb's ImageNet-initialised encoder on these images for `epochs`
-    (`semnb.clustering.ssl_imagenet`; `image_size` a multiple of 32); `method="ssl_paper"` trains
+    (`semnb.clustering.ssl_imagenet`; `image_size` a multiple of 32; its frozen trunk reads at
+    min(image_size, WORKING_SIZE), recorded as `trunk_size`); `method="ssl_paper"` trains
     the paper's multi-resolution SimSiam (`semnb.clustering.ssl`); `method="imagenet"` uses frozen efficientnet-lite0 features
     (no training; the quick start). `k` is the number of clusters, or "auto": the k of `k_range`
     (inclusive) with the highest mean silhouette (see the module docstring). Same seed, same
@@ -164,7 +166,9 @@ def fit_cluster(pixels: Sequence[np.ndarray], k: int | str = "auto", method: str
     prepared = prepare_images(pixels, size=image_size, progress=progress)
     trunk = None
     if method == "ssl":
-        trunk = trunk_features(prepared, device=str(compute.device), precision=compute.precision, progress=progress)
+        settings["trunk_size"] = min(int(image_size), WORKING_SIZE)
+        trunk = trunk_features(prepared, device=str(compute.device), precision=compute.precision, progress=progress,
+                               working_size=settings["trunk_size"])
         tuned = FinetuneConfig(epochs=epochs, seed=seed, device=str(compute.device), precision=compute.precision)
         run = train_finetune(trunk, tuned, progress=progress)
         network = run.tail
@@ -225,7 +229,8 @@ def _embed(network, settings: Mapping, prepared: np.ndarray, compute: Compute, t
     """Raw embeddings [N, D] (float64) of preprocessed images: the fine-tuned tail's defect-region pooling, the
     paper encoder's L0 output, or the frozen backbone's. `trunk`: the images' `trunk_features` when already computed."""
     if settings["method"] == "ssl":
-        trunk = trunk or trunk_features(prepared, device=str(compute.device), precision=compute.precision)
+        trunk = trunk or trunk_features(prepared, device=str(compute.device), precision=compute.precision,
+                                        working_size=settings.get("trunk_size", settings["image_size"]))
         features = embed_finetuned(network, trunk, device=str(compute.device), precision=compute.precision)
     elif settings["method"] == "ssl_paper":
         features = embed(network, prepared, channels_last=settings["channels_last"], device=compute.device,

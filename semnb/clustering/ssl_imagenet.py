@@ -23,12 +23,15 @@ How:
    i.e. on the defect region rather than the whole field of view (`embed_finetuned`).
 `ssl_untrained` is the same pipeline with zero epochs: the ImageNet weights, pooled the same way.
 
-Chosen by measurement (notebook 06, section 11): VICReg over SimCLR (NT-Xent) and over training
+Chosen by measurement (notebook 06, sections 11-12): VICReg over SimCLR (NT-Xent) and over training
 more of the network (blocks 11-15: 4x slower, no better); anomaly-softmax pooling over mean pooling
-and over top-k pooling. What it gives (magnetic tiles, 660 images, 256 px, seeds 0,1,2): NMI
-.222 +- .056 against the frozen ImageNet baseline's .166 +- .018 and the best texture feature's .064,
-but its untrained control scores .229 +- .022: the gain comes from the ImageNet weights and the
-defect-region pooling, not (yet) from the self-supervised fine-tuning.
+and over top-k pooling. SwAV and DINO (lightly's, with prototypes), anomaly-weighted pooling while
+training, a 10x learning rate and PCA or whitening before k-means were tried as well (section 12):
+none moved NMI beyond the untrained control by more than the k-means noise. What it gives
+(magnetic tiles, 660 images, 256 px, seeds 0,1,2): NMI .227 +- .058 against the frozen ImageNet
+baseline's .166 +- .018 and the best texture feature's .064, but its untrained control scores
+.223 +- .020: the gain comes from the ImageNet weights and the defect-region pooling, not (yet) from
+the self-supervised fine-tuning.
 
 Taught in: 06_ssl_clustering.
 """
@@ -52,6 +55,7 @@ from semnb.models.efficientnet import create_efficientnet_lite0
 
 TRUNK_BLOCKS = 15  # blocks 0..14 are frozen; block 15 and the head convolution are trained
 TRUNK_CHANNELS = 192
+WORKING_SIZE = 256  # the frozen trunk reads larger images resized to this side (see trunk_features)
 HEAD_CHANNELS = 1280
 EXCLUDE_RADIUS = 2  # grid steps the self-referential anomaly score skips (defect_crop's default)
 VIEW_SCALE = 0.75  # a view is resized to this fraction of the map side
@@ -161,18 +165,23 @@ def pooling_weights(anomaly: torch.Tensor, grid: tuple[int, int], out: tuple[int
 
 @torch.inference_mode()
 def trunk_features(pixels: np.ndarray, batch_size: int = 16, device: str = "auto", precision: str = "auto",
-                   progress: bool = False) -> TrunkFeatures:
+                   progress: bool = False, working_size: int | None = None) -> TrunkFeatures:
     """The frozen part, computed once per image: block-14 maps and defect-region weights (see the module docstring).
 
     `pixels`: preprocessed gray images [N, S, S] (`semnb.clustering.ssl.prepare_images`), S a multiple of 32.
+    Why a fixed working side: everything after the trunk works on its maps, so images larger than
+    `working_size` (None: `WORKING_SIZE`) are read at that side (the backbone resizes them) and the cost
+    stops growing with `--image-size` (at 512 px: trunk and training several times faster, measured by
+    `benchmarks/bench_cluster.py --ssl-speed-only --full-size-too`; notebook 06, section 12).
     Taught in: 06_ssl_clustering.
     """
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.ndim != 3 or pixels.shape[1] != pixels.shape[2] or pixels.shape[1] % 32:
         raise SemnbInputError("--image-size", f"images of shape {pixels.shape[1:]} for the ssl mode",
                               "use square images whose side is a multiple of 32 (e.g. --image-size 256)")
+    side = min(pixels.shape[1], working_size or WORKING_SIZE)
     with torch.device("cpu"):  # built on the CPU, then moved to `device` by load_backbone
-        backbone = load_backbone(DEFAULT_BACKBONE, image_size=pixels.shape[1], device=device, precision=precision)
+        backbone = load_backbone(DEFAULT_BACKBONE, image_size=side, device=device, precision=precision)
     captured: list[torch.Tensor] = []
     hook = backbone.model._blocks[TRUNK_BLOCKS - 1].register_forward_hook(lambda m, i, o: captured.append(o.float()))
     maps, weights, peaks = [], [], []

@@ -177,3 +177,18 @@ def test_fit_restore_and_predict_place_every_tensor_on_the_device_asked_for(imag
         predictions = restored.predict(images[:6])
     assert all(p.device.type == "cpu" for p in restored.network.parameters())
     assert _same(predictions, model.predict(images[:6]))
+
+
+def test_an_ssl_model_keeps_the_trunk_size_it_was_fit_at(images, monkeypatch):
+    """Fit above the working size: restore reads at the recorded trunk_size; a folder without one (saved before
+    round 2) reads at its image_size, as it was fitted then."""
+    from semnb.clustering import model as cluster_model
+
+    monkeypatch.setattr(cluster_model, "WORKING_SIZE", 32)
+    images = images[:12]
+    fitted = fit_cluster(images, k=2, **{**FIT, "epochs": 1})
+    settings, tensors = fitted.settings(), fitted.tensors()
+    assert settings["trunk_size"] == 32 and settings["image_size"] == 64
+    assert np.array_equal(ClusterModel.restore(settings, tensors, device="cpu").embed(images), fitted.embed(images))
+    older = {key: value for key, value in settings.items() if key != "trunk_size"}
+    assert not np.allclose(ClusterModel.restore(older, tensors, device="cpu").embed(images), fitted.embed(images))

@@ -100,3 +100,19 @@ def test_views_are_seeded_crops_and_training_is_reproducible():
                                   embed_finetuned(second.tail, trunk, device="cpu"))
     untrained = embed_finetuned(Tail(), trunk, device="cpu")
     assert untrained.shape == (8, 1280) and not np.allclose(untrained, embed_finetuned(first.tail, trunk, device="cpu"))
+
+
+def test_trunk_reads_large_images_at_the_working_size(monkeypatch):
+    """Above WORKING_SIZE the trunk sees the image resized to it: the same maps as the images resized beforehand."""
+    from semnb.clustering import ssl_imagenet
+    from semnb.models.pixels import resize_gray
+
+    images = _stripes_with_a_blob(n=2)
+    monkeypatch.setattr(ssl_imagenet, "WORKING_SIZE", 64)
+    large = trunk_features(images, device="cpu", precision="fp32")
+    small = trunk_features(resize_gray(images, 64)[:, 0].numpy(), device="cpu", precision="fp32")
+    assert large.maps.shape == (2, 192, 2, 2) and large.weights.shape == (2, 1, 2, 2)
+    torch.testing.assert_close(large.maps, small.maps)
+    torch.testing.assert_close(large.weights, small.weights)
+    monkeypatch.setattr(ssl_imagenet, "WORKING_SIZE", 128)
+    assert trunk_features(images, device="cpu", precision="fp32").maps.shape == (2, 192, 4, 4)
