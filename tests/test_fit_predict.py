@@ -41,7 +41,7 @@ def test_the_model_folder_says_what_the_model_is_and_what_it_was_fit_on(model_di
     config = json.loads((model_dir / "config.json").read_text())
     settings = config["settings"]
     assert config["task"] == "segment" and config["format_version"] == 1 and config["semnb_version"]
-    assert settings["method"] == "semclip" and settings["backbone"] == "semnb-tiny"
+    assert settings["method"] == "semnb" and settings["backbone"] == "semnb-tiny"
     assert "NOT CLIP" in settings["backbone_weights"] and settings["image_size"] == 64
     assert settings["precision"] == "fp32" and settings["threshold"] > 0 and "cross-fit" in settings["threshold_rule"]
     training = config["training"]

@@ -87,6 +87,17 @@ def sample_episode(labels: Sequence[int] | np.ndarray, shots: int, seed: int,
                    support_labels=np.concatenate(support_labels), queries=queries)
 
 
+def halves(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Fold 0 or 1 for each of `rows`, in a seeded random order (halves differ by one at most): the 2-fold
+    cross-fits on a support (the saved segmenter's threshold, semnb's calibrations).
+
+    Taught in: 04_segmentation.
+    """
+    fold = np.empty(len(rows), dtype=int)
+    fold[rng.permutation(len(rows))] = np.arange(len(rows)) % 2
+    return fold
+
+
 def subsample_per_class(labels: Sequence[int] | np.ndarray, max_per_class: int | None) -> np.ndarray:
     """Indices of at most `max_per_class` images of each class (a fixed seeded draw, sorted), to keep runs small.
 

@@ -282,7 +282,7 @@ def segment_episode(data: FewShotData, episode: Episode, method: str = "semclip"
         features = data.patchcore_features()
         model = SemnbSegmenter(SemnbSegmentConfig(config, coreset_fraction), data.compute).fit(
             data.patches.subset(support), features[support], data.masks[support], data.images.is_normal[support],
-            text, seed=episode.seed)
+            data.image_size, text, seed=episode.seed)
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
         out = model.predict(data.patches.subset(queries), features[queries], data.image_size)
@@ -380,12 +380,13 @@ def classify_episode(data: FewShotData, episode: Episode, method: str = "semclip
         text = data.text.get(prompt_style) if data.has_text else None
         config = config if isinstance(config, SemnbClassifyConfig) else SemnbClassifyConfig()
         features = data.patchcore_features()
+        tokens = data.levels.cls[-1]
         model = SemnbClassifier(config, data.compute).fit(
-            data.patches.subset(support), features[support], data.masks[support], data.images.is_normal[support],
-            labels, n_classes, text, seed=episode.seed)
+            data.patches.subset(support), features[support], tokens[support], data.masks[support],
+            data.images.is_normal[support], labels, n_classes, data.image_size, text, seed=episode.seed)
         fit_s = time.perf_counter() - tick
         tick = time.perf_counter()
-        proba = model.predict_proba(data.patches.subset(queries), features[queries])
+        proba = model.predict_proba(data.patches.subset(queries), features[queries], tokens[queries])
     elif method == "defect_pooled":
         if data.masks is None or data.patches is None:
             raise SemnbInputError("defect_pooled", "needs a defect mask for every defect image, and this data set "

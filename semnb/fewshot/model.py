@@ -2,9 +2,9 @@
 
 Why: `evaluate.py` draws episodes from a labelled set and scores them; a user instead has a
 few labelled images (the support: all of them) and many unlabelled ones. `fit_segment` and
-`fit_classify` train the package's methods (SEM-CLIP and its baselines, unchanged) on the
-whole support and return a `FittedModel` whose state is named tensors plus JSON-able
-settings (no pickle: the scikit-learn probes are kept as their arrays and rebuilt), so that
+`fit_classify` train the package's methods (semnb's recommended ones, the default; SEM-CLIP and
+its baselines, unchanged) on the whole support and return a `FittedModel` whose state is named
+tensors plus JSON-able settings (no pickle: the scikit-learn probes are kept as their arrays and rebuilt), so that
 `restore(settings, tensors)` predicts exactly what the fitted model predicts.
 
 Segmentation threshold (stored with the sentence `threshold_rule`): a 2-fold cross-fit on the
@@ -37,6 +37,8 @@ from semnb.errors import SemnbInputError
 from semnb.fewshot import baselines
 from semnb.fewshot.classification import ClassHead, ClassificationConfig, SemClipClassifier
 from semnb.fewshot.defect_pooling import DefectPooledClassifier, DefectPoolingConfig
+from semnb.fewshot.episodes import halves
+from semnb.fewshot.recommended import SemnbClassifier, SemnbClassifyConfig, SemnbSegmentConfig, SemnbSegmenter
 from semnb.fewshot.segmentation import (
     SegmentationConfig,
     SemClipSegmenter,
@@ -49,9 +51,9 @@ from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE, Backbone, EncodedLevels, encode_images, load_backbone
 from semnb.prompts import NORMAL_KEY, class_text_embeddings, normal_defect_embeddings
 
-# What `semnb fit` can save (the evaluation's `semnb` method is not a saved model yet).
-SEGMENT_METHODS = ("semclip", "patchcore", "nn_visual")
-CLASSIFY_METHODS = ("semclip", "linear_probe", "prototype", "defect_pooled")
+# What `semnb fit` can save; the first is the default (the evaluation's recommended method).
+SEGMENT_METHODS = ("semnb", "semclip", "patchcore", "nn_visual")
+CLASSIFY_METHODS = ("semnb", "semclip", "linear_probe", "prototype", "defect_pooled")
 NORMAL_QUANTILE = 0.995  # the fallback threshold: this quantile of defect-free pixel scores
 DEFECT_CLASS = "defect"  # the defect prompts' class when fit_segment is given no class names
 _BACKBONE_KEYS = ("method", "backbone", "backbone_weights", "backbone_seed", "image_size", "precision", "tensors")
@@ -118,6 +120,10 @@ def _config(kind: type, values: Mapping, where: str):
     try:
         if kind is DefectPoolingConfig:
             return DefectPoolingConfig(**{**values, "segmentation": SegmentationConfig(**values["segmentation"])})
+        if kind is SemnbSegmentConfig:
+            return SemnbSegmentConfig(**{**values, "segmentation": SegmentationConfig(**values["segmentation"])})
+        if kind is SemnbClassifyConfig:
+            return SemnbClassifyConfig(**{**values, "segment": _config(SemnbSegmentConfig, values["segment"], where)})
         return kind(**values)
     except (TypeError, KeyError) as err:
         raise SemnbInputError(where, f"is incomplete or from another version (its config: {err})",
@@ -158,6 +164,26 @@ def _restore_segmenter(config: SegmentationConfig, compute: Compute, tensors: Ma
     return segmenter
 
 
+def _semnb_segmenter_tensors(segmenter: SemnbSegmenter, prefix: str) -> dict[str, torch.Tensor]:
+    """What a fitted `SemnbSegmenter` learned: its SEM-CLIP part, the PatchCore coreset, the distance calibration."""
+    out = {**_segmenter_tensors(segmenter.semclip, f"{prefix}semclip."), f"{prefix}memory": segmenter.bank,
+           f"{prefix}calibration": torch.tensor(segmenter.calibration, dtype=torch.float64, device="cpu")}
+    if segmenter.score_gate is not None:
+        out[f"{prefix}score_gate"] = torch.tensor(segmenter.score_gate, dtype=torch.float64, device="cpu")
+    return out
+
+
+def _restore_semnb_segmenter(config: SemnbSegmentConfig, compute: Compute, tensors: Mapping[str, torch.Tensor],
+                             prefix: str) -> SemnbSegmenter:
+    segmenter = SemnbSegmenter(config, compute)
+    segmenter.semclip = _restore_segmenter(config.segmentation, compute, tensors, f"{prefix}semclip.")
+    segmenter.bank = compute.to(tensors[f"{prefix}memory"])
+    segmenter.calibration = tuple(float(v) for v in tensors[f"{prefix}calibration"])
+    if f"{prefix}score_gate" in tensors:
+        segmenter.score_gate = tuple(float(v) for v in tensors[f"{prefix}score_gate"])
+    return segmenter
+
+
 def _probe_tensors(probe: Pipeline, prefix: str) -> dict[str, torch.Tensor]:
     """A fitted standardise + logistic-regression probe as its arrays (float64, exact)."""
     scaler, logistic = probe[0], probe[-1]
@@ -189,9 +215,11 @@ def _own_size(maps: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> list[np.
 class SegmentModel(FittedModel):
     """A few-shot segmenter fit on a whole support: a defect map per image, its score, and a threshold.
 
-    `method`: "semclip" (the trained `SemClipSegmenter`), or the memory-bank baselines
-    "nn_visual" and "patchcore" (the support's defect-free patches, `baselines.memory_rows`; PatchCore's
-    locally aware features and 10 % coreset; its map smoothed as semclip's, its score the top 1 % mean).
+    `method`: "semnb" (the recommended `SemnbSegmenter`: SEM-CLIP's supervised map times PatchCore's
+    calibrated memory map, as `semnb eval segment` measures it), "semclip" (the trained `SemClipSegmenter`),
+    or the memory-bank baselines "nn_visual" and "patchcore" (the support's defect-free patches,
+    `baselines.memory_rows`; PatchCore's locally aware features and 10 % coreset; its map smoothed as
+    semclip's, its score the top 1 % mean).
 
     Taught in: 00_quickstart.
     """
@@ -199,7 +227,7 @@ class SegmentModel(FittedModel):
     task = "segment"
 
     def __init__(self, backbone: Backbone, method: str, config: SegmentationConfig, info: Mapping,
-                 segmenter: SemClipSegmenter | None = None, memory: Sequence[torch.Tensor] = (),
+                 segmenter: SemClipSegmenter | SemnbSegmenter | None = None, memory: Sequence[torch.Tensor] = (),
                  text: torch.Tensor | None = None):
         self.backbone, self.method, self.config, self.info = backbone, method, config, dict(info)
         self.segmenter, self.memory, self.text = segmenter, list(memory), text
@@ -212,6 +240,11 @@ class SegmentModel(FittedModel):
         if method == "semclip":
             segmenter = SemClipSegmenter(config, compute).fit(patch_features(levels), masks, text, seed=seed)
             return cls(backbone, method, config, {}, segmenter=segmenter, text=text)
+        if method == "semnb":
+            segmenter = SemnbSegmenter(SemnbSegmentConfig(config), compute).fit(
+                patch_features(levels), baselines.patchcore_embedding(levels.patch_z, levels.grid), masks, is_normal,
+                backbone.image_size, text, seed=seed)
+            return cls(backbone, method, config, {}, segmenter=segmenter)
         coverage = compute.to(mask_coverage(masks, levels.grid).reshape(len(masks), -1))
         rows = baselines.memory_rows(coverage, is_normal)
         if method == "nn_visual":
@@ -232,6 +265,10 @@ class SegmentModel(FittedModel):
 
     def _smoothed(self, levels: EncodedLevels) -> tuple[torch.Tensor, torch.Tensor]:
         """The method's patch maps, upsampled and smoothed to S x S as evaluate does, and the image scores."""
+        if self.method == "semnb":
+            return self.segmenter.smoothed(patch_features(levels),
+                                           baselines.patchcore_embedding(levels.patch_z, levels.grid),
+                                           self.image_size)[:2]
         if self.method == "semclip":
             patch_maps = sum(self.segmenter.patch_maps(patch_features(levels)).values())
         else:
@@ -260,10 +297,13 @@ class SegmentModel(FittedModel):
                 for m, score in zip(_own_size(maps, [_shape(p) for p in pixels]), scores.cpu().numpy())]
 
     def settings(self) -> dict:
+        config = self.segmenter.config if self.method == "semnb" else self.config
         return {**_backbone_settings(self.backbone, self.method, self.info["backbone_seed"]), **self.info,
-                "config": asdict(self.config), "tensors": sorted(self.tensors())}
+                "config": asdict(config), "tensors": sorted(self.tensors())}
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        if self.method == "semnb":
+            return _cpu(_semnb_segmenter_tensors(self.segmenter, "segmenter."))
         out = {} if self.segmenter is None else _segmenter_tensors(self.segmenter, "segmenter.")
         out.update({f"memory.{j}": m for j, m in enumerate(self.memory)})
         if self.text is not None and self.method == "nn_visual":
@@ -280,23 +320,19 @@ class SegmentModel(FittedModel):
         where = "segment model"
         _check_state(settings, tensors, (*_BACKBONE_KEYS, "config", "threshold", "threshold_rule", "map_range"),
                      SEGMENT_METHODS, where)
-        config = _config(SegmentationConfig, settings["config"], where)
+        method = settings["method"]
+        config = _config(SemnbSegmentConfig if method == "semnb" else SegmentationConfig, settings["config"], where)
         backbone = _restore_backbone(settings, device, precision, where)
         compute = backbone.compute
         info = {k: v for k, v in settings.items() if k not in (*_BACKBONE_KEYS, "config")}
         info["backbone_seed"] = settings["backbone_seed"]
-        method = settings["method"]
+        if method == "semnb":
+            segmenter = _restore_semnb_segmenter(config, compute, tensors, "segmenter.")
+            return cls(backbone, method, config.segmentation, info, segmenter=segmenter)
         segmenter = _restore_segmenter(config, compute, tensors, "segmenter.") if method == "semclip" else None
         memory = [compute.to(tensors[f"memory.{j}"]) for j in range(sum(k.startswith("memory.") for k in tensors))]
         text = compute.to(tensors["text"]) if "text" in tensors else None
         return cls(backbone, method, config, info, segmenter=segmenter, memory=memory, text=text)
-
-
-def _halves(rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Fold 0 or 1 for each of `rows`, in a seeded random order (halves differ by one at most)."""
-    fold = np.empty(len(rows), dtype=int)
-    fold[rng.permutation(len(rows))] = np.arange(len(rows)) % 2
-    return fold
 
 
 def _choose_threshold(held_out: Callable[[np.ndarray, np.ndarray], list[np.ndarray]],
@@ -311,7 +347,7 @@ def _choose_threshold(held_out: Callable[[np.ndarray, np.ndarray], list[np.ndarr
     maps, truth = [], []
     if len(defect) >= 2:
         fold = np.empty(len(masks), dtype=int)
-        fold[defect], fold[normal] = _halves(defect, rng), _halves(normal, rng)
+        fold[defect], fold[normal] = halves(defect, rng), halves(normal, rng)
         for k in (0, 1):
             test = np.flatnonzero(fold == k)
             maps += held_out(np.flatnonzero(fold != k), test)
@@ -323,7 +359,7 @@ def _choose_threshold(held_out: Callable[[np.ndarray, np.ndarray], list[np.ndarr
                 "F1-max threshold over the pooled held-out maps")
         return threshold, float(pooled.max()), rule
     if len(normal):
-        fold = _halves(normal, rng)
+        fold = halves(normal, rng)
         for k in sorted(set(fold)):
             maps += held_out(np.r_[defect, normal[fold != k]], normal[fold == k])
         pooled = np.concatenate([m.ravel() for m in maps]).astype(np.float64)
@@ -340,11 +376,13 @@ def _choose_threshold(held_out: Callable[[np.ndarray, np.ndarray], list[np.ndarr
 
 
 def fit_segment(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None], is_normal: Sequence[bool],
-                backbone: str = DEFAULT_BACKBONE, method: str = "semclip", image_size: int | None = None,
+                backbone: str = DEFAULT_BACKBONE, method: str = SEGMENT_METHODS[0], image_size: int | None = None,
                 device: str = "auto", precision: str = "auto", seed: int = 0, progress: bool = False,
                 class_names: Sequence[str] | None = None, normal_class: str = NORMAL_KEY,
                 config: SegmentationConfig | None = None) -> SegmentModel:
     """Fit a defect segmenter on every support image: defect images with masks, defect-free ones (masks may be None).
+
+    `method`: "semnb" by default (the recommended segmenter, which `semnb eval segment` prints first).
 
     `class_names` (optional, with `normal_class`): the support's classes, whose expert prompts
     give a CLIP backbone its (normal, defect) text; without them the defect prompts are the
@@ -388,7 +426,10 @@ def fit_segment(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
         "backbone_seed": int(seed), "threshold": threshold, "threshold_rule": rule,
         "map_range": [0.0, max(hi, threshold)],
         "map_range_rule": "(0, the largest value of the maps the threshold was chosen on); larger values are clipped",
-        "image_score": f"mean of the top {config.top_fraction:.0%} of each smoothed map at the backbone's size",
+        "image_score": (f"sqrt(P(defect | PatchCore's eq. 7 score) x the mean of the top {config.top_fraction:.0%} of "
+                        "the smoothed map), P calibrated on the support's cross-fit"
+                        if method == "semnb" and result.segmenter.score_gate is not None else
+                        f"mean of the top {config.top_fraction:.0%} of each smoothed map at the backbone's size"),
         "prompt_classes": prompt_classes, "normal_class": normal_class if prompt_classes else None,
         "n_support": len(pixels), "n_defect_free": int(is_normal.sum()),
     }
@@ -399,8 +440,9 @@ def fit_segment(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
 class ClassifyModel(FittedModel):
     """A few-shot classifier fit on a whole support: the class of each image and every class's probability.
 
-    `method`: "semclip" (`SemClipClassifier`), "defect_pooled" (`DefectPooledClassifier`), or the
-    baselines "linear_probe" (last-level class token) and "prototype" (image embedding).
+    `method`: "semnb" (the recommended `SemnbClassifier`), "semclip" (`SemClipClassifier`), "defect_pooled"
+    (`DefectPooledClassifier`), or the baselines "linear_probe" (last-level class token) and "prototype"
+    (image embedding).
 
     Taught in: 00_quickstart.
     """
@@ -408,7 +450,8 @@ class ClassifyModel(FittedModel):
     task = "classify"
 
     def __init__(self, backbone: Backbone, method: str, class_names: Sequence[str], info: Mapping,
-                 classifier: SemClipClassifier | DefectPooledClassifier | None = None, probe: Pipeline | None = None,
+                 classifier: SemClipClassifier | DefectPooledClassifier | SemnbClassifier | None = None,
+                 probe: Pipeline | None = None,
                  prototypes: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.backbone, self.method, self.class_names, self.info = backbone, method, list(class_names), dict(info)
         self.classifier, self.probe, self.prototypes = classifier, probe, prototypes
@@ -419,6 +462,10 @@ class ClassifyModel(FittedModel):
             return self.classifier.predict(levels).proba
         if self.method == "defect_pooled":
             return self.classifier.predict_proba(patch_features(levels))
+        if self.method == "semnb":
+            return self.classifier.predict_proba(patch_features(levels),
+                                                 baselines.patchcore_embedding(levels.patch_z, levels.grid),
+                                                 levels.cls[-1])
         if self.method == "linear_probe":
             return baselines.linear_probe_predict(self.probe, levels.cls[-1], n)
         embeddings, labels = self.prototypes
@@ -448,6 +495,13 @@ class ClassifyModel(FittedModel):
         if self.method == "defect_pooled":
             out.update(_segmenter_tensors(self.classifier.segmenter, "segmenter."))
             out.update(_probe_tensors(self.classifier.probe, "probe."))
+        if self.method == "semnb":
+            clf = self.classifier
+            out.update(_semnb_segmenter_tensors(clf.segmenter, "segmenter."))
+            out.update(_probe_tensors(clf.probe, "probe."))
+            if clf.gate is not None:
+                out.update({"gate.coef": torch.from_numpy(clf.gate.coef_), "gate.intercept":
+                            torch.from_numpy(clf.gate.intercept_), "gate.normal": torch.tensor(clf.normal, device="cpu")})
         if self.method == "linear_probe":
             out.update(_probe_tensors(self.probe, "probe."))
         if self.method == "prototype":
@@ -464,7 +518,7 @@ class ClassifyModel(FittedModel):
         where = "classify model"
         _check_state(settings, tensors, (*_BACKBONE_KEYS, "class_names", "normal_class"), CLASSIFY_METHODS, where)
         method, names = settings["method"], list(settings["class_names"])
-        if method in ("semclip", "defect_pooled") and "config" not in settings:
+        if method in ("semnb", "semclip", "defect_pooled") and "config" not in settings:
             _check_state({}, tensors, ("config",), CLASSIFY_METHODS, where)
         backbone = _restore_backbone(settings, device, precision, where)
         compute = backbone.compute
@@ -489,6 +543,20 @@ class ClassifyModel(FittedModel):
             clf.segmenter = _restore_segmenter(config.segmentation, compute, tensors, "segmenter.")
             clf.probe, clf.n_classes = _restore_probe(tensors, "probe."), len(names)
             model.classifier = clf
+        elif method == "semnb":
+            if "probe_features" not in settings:
+                _check_state({}, tensors, ("probe_features",), CLASSIFY_METHODS, where)
+            config = _config(SemnbClassifyConfig, settings["config"], where)
+            clf = SemnbClassifier(config, compute)
+            clf.segmenter = _restore_semnb_segmenter(config.segment, compute, tensors, "segmenter.")
+            clf.probe, clf.n_classes = _restore_probe(tensors, "probe."), len(names)
+            clf.features = settings["probe_features"]
+            if "gate.coef" in tensors:  # the gate's logistic regression, from the arrays it predicts with
+                clf.gate = LogisticRegression()
+                clf.gate.coef_, clf.gate.intercept_ = tensors["gate.coef"].numpy(), tensors["gate.intercept"].numpy()
+                clf.gate.classes_, clf.gate.n_features_in_ = np.array([0, 1]), 1
+                clf.normal = int(tensors["gate.normal"])
+            model.classifier = clf
         elif method == "linear_probe":
             model.probe = _restore_probe(tensors, "probe.")
         else:
@@ -503,8 +571,8 @@ def fit_classify(pixels: Sequence[np.ndarray], labels: Sequence[int], class_name
                  progress: bool = False) -> ClassifyModel:
     """Fit a defect classifier on every support image (`labels` index `class_names`).
 
-    `method` None: "defect_pooled" when every defect image (every image not of `normal_class`)
-    has a mask, as it classifies the region the segmenter marks; else "semclip".
+    `method` None: "semnb" (the recommended classifier) when every defect image (every image not
+    of `normal_class`) has a mask, as it classifies the region the segmenter marks; else "semclip".
 
     Taught in: 00_quickstart.
     """
@@ -530,11 +598,11 @@ def fit_classify(pixels: Sequence[np.ndarray], labels: Sequence[int], class_name
                               "name the defect-free class folder, or leave it out")
     is_normal = labels == (names.index(normal_class) if normal_class is not None else -1)
     with_masks = masks is not None and all(m is not None for m, n in zip(masks, is_normal) if not n)
-    asked, method = method, method or ("defect_pooled" if with_masks else "semclip")
+    asked, method = method, method or ("semnb" if with_masks else "semclip")
     if method not in CLASSIFY_METHODS:
         raise SemnbInputError("--method", f"got {method!r}", f"use one of {', '.join(CLASSIFY_METHODS)}")
-    if method == "defect_pooled" and not with_masks:
-        raise SemnbInputError("defect_pooled", "needs a defect mask for every defect image, and this support lacks "
+    if method in ("semnb", "defect_pooled") and not with_masks:
+        raise SemnbInputError(method, "needs a defect mask for every defect image, and this support lacks "
                               "some", "add X_mask.png beside each defect image X, or use --method semclip")
     model = load_backbone(backbone, precision=precision, image_size=image_size, seed=seed, device=device)
     compute = model.compute
@@ -542,20 +610,26 @@ def fit_classify(pixels: Sequence[np.ndarray], labels: Sequence[int], class_name
     prompt_normal = normal_class or NORMAL_KEY
     info = {"backbone_seed": int(seed), "normal_class": normal_class, "n_support": len(pixels),
             "count_per_class": {n: int((labels == i).sum()) for i, n in enumerate(names)},
-            "method_rule": ("asked for" if asked else "the default: defect_pooled, as every defect image has a mask"
-                            if with_masks else "the default: semclip, as defect_pooled needs a mask for every defect "
+            "method_rule": ("asked for" if asked else "the default: semnb, as every defect image has a mask"
+                            if with_masks else "the default: semclip, as semnb needs a mask for every defect "
                             "image and some have none")}
     result = ClassifyModel(model, method, names, info)
     if method == "semclip":
         text = (class_text_embeddings(model, names, prompt_normal).embeddings if model.has_text else None)
         result.classifier = SemClipClassifier(ClassificationConfig(), compute).fit(levels, labels, len(names), text,
                                                                                    seed=seed)
-    elif method == "defect_pooled":
+    elif method in ("semnb", "defect_pooled"):
         prompt_classes = names if prompt_normal in names else [*names, prompt_normal]
         text = normal_defect_embeddings(model, prompt_classes, prompt_normal) if model.has_text else None
         masks_s = _masks_at(masks, pixels, model.image_size, ~is_normal)[1]
-        result.classifier = DefectPooledClassifier(DefectPoolingConfig(), compute).fit(
-            patch_features(levels), masks_s, labels, len(names), text, seed=seed)
+        if method == "semnb":
+            result.classifier = SemnbClassifier(SemnbClassifyConfig(), compute).fit(
+                patch_features(levels), baselines.patchcore_embedding(levels.patch_z, levels.grid), levels.cls[-1],
+                masks_s, is_normal, labels, len(names), model.image_size, text, seed=seed)
+            result.info["probe_features"] = result.classifier.features
+        else:
+            result.classifier = DefectPooledClassifier(DefectPoolingConfig(), compute).fit(
+                patch_features(levels), masks_s, labels, len(names), text, seed=seed)
     elif method == "linear_probe":
         result.probe = baselines.fit_linear_probe(levels.cls[-1], labels)
     else:

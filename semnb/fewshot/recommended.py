@@ -12,13 +12,21 @@ Segmentation, for every query image:
 3. the defect map m = sqrt(p q), upsampled and smoothed like SEM-CLIP's (sigma 4 px): a pixel
    is a defect where both agree; on magnetic tiles (10 shots, seed 0) this beat p alone, q alone,
    (p + q) / 2, max(p, q) and 1 - (1 - p)(1 - q) on pixel AUROC and AUPRO;
-4. the image score: the mean of the top 1 % of m (continuous where SEM-CLIP's saturated A ties).
+4. the image score: t = the mean of the top 1 % of m (continuous where SEM-CLIP's saturated A
+   ties), or sqrt(P(defect | s7) t) with s7 PatchCore's eq. 7 score, where s7 separates the
+   support's 2-fold cross-fit (`choose_score_gate`): SEM-CLIP's supervised part saturates
+   on images unlike the support, PatchCore's image score does not (magnetic tiles, 10 shots,
+   seeds 0-2: image AUROC 0.748 / 0.785 / 0.775 with t, 0.798 / 0.820 / 0.828 with sqrt(P t); on
+   synthetic wafers s7 separates nothing, query AUROC 0.39-0.52, and t is kept).
 
-Classification: defect_pooled's defect contrast (semnb.fewshot.defect_pooling), pooled by the
-supervised map p of the segmenter above (the support: by its true masks), classified by a
-logistic regression, times a normal-vs-defect gate: P(defect) from PatchCore's eq. 7 image score,
-calibrated on the support (defect-free support images scored leave-one-out against the others),
-P(c) proportional to P_probe(c) P(defect) for defect classes and P_probe(normal) (1 - P(defect)).
+Classification: a logistic regression on the features that classify this support best, chosen
+on its cross-fit: defect_pooled's defect contrast (semnb.fewshot.defect_pooling) pooled by the
+supervised map p of the segmenter above (the support: by its true masks; synthetic wafers, where
+the defect is 0.1-5 % of the image), or the linear probe's global token (magnetic tiles, where
+the class is visible in the whole image); times a normal-vs-defect gate: P(defect) from
+PatchCore's eq. 7 image score, calibrated on the cross-fit (each half scored against the memory
+of the other half), P(c) proportional to P_probe(c) P(defect) for defect classes and
+P_probe(normal) (1 - P(defect)).
 Measured and dropped: a crop of the detected defect cut at full resolution and encoded again
 (synthetic SEM, 5 shots, seed 0: accuracy 0.23 to 0.25 for crops of 12 to 25 % of the side,
 against 0.52 for the pooled contrast: the crop's pooled embedding still reads the background
@@ -43,8 +51,10 @@ from sklearn.preprocessing import StandardScaler
 
 from semnb.components import image_scores, upsample_and_smooth
 from semnb.errors import SemnbInputError
+from semnb import metrics
 from semnb.fewshot import baselines
 from semnb.fewshot.defect_pooling import defect_contrast, defect_weights
+from semnb.fewshot.episodes import halves
 from semnb.fewshot.segmentation import (
     PatchFeatures,
     SegmentationConfig,
@@ -54,6 +64,7 @@ from semnb.fewshot.segmentation import (
 )
 from semnb.hardware import Compute
 
+EQ7_MIN_AUROC = 0.75  # PatchCore's image score enters semnb's only where it separates the held-out support this well
 DEFECT_COVERAGE = 0.5  # a support patch this much inside a mask is a defect patch for the calibration (or the most covered)
 
 
@@ -95,6 +106,36 @@ def leave_one_out_distances(features: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def support_folds(is_normal: np.ndarray, seed: int) -> np.ndarray:
+    """Fold 0 or 1 of each support image: the defect-free and the defect images each split in seeded halves.
+
+    Taught in: 04_segmentation.
+    """
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(is_normal), dtype=int)
+    fold[is_normal], fold[~is_normal] = halves(np.flatnonzero(is_normal), rng), halves(np.flatnonzero(~is_normal), rng)
+    return fold
+
+
+def choose_score_gate(eq7: np.ndarray, is_defect: np.ndarray) -> tuple[float, float] | None:
+    """(a, b) of the image score sqrt(sigmoid(a s7 + b) t) (s7 PatchCore's eq. 7 score, t the top 1 % of the
+    map), kept only where s7 separates the held-out support (AUROC >= EQ7_MIN_AUROC, a > 0); else None (t alone).
+
+    (a, b): a class-balanced logistic regression of defect on s7 over the held-out support. Why the AUROC
+    rule: choosing by the gated score's own held-out AUROC picked spurious inverted gates (a < 0) on
+    synthetic wafers and lost there; s7's held-out AUROC was 0.26-0.73 on synthetic wafers (6 episodes, where
+    the gate lost 0.005-0.05 image AUROC on the queries) and 0.76-0.78 on magnetic tiles (3 episodes, where it
+    gained 0.035-0.053).
+
+    Taught in: 04_segmentation.
+    """
+    if metrics.image_auroc(eq7, is_defect) < EQ7_MIN_AUROC:
+        return None
+    a, b = calibrate_distances(torch.as_tensor(eq7[~is_defect], device="cpu"),
+                               torch.as_tensor(eq7[is_defect], device="cpu"))
+    return (a, b) if a > 0 else None
+
+
 class SemnbSegmenter:
     """The recommended segmenter: the geometric mean of SEM-CLIP's supervised map and PatchCore's calibrated memory map.
 
@@ -108,12 +149,16 @@ class SemnbSegmenter:
         self.semclip: SemClipSegmenter | None = None
         self.bank: torch.Tensor | None = None
         self.calibration = (1.0, 0.0)
+        self.score_gate: tuple[float, float] | None = None  # see choose_score_gate
+        self.held_out: dict[str, np.ndarray] | None = None  # the support's cross-fitted scores (not saved)
 
     def fit(self, support: PatchFeatures, patchcore_features: torch.Tensor, masks: np.ndarray,
-            is_normal: Sequence[bool] | np.ndarray, text: torch.Tensor | None = None, seed: int = 0) -> SemnbSegmenter:
-        """Train SEM-CLIP's layer on the support masks [K, S, S], keep the coreset memory, calibrate its distances.
+            is_normal: Sequence[bool] | np.ndarray, image_size: int, text: torch.Tensor | None = None, seed: int = 0,
+            cross_fit: bool = True) -> SemnbSegmenter:
+        """Train SEM-CLIP's layer on the support masks [K, S, S], keep the coreset memory, calibrate its distances;
+        with `cross_fit` (and 2 defect-free and 2 defect images or more) also cross-fit the image score's gate.
 
-        `patchcore_features` [K, N, D]: `baselines.patchcore_embedding` of the support images.
+        `patchcore_features` [K, N, D]: `baselines.patchcore_embedding` of the support images; `image_size`: S.
 
         Taught in: 04_segmentation.
         """
@@ -128,11 +173,35 @@ class SemnbSegmenter:
         inside = coverage >= min(DEFECT_COVERAGE, float(coverage.max()))  # small defects: the most covered patches
         defect = baselines.patchcore_patch_maps(features, self.bank)[inside & (coverage > 0)]
         self.calibration = calibrate_distances(normal, defect)
+        self.score_gate, self.held_out = None, None
+        if cross_fit and is_normal.sum() >= 2 and (~is_normal).sum() >= 2:
+            self.held_out = self._cross_fit(support, patchcore_features, masks, is_normal, image_size, text, seed)
+            self.score_gate = choose_score_gate(self.held_out["eq7"], ~is_normal)
         return self
+
+    def _cross_fit(self, support: PatchFeatures, patchcore_features: torch.Tensor, masks: np.ndarray,
+                   is_normal: np.ndarray, image_size: int, text: torch.Tensor | None, seed: int) -> dict[str, np.ndarray]:
+        """Each half of the support (split seeded, stratified by defect-free/defect) scored by the segmenter fit on
+        the other half: "eq7" (PatchCore's eq. 7 against that half's memory) [K] and "supervised" p [K, N]: what
+        an unseen query would get, for the gates to be calibrated on.
+
+        Taught in: 04_segmentation.
+        """
+        fold = support_folds(is_normal, seed)
+        out = {"eq7": np.zeros(len(fold)), "supervised": np.zeros((len(fold), support.grid[0] * support.grid[1]))}
+        for k in (0, 1):
+            train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            half = SemnbSegmenter(self.config, self.compute).fit(support.subset(train), patchcore_features[train],
+                                                                 masks[train], is_normal[train], image_size, text,
+                                                                 seed, cross_fit=False)
+            parts = half.smoothed(support.subset(test), patchcore_features[test], image_size)[2]
+            out["eq7"][test] = parts["eq7"].cpu().numpy()
+            out["supervised"][test] = parts["supervised"].cpu().numpy()
+        return out
 
     @torch.no_grad()
     def patch_maps(self, feats: PatchFeatures, patchcore_features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The patch-grid maps [B, N]: "supervised" p, "memory" q, and "map" sqrt(p q), on the device.
+        """The patch-grid maps [B, N]: "supervised" p, "memory" q, "map" sqrt(p q) and "distance" d, on the device.
 
         Taught in: 04_segmentation.
         """
@@ -142,19 +211,36 @@ class SemnbSegmenter:
         a, b = self.calibration
         d = baselines.patchcore_patch_maps(self.compute.to(patchcore_features.float()), self.bank)
         q = torch.sigmoid(a * d + b)
-        return {"supervised": p, "memory": q, "map": (p * q).sqrt()}
+        return {"supervised": p, "memory": q, "map": (p * q).sqrt(), "distance": d}
 
     @torch.no_grad()
+    def smoothed(self, feats: PatchFeatures, patchcore_features: torch.Tensor,
+                 image_size: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Smoothed maps [B, S, S], image scores [B] and the patch maps with "eq7" (PatchCore's eq. 7 scores [B]),
+        on the device: what a saved model predicts.
+
+        Taught in: 04_segmentation.
+        """
+        features = self.compute.to(patchcore_features.float())
+        parts = self.patch_maps(feats, features)
+        parts["eq7"] = baselines.reweighted_image_scores(features, parts.pop("distance"), self.bank)
+        cfg = self.config.segmentation
+        maps = upsample_and_smooth(parts["map"], feats.grid, image_size, cfg.sigma)
+        scores = image_scores(maps, cfg.top_fraction)
+        if self.score_gate is not None:
+            a, b = self.score_gate
+            scores = (torch.sigmoid(a * parts["eq7"] + b) * scores).sqrt()
+        return maps, scores, parts
+
     def predict(self, feats: PatchFeatures, patchcore_features: torch.Tensor, image_size: int) -> SegmentationOutput:
         """Smoothed maps [B, S, S] and image scores [B] (CPU float32 arrays), with the patch maps.
 
         Taught in: 04_segmentation.
         """
-        parts = self.patch_maps(feats, patchcore_features)
-        cfg = self.config.segmentation
-        maps = upsample_and_smooth(parts["map"], feats.grid, image_size, cfg.sigma)
-        return SegmentationOutput(maps=maps.cpu().numpy(), scores=image_scores(maps, cfg.top_fraction).cpu().numpy(),
-                                  patch_maps={k: v.reshape(-1, *feats.grid).cpu().numpy() for k, v in parts.items()})
+        maps, scores, parts = self.smoothed(feats, patchcore_features, image_size)
+        return SegmentationOutput(maps=maps.cpu().numpy(), scores=scores.cpu().numpy(),
+                                  patch_maps={k: v.reshape(-1, *feats.grid).cpu().numpy() for k, v in parts.items()
+                                              if k != "eq7"})
 
 
 @dataclass(frozen=True)
@@ -168,24 +254,8 @@ class SemnbClassifyConfig:
     sharpness: float = 80.0
 
 
-def support_image_scores(features: torch.Tensor, is_normal: np.ndarray, bank: torch.Tensor) -> np.ndarray:
-    """PatchCore's eq. 7 score [K] of each support image: a defect-free one against the memory of the other
-    defect-free support images (leave one out, so it scores as an unseen normal query would), a defect one
-    against `bank`.
-
-    Taught in: 05_classification.
-    """
-    out = []
-    normal_rows = np.flatnonzero(is_normal)
-    for i in range(len(features)):
-        if is_normal[i]:
-            others = torch.as_tensor(normal_rows[normal_rows != i], device=features.device)
-            memory = features[others].reshape(-1, features.shape[-1])
-        else:
-            memory = bank
-        distances = baselines.patchcore_patch_maps(features[i:i + 1], memory)
-        out.append(float(baselines.reweighted_image_scores(features[i:i + 1], distances, memory)[0]))
-    return np.asarray(out)
+PROBE_FEATURES = ("contrast", "global")  # the defect contrast pooled by the map; the linear probe's global token
+CHOOSE_MIN_SHOTS = 3  # fewer images of some class: no choice, the contrast (2 shots: the choice fell to 0.21, seed-0 set)
 
 
 def gate_probabilities(proba: np.ndarray, p_defect: np.ndarray, normal: int) -> np.ndarray:
@@ -199,9 +269,21 @@ def gate_probabilities(proba: np.ndarray, p_defect: np.ndarray, normal: int) -> 
     return gated / np.clip(gated.sum(axis=1, keepdims=True), 1e-12, None)
 
 
+def _probe(vectors: torch.Tensor | np.ndarray, labels: np.ndarray) -> Pipeline:
+    return baselines.fit_linear_probe(torch.as_tensor(vectors, device="cpu"), labels)
+
+
 class SemnbClassifier:
-    """The recommended classifier: defect_pooled's contrast, pooled by the `semnb` segmenter's supervised map,
-    times a PatchCore normal-vs-defect gate.
+    """The recommended classifier: a logistic regression on the features that classify this support best
+    (defect_pooled's defect contrast, pooled by the `semnb` segmenter's supervised map, or the global token of
+    the linear probe), times a PatchCore normal-vs-defect gate.
+
+    Both choices are made on the support's 2-fold cross-fit (`SemnbSegmenter.held_out`): each half's
+    images pooled by the segmenter fit on the other half, as an unseen query is; the features whose
+    probe, fit on one half, gets the higher gated macro-F1 on the other are kept ("contrast" on ties, and
+    where a class has fewer than CHOOSE_MIN_SHOTS support images);
+    the gate is a class-balanced logistic regression of defect on the held-out eq. 7 scores. Without
+    a cross-fit (fewer than 2 defect-free or 2 defect images): the contrast, no gate.
 
     Taught in: 05_classification.
     """
@@ -212,37 +294,64 @@ class SemnbClassifier:
         self.compute = Compute.resolve(device, precision)
         self.segmenter: SemnbSegmenter | None = None
         self.probe: Pipeline | None = None
+        self.features = PROBE_FEATURES[0]
         self.gate: LogisticRegression | None = None
         self.normal: int | None = None
         self.n_classes = 0
+        self.cross_fit_f1: dict[str, float] = {}  # the held-out macro-F1 each features' probe got (not saved)
 
-    def fit(self, support: PatchFeatures, patchcore_features: torch.Tensor, masks: np.ndarray,
-            is_normal: np.ndarray, labels: np.ndarray, n_classes: int, text: torch.Tensor | None = None,
-            seed: int = 0) -> SemnbClassifier:
-        """Fit the segmenter on the support masks [K, S, S], the probe on the true-mask contrasts, the gate on the
-        support's PatchCore scores (no defect-free class, or one defect-free image: no gate).
+    def _vectors(self, feats: PatchFeatures, tokens: torch.Tensor, defect_probability: torch.Tensor) -> np.ndarray:
+        if self.features == "global":
+            return tokens.float().cpu().numpy()
+        return defect_contrast(feats.z, defect_weights(defect_probability, self.config.sharpness)).cpu().numpy()
+
+    def fit(self, support: PatchFeatures, patchcore_features: torch.Tensor, tokens: torch.Tensor, masks: np.ndarray,
+            is_normal: np.ndarray, labels: np.ndarray, n_classes: int, image_size: int,
+            text: torch.Tensor | None = None, seed: int = 0) -> SemnbClassifier:
+        """Fit the segmenter on the support masks [K, S, S], choose the features and the gate on its cross-fit,
+        fit the probe on the whole support (the contrast pooled by the true masks). `tokens` [K, D]: the
+        last level's class token (the linear probe's input).
 
         Taught in: 05_classification.
         """
         is_normal = np.asarray(is_normal, dtype=bool)
         labels = np.asarray(labels, dtype=np.int64)
         support = support.to(self.compute.device)
-        self.segmenter = SemnbSegmenter(self.config.segment, self.compute).fit(support, patchcore_features, masks,
-                                                                               is_normal, text, seed)
-        coverage = self.compute.to(mask_coverage(masks, support.grid).reshape(support.num_images, -1))
-        vectors = defect_contrast(support.z, defect_weights(coverage, self.config.sharpness))
-        self.probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(vectors.cpu().numpy(),
-                                                                                            labels)
         self.n_classes = int(n_classes)
-        self.gate, self.normal = None, None
-        if is_normal.sum() >= 2 and (~is_normal).any():
-            scores = support_image_scores(self.compute.to(patchcore_features.float()), is_normal, self.segmenter.bank)
-            self.gate = LogisticRegression(class_weight="balanced").fit(scores[:, None], (~is_normal).astype(int))
+        self.segmenter = SemnbSegmenter(self.config.segment, self.compute).fit(
+            support, patchcore_features, masks, is_normal, image_size, text, seed)
+        coverage = self.compute.to(mask_coverage(masks, support.grid).reshape(support.num_images, -1))
+        held = self.segmenter.held_out
+        self.gate, self.normal, self.features, self.cross_fit_f1 = None, None, PROBE_FEATURES[0], {}
+        if held is not None:
+            self.gate = LogisticRegression(class_weight="balanced").fit(held["eq7"][:, None], (~is_normal).astype(int))
             self.normal = int(labels[is_normal][0])
+            p_defect = self.gate.predict_proba(held["eq7"][:, None])[:, 1]
+            fold = support_folds(is_normal, seed)
+            pooled = self.compute.to(torch.as_tensor(held["supervised"], dtype=torch.float32, device="cpu"))
+            names = [str(c) for c in range(self.n_classes)]
+            choose = np.bincount(labels).min() >= CHOOSE_MIN_SHOTS
+            for features in PROBE_FEATURES if choose else ():
+                self.features = features
+                train_x, test_x = self._vectors(support, tokens, coverage), self._vectors(support, tokens, pooled)
+                predicted = np.zeros(len(labels), dtype=np.int64)
+                for k in (0, 1):
+                    train, test = fold != k, fold == k
+                    if len(np.unique(labels[train])) < 2:
+                        continue
+                    probe = _probe(train_x[train], labels[train])
+                    proba = np.zeros((int(test.sum()), self.n_classes))
+                    proba[:, probe.classes_] = probe.predict_proba(test_x[test])
+                    predicted[test] = gate_probabilities(proba, p_defect[test], self.normal).argmax(axis=1)
+                self.cross_fit_f1[features] = float(metrics.classification_report(labels, predicted, names)["macro_f1"])
+            self.features = max(self.cross_fit_f1 or PROBE_FEATURES[:1],
+                                key=lambda f: (self.cross_fit_f1.get(f, 0.0), f == PROBE_FEATURES[0]))
+        self.probe = _probe(self._vectors(support, tokens, coverage), labels)
         return self
 
     @torch.no_grad()
-    def predict_proba(self, feats: PatchFeatures, patchcore_features: torch.Tensor) -> np.ndarray:
+    def predict_proba(self, feats: PatchFeatures, patchcore_features: torch.Tensor,
+                      tokens: torch.Tensor) -> np.ndarray:
         """Class probabilities [B, n_classes] of images without masks (a class absent from the support gets 0).
 
         Taught in: 05_classification.
@@ -252,11 +361,10 @@ class SemnbClassifier:
         feats = feats.to(self.compute.device)
         features = self.compute.to(patchcore_features.float())
         parts = self.segmenter.patch_maps(feats, features)
-        vectors = defect_contrast(feats.z, defect_weights(parts["supervised"], self.config.sharpness))
         proba = np.zeros((feats.num_images, self.n_classes))
-        proba[:, self.probe.classes_] = self.probe.predict_proba(vectors.cpu().numpy())
+        proba[:, self.probe.classes_] = self.probe.predict_proba(self._vectors(feats, tokens, parts["supervised"]))
         if self.gate is None:
             return proba
         bank = self.segmenter.bank
-        scores = baselines.reweighted_image_scores(features, baselines.patchcore_patch_maps(features, bank), bank)
+        scores = baselines.reweighted_image_scores(features, parts["distance"], bank)
         return gate_probabilities(proba, self.gate.predict_proba(scores.cpu().numpy()[:, None])[:, 1], self.normal)

@@ -63,7 +63,7 @@ def _restored(model, cls):
 
 
 # ------------------------------------------------------------------ segment
-@pytest.mark.parametrize("method", ["semclip", "nn_visual", "patchcore"])
+@pytest.mark.parametrize("method", ["semnb", "semclip", "nn_visual", "patchcore"])
 def test_segment_restore_predicts_exactly_the_same_at_each_images_own_size(support, odd_sizes, method):
     model = _segment(support, method)
     settings = model.settings()
@@ -82,10 +82,11 @@ def test_segment_restore_predicts_exactly_the_same_at_each_images_own_size(suppo
     assert lo < model.threshold < hi or model.threshold == hi
 
 
-def test_segment_same_seed_same_tensors_and_maps(support):
-    first = _segment(support, "semclip")
-    again = fit_segment(support["pixels"], support["masks"], support["is_normal"], method="semclip", **TINY)
-    a, b = first.tensors(), again.tensors()
+def test_segment_default_is_semnb_and_same_seed_same_tensors_and_maps(support):
+    first = _segment(support, "semnb")
+    again = fit_segment(support["pixels"], support["masks"], support["is_normal"], **TINY)
+    assert again.settings()["method"] == "semnb" and {"segmenter.memory", "segmenter.calibration"} <= set(a := again.tensors())
+    b = first.tensors()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert first.settings() == again.settings()
     assert np.array_equal(first.predict(support["pixels"][:2])[1].defect_map,
@@ -143,7 +144,7 @@ def test_segment_restore_refuses_incomplete_or_foreign_folders(support):
 
 
 # ------------------------------------------------------------------ classify
-@pytest.mark.parametrize("method", ["defect_pooled", "semclip", "linear_probe", "prototype"])
+@pytest.mark.parametrize("method", ["semnb", "defect_pooled", "semclip", "linear_probe", "prototype"])
 def test_classify_restore_predicts_exactly_the_same(support, odd_sizes, method):
     model = fit_classify(support["pixels"], support["labels"], CLASSES, "good", support["masks"], method=method,
                          **TINY)
@@ -159,7 +160,7 @@ def test_classify_restore_predicts_exactly_the_same(support, odd_sizes, method):
 
 def test_classify_default_method_and_same_seed(support):
     with_masks = fit_classify(support["pixels"], support["labels"], CLASSES, "good", support["masks"], **TINY)
-    assert with_masks.settings()["method"] == "defect_pooled"
+    assert with_masks.settings()["method"] == "semnb" and "gate.coef" in with_masks.tensors()
     assert "every defect image has a mask" in with_masks.settings()["method_rule"]
     masks = list(support["masks"])
     masks[1] = None
@@ -207,6 +208,9 @@ def test_fit_restore_and_predict_place_every_tensor_explicitly(support, implicit
     with implicit_device_is_meta():
         model = fit_segment(pixels, masks, support["is_normal"][:6], method="semclip", **NO_TEXT)
         maps = [p.defect_map for p in _restored(model, SegmentModel).predict(pixels[:2])]
+        semnb = fit_segment(pixels, masks, support["is_normal"][:6], **NO_TEXT)
+        semnb_maps = [p.defect_map for p in _restored(semnb, SegmentModel).predict(pixels[:2])]
         classifier = fit_classify(pixels, support["labels"][:6], CLASSES, "good", masks, **NO_TEXT)
         labels = [p.label for p in _restored(classifier, ClassifyModel).predict(pixels[:2])]
     assert np.array_equal(maps[1], fitted.predict(pixels[:2])[1].defect_map) and len(labels) == 2
+    assert np.array_equal(semnb_maps[1], semnb.predict(pixels[:2])[1].defect_map)

@@ -10,8 +10,9 @@ from semnb.fewshot.recommended import (
     SemnbSegmenter,
     calibrate_distances,
     gate_probabilities,
+    choose_score_gate,
     leave_one_out_distances,
-    support_image_scores,
+    support_folds,
 )
 from semnb.fewshot.segmentation import PatchFeatures
 
@@ -43,13 +44,19 @@ def test_calibration_puts_defect_distances_above_one_half_and_normal_ones_below(
     assert a > 0 and float(q[0]) < 0.5 < float(q[1])
 
 
-def test_support_scores_leave_each_normal_image_out_of_its_own_memory():
-    features = torch.tensor([[[0.0]], [[1.0]], [[5.0]]])
-    bank = torch.tensor([[0.0], [1.0]])
-    scores = support_image_scores(features, np.array([True, True, False]), bank)
-    # one patch per image: eq. 7 with a 1-patch memory gives weight 1 - softmax([d])[0] = 0 for the normals;
-    # the defect image against {0, 1}: s* = 4, N_b(m*) = {1, 0}: (1 - e^4 / (e^4 + e^5)) * 4
-    np.testing.assert_allclose(scores, [0.0, 0.0, 4 * np.e ** 5 / (np.e ** 4 + np.e ** 5)], rtol=1e-6)
+def test_support_folds_split_defect_free_and_defect_images_each_in_halves():
+    is_normal = np.array([True] * 5 + [False] * 4)
+    fold = support_folds(is_normal, seed=3)
+    assert sorted(np.bincount(fold[is_normal])) == [2, 3] and list(np.bincount(fold[~is_normal])) == [2, 2]
+    np.testing.assert_array_equal(fold, support_folds(is_normal, seed=3))
+
+
+def test_score_gate_is_kept_only_where_eq7_separates_the_held_out_support():
+    is_defect = np.array([False, False, False, True, True, True])
+    a, b = choose_score_gate(np.array([0.0, 0.1, 0.2, 1.0, 1.1, 1.2]), is_defect)  # AUROC 1
+    assert a > 0 and 1 / (1 + np.exp(-(a * 0.0 + b))) < 0.5 < 1 / (1 + np.exp(-(a * 1.2 + b)))
+    assert choose_score_gate(np.array([0.1, 0.5, 0.3, 0.4, 0.6, 0.2]), is_defect) is None  # AUROC 5/9 < 0.75
+    assert choose_score_gate(np.array([1.0, 1.1, 1.2, 0.0, 0.1, 0.2]), is_defect) is None  # inverted
 
 
 def test_gate_scales_defect_classes_by_p_defect_and_the_normal_class_by_its_complement():
@@ -62,14 +69,22 @@ def test_gate_scales_defect_classes_by_p_defect_and_the_normal_class_by_its_comp
 def test_semnb_map_is_the_geometric_mean_and_finds_the_defect(implicit_device_is_meta):
     feats, features, masks, is_normal = _support()
     with implicit_device_is_meta():
-        model = SemnbSegmenter(device="cpu").fit(feats, features, masks, is_normal, seed=0)
+        model = SemnbSegmenter(device="cpu").fit(feats, features, masks, is_normal, SIZE, seed=0)
         parts = model.patch_maps(feats, features)
         out = model.predict(feats, features, SIZE)
     np.testing.assert_allclose(parts["map"].numpy(), (parts["supervised"] * parts["memory"]).sqrt().numpy(), rtol=1e-6)
     smooth = upsample_and_smooth(parts["map"], GRID, SIZE, 4.0)
-    np.testing.assert_allclose(out.scores, image_scores(smooth).numpy(), rtol=1e-5)
+    top = image_scores(smooth)
+    if model.score_gate is None:
+        np.testing.assert_allclose(out.scores, top.numpy(), rtol=1e-5)
+    else:
+        a, b = model.score_gate
+        eq7 = baselines.reweighted_image_scores(features, parts["distance"], model.bank)
+        np.testing.assert_allclose(out.scores, (torch.sigmoid(a * eq7 + b) * top).sqrt().numpy(), rtol=1e-5)
+    assert model.held_out["eq7"].shape == (6,) and model.held_out["supervised"].shape == (6, 16)
     assert out.scores[1::2].min() > out.scores[0::2].max()  # defect images above defect-free ones
-    again = SemnbSegmenter(device="cpu").fit(feats, features, masks, is_normal, seed=0).predict(feats, features, SIZE)
+    again = SemnbSegmenter(device="cpu").fit(feats, features, masks, is_normal, SIZE, seed=0).predict(feats, features,
+                                                                                                       SIZE)
     np.testing.assert_array_equal(out.maps, again.maps)
 
 
@@ -77,7 +92,20 @@ def test_semnb_classifier_gives_probabilities_for_every_class(implicit_device_is
     feats, features, masks, is_normal = _support()
     labels = np.array([0, 1, 0, 2, 0, 1])
     with implicit_device_is_meta():
-        proba = SemnbClassifier(device="cpu").fit(feats, features, masks, is_normal, labels, 3, seed=0).predict_proba(
-            feats, features)
+        tokens = torch.stack([t.mean(dim=1) for t in feats.z[-1:]])[0]
+        model = SemnbClassifier(device="cpu").fit(feats, features, tokens, masks, is_normal, labels, 3, SIZE, seed=0)
+        proba = model.predict_proba(feats, features, tokens)
+    assert model.cross_fit_f1 == {} and model.features == "contrast"  # a class with 1 image: no choice
     assert proba.shape == (6, 3) and np.allclose(proba.sum(axis=1), 1)
     assert (proba.argmax(axis=1)[is_normal] == 0).all()
+
+
+def test_semnb_classifier_chooses_its_features_on_the_cross_fit_with_three_images_per_class():
+    feats, features, masks, is_normal = _support(12)
+    labels = np.where(is_normal, 0, 1 + (np.arange(12) // 2) % 2)  # 6 defect-free, 3 + 3 defect images
+    tokens = feats.z[-1].mean(dim=1)
+    model = SemnbClassifier(device="cpu").fit(feats, features, tokens, masks, is_normal, labels, 3, SIZE, seed=0)
+    assert set(model.cross_fit_f1) == {"contrast", "global"}
+    best = max(model.cross_fit_f1.values())
+    assert model.cross_fit_f1[model.features] == best and (model.features == "contrast"
+                                                           or model.cross_fit_f1["contrast"] < best)
