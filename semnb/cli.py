@@ -341,7 +341,8 @@ def eval_classify(data_dir: Path, layout: str, normal_class: str, backbone: str 
 @click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True,
               help="SSL training epochs (the paper: 15).")
 @click.option("--image-size", type=click.IntRange(min=32, max=2048), default=512, show_default=True,
-              help="Side the images are resized to, a multiple of 4 (the paper: 512; 128 for a quick run).")
+              help="Side the images are resized to, a multiple of 4 (the paper: 512; 128 for a quick run); "
+                   "ssl's frozen trunk reads them at most at 256 px.")
 @click.option("--k", type=click.IntRange(min=2), default=None,
               help="Number of k-means clusters  [default: number of labelled classes]")
 @click.option("--methods", default=None,
@@ -394,7 +395,7 @@ def eval_cluster_command(data_dir: Path, layout: str, normal_class: str, backbon
 @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=128, show_default=True,
               help="Side in pixels the images are resized to.")
 @click.option("--recipe", type=click.Choice(["general", "paper"]), default="general", show_default=True,
-              help="How ours trains: general (triplet head + reconstruction every step, pooled embedding) or "
+              help="How ours trains: general (triplet + classifier + reconstruction every step, pooled embedding) or "
                    "paper (classifier warm-up, then triplet and autoencoder epochs alternated).")
 @compute_options
 def eval_retrieve(data_dir: Path, layout: str, normal_class: str, backbone: str | None, shots: int | None,
@@ -478,8 +479,9 @@ def _support_command(task: str):
                   show_default=True)
     @click.option("--normal-class", default="good", show_default=True, help="Name of the defect-free class.")
     @click.option("--backbone", default=None, help="efficientnet-lite0 (default), MODEL:PRETRAINED or clip:/path.")
-    @click.option("--method", default=None, help="semclip (default), patchcore, nn_visual" if task == "segment" else
-                  "defect_pooled (default with masks), semclip, linear_probe, prototype")
+    @click.option("--method", default=None, help="semnb (default, recommended), semclip, patchcore, nn_visual"
+                  if task == "segment" else "semnb (default with masks, recommended), semclip (default without), "
+                  "defect_pooled, linear_probe, prototype")
     @click.option("--image-size", type=click.IntRange(min=32, max=1024), default=None,
                   help="Side the images are resized to  [default: the backbone's own]")
     @fit_options
@@ -548,7 +550,7 @@ def fit_cluster_command(images_dir: Path, k: str, method: str, epochs: int, imag
 @click.option("--method", type=click.Choice(["ours", "autoencoder", "frozen"]), default=None,
               help="ours (default with two labelled classes or more), autoencoder (default without), frozen.")
 @click.option("--recipe", type=click.Choice(["general", "paper"]), default="general", show_default=True,
-              help="How ours trains: general (both losses every step) or paper (warm-up, alternated epochs).")
+              help="How ours trains: general (all losses every step) or paper (warm-up, alternated epochs).")
 @fit_options
 def fit_retrieve_command(images_dir: Path, labels_csv: Path | None, backbone: str | None, method: str | None,
                          recipe: str, out_dir: Path, overwrite: bool, seed: int, device: str, precision: str) -> None:

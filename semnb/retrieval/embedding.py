@@ -10,8 +10,9 @@ ranking). Training ("ours", `RetrievalConfig.recipe="paper"`, the paper's proced
    all images, labelled or not, through a decoder that mirrors the backbone from its last
    convolutional map (`MirrorDecoder`).
 The default recipe "general" keeps the two losses but sums them in every step (so no epoch
-undoes the other's) and retrieves with the projection followed by the standardised pooled
-features (`EmbeddingNet.pooled_weight`): the labels shape the projection, and the pooled
+undoes the other's), with a classifier's cross-entropy on the projection beside the triplet
+loss and the reconstruction at 32 px, and retrieves with the projection followed by the
+standardised pooled features (`EmbeddingNet.pooled_weight`): the labels shape the projection, and the pooled
 features keep what the labelled classes do not need, which is what classes nobody labelled
 are found by (leave-one-class-out).
 Baselines through the same code: "autoencoder" (b only), "siamese" (a only), "classifier"
@@ -84,6 +85,12 @@ class RetrievalConfig:
     projection followed by the pooled features at `pooled_weight` times its length, so the
     labels of the known classes sharpen the embedding without erasing what it holds about
     the others. `classifier_epochs` None: epochs // 3 warm-up for "paper", none for "general".
+    Two more knobs of "general" only (the paper recipe and the baselines ignore them):
+    `classify_weight` weighs a cross-entropy loss of a linear classifier on the projection,
+    summed with the triplet loss (0: triplet alone), which lifts the labelled classes;
+    `recon_size` is the side the decoder rebuilds the augmented view at (the view averaged
+    down to it; None: `image_size`). Why 32 and not the input size: the two finest decoder
+    levels cost most of a training step and the retrieval figures do not move without them.
 
     Taught in: 07_retrieval.
     """
@@ -105,6 +112,8 @@ class RetrievalConfig:
     recipe: str = "general"
     recon_weight: float = 1.0
     pooled_weight: float = 1.0
+    recon_size: int | None = 32
+    classify_weight: float = 1.0
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -586,8 +595,10 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
     model. "ours" with `config.recipe="general"`: each step takes a P x K batch of labelled
     images and as many images drawn from all (labelled or not), one forward pass; the loss
     is the triplet loss on the projection (semi-hard triplets from pytorch-metric-learning's
-    `TripletMarginMiner`) plus `recon_weight` times the reconstruction error of every image
-    of the step; the embedding is the projection and the weighted pooled features. The backbone is modified in place: load a fresh one per method. Trains on the
+    `TripletMarginMiner`) plus `classify_weight` times a linear classifier's cross-entropy on
+    the projection of the labelled half, plus `recon_weight` times the reconstruction error
+    (at `recon_size`) of the half drawn from all; the embedding is the projection and the
+    weighted pooled features. The backbone is modified in place: load a fresh one per method. Trains on the
     backbone's `compute` (its device, autocast and gradient scaler); the heads are
     initialised on the CPU first, so a seed gives the same start on every device.
 
@@ -603,13 +614,15 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
     backbone.eval()
     with torch.no_grad():
         channels = int(backbone.tuned(compute.to(bank.clean[:1].float())).shape[1])
+    recon_size = min(int(config.recon_size or config.image_size), config.image_size) if general else config.image_size
     levels = mirror_levels(backbone, config.image_size)
+    levels = [(side, width) for side, width in levels if side < recon_size] or levels[-1:]
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(int(seed))
         net = EmbeddingNet(backbone, channels, config.dims if method in LABEL_METHODS else None,
                            config.pooled_weight if general else 0.0)
         head = nn.Linear(config.dims if method in LABEL_METHODS else net.dims, max(n_classes, 1))
-        decoder = MirrorDecoder(levels, channels, config.image_size)
+        decoder = MirrorDecoder(levels, channels, recon_size)
     net, head, decoder = net.to(compute.device), head.to(compute.device), decoder.to(compute.device)
     trained = TrainedEmbedding(method, net, config.image_size)
     if not schedule:
@@ -654,24 +667,28 @@ def train_embedding(method: str, backbone: SplitBackbone, bank: ViewBank, labels
                 continue
             x, view = features(batch)
             n_labelled = len(batch) - config.batch_size if phase == "joint" else len(batch)
+            n_rebuilt = n_labelled if phase == "joint" else 0  # "joint" rebuilds the images drawn from all only
             with compute.autocast():  # the networks in the autocast precision, the losses in float32
                 conv_map = net.conv_map(x)
-                rebuilt = decoder(conv_map).float() if phase in ("autoencoder", "joint") else None
+                rebuilt = decoder(conv_map[n_rebuilt:]).float() if phase in ("autoencoder", "joint") else None
                 output = None if phase == "autoencoder" else net.project(conv_map[:n_labelled])
-                if phase == "classifier":
-                    output = head(output)
+                logits = head(output) if phase == "classifier" or (phase == "joint" and config.classify_weight) else None
             loss = torch.zeros((), device=compute.device)
             if rebuilt is not None:
-                target = compute.to(bank.targets[batch, view]).float() / 255.0
+                target = compute.to(bank.targets[batch[n_rebuilt:], view[n_rebuilt:]]).float() / 255.0
+                if recon_size != target.shape[-1]:
+                    target = F.interpolate(target, size=(recon_size, recon_size), mode="area")
                 loss = F.mse_loss(rebuilt, target) * (config.recon_weight if phase == "joint" else 1.0)
             if phase == "classifier":
-                loss = F.cross_entropy(output.float(), compute.to(torch.from_numpy(labels[batch])))
+                loss = F.cross_entropy(logits.float(), compute.to(torch.from_numpy(labels[batch])))
             elif phase in ("triplet", "joint"):
                 output = output.float()
                 batch_labels = compute.to(torch.from_numpy(labels[batch[:n_labelled]]))
                 mined = (miner(output, batch_labels) if phase == "joint"
                          else mine_semihard(output, batch_labels, config.margin))
                 loss = loss + triplet_loss(output, batch_labels, indices_tuple=mined)
+                if logits is not None:
+                    loss = loss + config.classify_weight * F.cross_entropy(logits.float(), batch_labels)
             optimizer.zero_grad()
             scaler.scale(loss).backward()
             scaler.step(optimizer)

@@ -6,7 +6,7 @@ the embedding network (the tuned backbone layers and the projection; the frozen 
 come back from `load_split_backbone`, checked by their weights label) and, per fit image, its
 embedding, its name (a file path, say) and its label (-1 = unlabelled).
 
-Method: "ours" (triplet and reconstruction losses in every step, the embedding holding the
+Method: "ours" (triplet, classifier and reconstruction losses in every step, the embedding holding the
 projection and the pooled features; `RetrievalConfig(recipe="paper")`: the paper's classifier
 warm-up and alternated epochs; see `embedding`) when at least two classes have two or more
 labelled images, which is what its triplets need; otherwise "autoencoder", which needs no

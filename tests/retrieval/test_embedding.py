@@ -272,6 +272,46 @@ def test_training_is_deterministic_and_keeps_the_frozen_layers():
     assert any(not torch.equal(t, f) for t, f in zip(first.backbone.tuned.parameters(), untouched.tuned.parameters()))
 
 
+def test_general_rebuilds_the_drawn_half_at_recon_size_and_adds_the_classifier_loss(monkeypatch):
+    """Recipe general: the decoder rebuilds only the images drawn from all, at `recon_size` (the view
+    area-averaged down to it); cross-entropy on the projection joins only when `classify_weight` > 0."""
+    import torch.nn.functional as F
+
+    images, labels = _toy_images()
+    backbone = load_split_backbone(TINY_CNN)
+    bank = build_view_bank(backbone, images, SIZE, 1, 0, TINY_CONFIG)
+    real_mse, real_ce = F.mse_loss, F.cross_entropy
+    seen = {"mse": [], "ce": 0}
+
+    def mse(rebuilt, target):
+        seen["mse"].append((tuple(rebuilt.shape), tuple(target.shape), target))
+        return real_mse(rebuilt, target)
+
+    def ce(*args, **kwargs):
+        seen["ce"] += 1
+        return real_ce(*args, **kwargs)
+
+    monkeypatch.setattr(F, "mse_loss", mse)
+    monkeypatch.setattr(F, "cross_entropy", ce)
+    config = replace(TINY_CONFIG, epochs=1, recon_size=SIZE // 2, classify_weight=0.0)
+    plain = train_embedding("ours", load_split_backbone(TINY_CNN), bank, labels, config, 0)
+    half = (TINY_CONFIG.batch_size, 1, SIZE // 2, SIZE // 2)
+    assert seen["mse"] and all(r == t == half for r, t, _ in seen["mse"]) and seen["ce"] == 0
+    # the target is a view averaged over 2 x 2 pixels: its values are means of four uint8 levels / 255
+    target = seen["mse"][0][2]
+    assert torch.allclose(target * 255 * 4, (target * 255 * 4).round(), atol=1e-3)
+    assert target.min() >= 0 and target.max() <= 1
+
+    seen["mse"].clear()
+    classified = train_embedding("ours", load_split_backbone(TINY_CNN), bank, labels,
+                                 replace(config, classify_weight=1.0), 0)
+    assert seen["ce"] == len(seen["mse"]) > 0  # one cross-entropy per joint step
+    assert not np.allclose(plain.encode_frozen(bank.clean), classified.encode_frozen(bank.clean))
+    seen["mse"].clear()
+    train_embedding("autoencoder", load_split_backbone(TINY_CNN), bank, labels, config, 0)  # baselines: full size
+    assert all(r[-1] == SIZE for r, _, _ in seen["mse"])
+
+
 def test_encoding_a_new_image_matches_the_stored_embedding():
     images, labels = _toy_images()
     trained, bank = _train("siamese", 0, images, labels)
