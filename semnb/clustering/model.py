@@ -58,6 +58,11 @@ SPACE_TENSORS = ("centroids", "feature_mean", "feature_scale")
 SETTINGS_KEYS = ("method", "image_size", "precision", "k", "seed", "border", "banner", "embedding_dim")
 
 
+def _rename_legacy_tail_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Folders saved before the tail became `EfficientNetTail` name its head batch norm "bn", now "bn_head"."""
+    return {"bn_head." + name[len("bn."):] if name.startswith("bn.") else name: t for name, t in state.items()}
+
+
 class ClusterModel(FittedModel):
     """Embedding network + standardisation + k centroids; `predict` gives each image its nearest centroid.
 
@@ -103,6 +108,8 @@ class ClusterModel(FittedModel):
         if settings["method"] in TRAINED:
             network = Tail() if settings["method"] == "ssl" else create_model(_ssl_config(settings, compute))
             state = {name[len(SSL_PREFIX):]: t for name, t in tensors.items() if name.startswith(SSL_PREFIX)}
+            if settings["method"] == "ssl":
+                state = _rename_legacy_tail_keys(state)
             try:
                 network.load_state_dict(state, strict=True)
             except RuntimeError as err:

@@ -51,7 +51,7 @@ from semnb.components import patchcore_features, torch_threads
 from semnb.errors import SemnbInputError
 from semnb.hardware import Compute
 from semnb.models import DEFAULT_BACKBONE, load_backbone
-from semnb.models.efficientnet import create_efficientnet_lite0
+from semnb.models.efficientnet import EfficientNetTail, create_efficientnet_lite0
 
 TRUNK_BLOCKS = 15  # blocks 0..14 are frozen; block 15 and the head convolution are trained
 TRUNK_CHANNELS = 192
@@ -115,23 +115,16 @@ class FinetuneHistory:
         return self.images_seen / max(sum(self.seconds), 1e-9)
 
 
-class Tail(nn.Module):
+class Tail(EfficientNetTail):
     """EfficientNet-Lite0's last block and head convolution with their ImageNet weights: block-14 map -> 1280-d map.
 
     Taught in: 06_ssl_clustering.
     """
 
     def __init__(self):
-        super().__init__()
         with torch.device("cpu"):
             net, _ = create_efficientnet_lite0()
-        self.blocks = nn.ModuleList(net._blocks[TRUNK_BLOCKS:])
-        self.conv_head, self.bn, self.act = net._conv_head, net._bn1, net._swish
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.act(self.bn(self.conv_head(x)))
+        super().__init__(net, TRUNK_BLOCKS)
 
     def train(self, mode: bool = True) -> Tail:
         """Train the weights, but keep the ImageNet batch-norm statistics (a few hundred images cannot re-estimate them)."""

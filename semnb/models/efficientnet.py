@@ -118,3 +118,23 @@ class EfficientNetBackbone(Backbone):
             grid=self.grid,
             projector=None,
         )
+
+
+class EfficientNetTail(torch.nn.Module):
+    """EfficientNet-Lite's MBConv blocks from `first_block` on and its head convolution + BN + swish (no drop-connect).
+
+    Why: the part of the ImageNet network that clustering and retrieval fine-tune on the user's images, while the
+    blocks before `first_block` stay frozen.
+
+    Taught in: 06_ssl_clustering, 07_retrieval.
+    """
+
+    def __init__(self, net: torch.nn.Module, first_block: int):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(net._blocks[first_block:])
+        self.conv_head, self.bn_head, self.act = net._conv_head, net._bn1, net._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.act(self.bn_head(self.conv_head(x)))

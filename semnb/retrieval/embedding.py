@@ -53,7 +53,13 @@ from tqdm.auto import tqdm
 from semnb.errors import SemnbInputError
 from semnb.hardware import CPU, Compute, run_in_batches
 from semnb.models import DEFAULT_BACKBONE
-from semnb.models.efficientnet import EFFICIENTNET_NAME, MEAN, STD, create_efficientnet_lite0
+from semnb.models.efficientnet import (
+    EFFICIENTNET_NAME,
+    MEAN,
+    STD,
+    EfficientNetTail,
+    create_efficientnet_lite0,
+)
 from semnb.models.pixels import normalize, resize_gray
 
 RECIPES = ("general", "paper")
@@ -169,20 +175,6 @@ class SplitBackbone(nn.Module):
             return self.tuned(self.frozen_features(gray))
 
 
-class _EfficientNetTop(nn.Module):
-    """The last MBConv blocks and the head convolution of EfficientNet-Lite (no drop-connect)."""
-
-    def __init__(self, net: nn.Module, first_block: int):
-        super().__init__()
-        self.blocks = nn.ModuleList(net._blocks[first_block:])
-        self.conv_head, self.bn_head, self.act = net._conv_head, net._bn1, net._swish
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            x = block(x)
-        return self.act(self.bn_head(self.conv_head(x)))
-
-
 class _EfficientNetBottom(nn.Module):
     def __init__(self, net: nn.Module, first_tuned: int):
         super().__init__()
@@ -234,7 +226,7 @@ def _split_backbone_on_cpu(name: str, tuned_blocks: int, seed: int) -> SplitBack
             raise SemnbInputError("tuned_blocks", f"got {tuned_blocks}", f"use 1..{n_blocks}")
         first = n_blocks - int(tuned_blocks)
         weights = f"ImageNet ({path.name}); last {tuned_blocks} of {n_blocks} blocks + head fine-tuned"
-        return SplitBackbone(name, weights, _EfficientNetBottom(net, first), _EfficientNetTop(net, first),
+        return SplitBackbone(name, weights, _EfficientNetBottom(net, first), EfficientNetTail(net, first),
                              MEAN, STD, stride=32)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

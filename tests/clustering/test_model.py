@@ -192,3 +192,11 @@ def test_an_ssl_model_keeps_the_trunk_size_it_was_fit_at(images, monkeypatch):
     assert np.array_equal(ClusterModel.restore(settings, tensors, device="cpu").embed(images), fitted.embed(images))
     older = {key: value for key, value in settings.items() if key != "trunk_size"}
     assert not np.allclose(ClusterModel.restore(older, tensors, device="cpu").embed(images), fitted.embed(images))
+
+
+def test_a_folder_saved_with_the_old_tail_key_names_restores_exactly(ssl_model, images):
+    """Before the shared `EfficientNetTail` the head batch norm was saved as "ssl.bn.*"; such folders still load."""
+    legacy = {name.replace("ssl.bn_head.", "ssl.bn.", 1): t for name, t in ssl_model.tensors().items()}
+    assert "ssl.bn.weight" in legacy and not any(name.startswith("ssl.bn_head.") for name in legacy)
+    restored = ClusterModel.restore(ssl_model.settings(), legacy, device="cpu")
+    assert np.array_equal(ssl_model.embed(images), restored.embed(images))
