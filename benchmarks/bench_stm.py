@@ -9,7 +9,8 @@ Three parts (each can be skipped):
 2. real (needs ../shared/data/stm): m235_left, a TiO2(110) scan with a pixel mask; the
    few-shot map (`fewshot`: filter-bank forest + label-chosen cues) from k = 1, 2, 5 labelled
    defects against the earlier logistic map (`fewshot_logistic`), the unsupervised map and raw
-   brightness, on the same query pixels.
+   brightness, on the same query pixels; then the ceiling of the pixel features (a forest
+   trained on every label of one half of the scan, scored on the other half).
 3. silver (needs ../shared/data/stm): m63, whose per-defect labels come from the source's
    own pipeline in an unverified frame. First the alignment check: the mean unsupervised
    defect score at the label coordinates over scales 1/4, 1/2, 1, with x/y swapped or not,
@@ -67,6 +68,32 @@ def real_part(seeds: list[int]) -> None:
             print(f"\n== real m235_left (TiO2(110), 512x256), k={shots} labelled defects, seeds={seeds}; "
                   f"{time.perf_counter() - tick:.0f} s")
             print(result.table())
+        oracle_part(scans[0])
+
+
+def oracle_part(scan) -> None:
+    """How far the few-shot map is from what its features allow: a forest (`fit_forest`) trained on
+    20000 pixels drawn from the *full* mask of one half of the scan, scored on the other half,
+    beside raw brightness and the one-label cue (height + blob) on that half."""
+    analysis = stm.analyze_scan(scan.raw)
+    residual, period = analysis.defect_map.residual, analysis.defect_map.lattice.period
+    mask = scan.mask.astype(bool)
+    everything = stm.PixelSupport(defect=mask, lattice=~mask, region=np.ones_like(mask), component_ids=np.zeros(0, int))
+    features = stm.pixel_features(analysis.z, residual, period, stm.support_polarity(residual, everything))
+    cue = stm.cue_map(stm.unsupervised_cues(analysis), ["height:bright", "blob:bright"])
+    half = mask.shape[0] // 2
+    rows = {}
+    for name, train, test in (("top -> bottom", slice(0, half), slice(half, None)),
+                              ("bottom -> top", slice(half, None), slice(0, half))):
+        x, y = features[train].reshape(-1, features.shape[-1]), mask[train].ravel()
+        pick = np.random.default_rng(0).choice(len(y), min(20000, len(y)), replace=False)
+        forest = stm.fit_forest(x[pick], y[pick], seed=0)
+        oracle = forest.predict_proba(features[test].reshape(-1, features.shape[-1]))[:, 1].reshape(mask[test].shape)
+        for method, image in (("all-label forest", oracle), ("height+blob cue", cue[test]), ("brightness", scan.raw[test])):
+            rows[f"{name}: {method}"] = {"pixel_auroc": metrics.pixel_auroc([image], [mask[test]], num_thresholds=None),
+                                        "pixel_f1_max": metrics.pixel_f1_max([image], [mask[test]], num_thresholds=None)}
+    print(f"\n== real {scan.name}: the ceiling of the pixel features, every label of one half -> the other half")
+    print(format_table(rows, ["pixel_auroc", "pixel_f1_max"]))
 
 
 def silver_part(seeds: list[int], episodes: int) -> None:

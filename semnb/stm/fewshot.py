@@ -110,6 +110,9 @@ FEATURE_SCALES = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 CUE_MARGIN = 0.02
 """`select_cues` keeps every cue whose support AUROC is within this of the best one."""
 
+FOREST_TREES = 100
+"""Trees of the few-shot forest (`fit_forest`)."""
+
 PSEUDO_TOP, PSEUDO_BOTTOM, PSEUDO_ROWS = 0.05, 0.5, 2000
 """`forest_pixel_map` pseudo-labels: the top 5% of the cue (defect) and its bottom half
 (lattice) of the unlabelled pixels, PSEUDO_ROWS drawn from each."""
@@ -217,7 +220,7 @@ def cue_map(cues: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
 
 
 def fit_forest(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, seed: int = 0):
-    """The pixel classifier of the few-shot map: a random forest (scikit-learn; 100 trees, at
+    """The pixel classifier of the few-shot map: a random forest (scikit-learn; FOREST_TREES = 100 trees, at
     least 10 rows per leaf, sqrt(F) features per split, one thread), fitted on rows x,
     labels y (1 defect, 0 lattice) with `weights`, class-balanced when none are given.
 
@@ -228,7 +231,7 @@ def fit_forest(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, 
     """
     from sklearn.ensemble import RandomForestClassifier
 
-    forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=10, max_features="sqrt", n_jobs=1,
+    forest = RandomForestClassifier(n_estimators=FOREST_TREES, min_samples_leaf=10, max_features="sqrt", n_jobs=1,
                                     class_weight=None if weights is not None else "balanced", random_state=seed)
     return forest.fit(x, np.asarray(y, dtype=np.int64), sample_weight=weights)
 

@@ -9,11 +9,19 @@ from semnb.cli import main
 from semnb.data import load_scans
 from semnb.data.synth_stm import write_stm_dataset
 from semnb.errors import SemnbInputError
-from semnb.stm.evaluate import SurfaceCrops, evaluate_stm, leave_one_surface_out
+from semnb.metrics import pixel_auroc
+from semnb.stm.evaluate import (
+    PIXEL_METHODS,
+    SurfaceCrops,
+    evaluate_stm,
+    leave_one_surface_out,
+    pixel_maps_for_seed,
+)
+from semnb.stm.lattice import analyze_scan
 from tests.stm.pits import lattice_with_pits
 
 
-def test_eval_stm_cli_writes_the_results_contract(tmp_path):
+def test_eval_stm_cli_writes_the_results_contract(tmp_path, small_forest):
     data = write_stm_dataset(tmp_path / "stm", n_per_class=1, size=160, seed=0)
     out = tmp_path / "r.json"
     result = CliRunner().invoke(main, ["eval", "stm", "--data", str(data), "--shots", "1", "--seeds", "0",
@@ -30,7 +38,7 @@ def test_eval_stm_cli_writes_the_results_contract(tmp_path):
     assert list(obj["timing"]) == ["load_s", "analyse_s", "pixel_maps_s", "classification_s", "total_s"]
 
 
-def test_eval_is_deterministic(tmp_path):
+def test_eval_is_deterministic(tmp_path, small_forest):
     scan, mask = lattice_with_pits(96)
     np.save(tmp_path / "pits.npy", scan)
     np.save(tmp_path / "pits_mask.npy", mask.astype(np.uint8))
@@ -41,7 +49,7 @@ def test_eval_is_deterministic(tmp_path):
     assert a.results["unsupervised"]["pixel_auroc"] > a.results["brightness"]["pixel_auroc"]
 
 
-def test_loader_warnings_come_first_and_data_names_the_folder(tmp_path):
+def test_loader_warnings_come_first_and_data_names_the_folder(tmp_path, small_forest):
     np.save(tmp_path / "lonely.npy", np.zeros((32, 32), np.float32))
     scan, mask = lattice_with_pits(64)
     np.save(tmp_path / "pits.npy", scan)
@@ -87,9 +95,12 @@ def test_real_tio2_scan_if_present(shared_data, tmp_path):
         pytest.skip("m235_left is not in the shared data")
     for name in ("m235_left.npy", "m235_left_mask.npy"):
         (tmp_path / name).symlink_to(source / name)
-    result = evaluate_stm(load_scans(tmp_path), shots=5, seeds=[0], progress=False)
-    assert result.results["fewshot"]["pixel_auroc"] > 0.9
-    assert result.results["unsupervised"]["pixel_auroc"] > 0.8
+    # the judged setting, one labelled defect (seed 0), the maps of one seed (`evaluate_stm` runs this per seed)
+    scan = load_scans(tmp_path)[0]
+    maps = pixel_maps_for_seed(scan, analyze_scan(scan.raw), shots=1, seed=0)
+    auroc = {m: pixel_auroc([maps[m]], [maps["mask"]], num_thresholds=None) for m in PIXEL_METHODS}
+    assert auroc["fewshot"] > auroc["brightness"] + 0.005 and auroc["brightness"] > 0.9  # .949 vs .936
+    assert auroc["unsupervised"] > 0.85
 
 
 def test_a_flat_scan_is_named_by_its_file(tmp_path):
@@ -103,7 +114,7 @@ def test_a_flat_scan_is_named_by_its_file(tmp_path):
     assert f"{tmp_path / 'blank.npy'}: is flat" in run.output and "Fix:" in run.output
 
 
-def test_eval_runs_on_the_device_asked_for_and_records_it(tmp_path, implicit_device_is_meta):
+def test_eval_runs_on_the_device_asked_for_and_records_it(tmp_path, implicit_device_is_meta, small_forest):
     data = write_stm_dataset(tmp_path / "stm", n_per_class=1, size=128, seed=0)
     scans = load_scans(data)
     with implicit_device_is_meta():  # a tensor made without an explicit device would be meta and fail

@@ -96,6 +96,17 @@ def test_period_survives_two_steps_and_a_tip_change(seed):
     assert pixel_auroc(defect_map.score[None], scan.mask[None], num_thresholds=None) > 0.95  # 0.65 and 0.58 with the wrong period
 
 
+@pytest.mark.parametrize("surface, seed, n_steps, before", [
+    ("tio2_110", 2613022947, None, 35.2),  # `semnb data synth --kind stm --seed 0`'s tio2_110_003
+    ("ge001", 18, 2, 25.6), ("tio2_110", 8, 2, 19.1)])
+def test_half_frequency_is_taken_only_along_or_across_the_lattice(surface, seed, n_steps, before):
+    # two close steps put a fringe spot at about half the lattice frequency, in their own
+    # direction; taking any half-frequency spot (the Si dimer-row rule) gave `before` px
+    scan = generate_stm_scan(surface, 256, seed=seed, n_steps=n_steps)
+    assert scan.artefacts["n_steps"] == 2
+    assert abs(stm.dominant_period(preprocess_scan(scan.raw)) - scan.row_period) < 0.1 * scan.row_period
+
+
 def test_residual_takes_copies_from_the_region_only():
     z = np.random.default_rng(0).normal(size=(12, 12))
     lattice = stm.Lattice(translations=np.array([[1.0, 0.0], [-1.0, 0.0]]), correlation=np.ones(2), period=2.0)

@@ -13,6 +13,7 @@ from semnb.stm.model import TENSOR_NAMES, StmModel, fit_stm
 
 SURFACE, SIZE = "ge001", 128
 ROWS = 300  # training rows per group and scan: small models fit fast
+pytestmark = pytest.mark.usefixtures("small_forest_module")  # 10 trees: every fit and restore here is small
 
 
 def _scans(seeds, size=SIZE, **options):
