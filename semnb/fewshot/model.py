@@ -170,6 +170,7 @@ def _semnb_segmenter_tensors(segmenter: SemnbSegmenter, prefix: str) -> dict[str
            f"{prefix}calibration": torch.tensor(segmenter.calibration, dtype=torch.float64, device="cpu")}
     if segmenter.score_gate is not None:
         out[f"{prefix}score_gate"] = torch.tensor(segmenter.score_gate, dtype=torch.float64, device="cpu")
+    out[f"{prefix}sigma"] = torch.tensor(segmenter.sigma, dtype=torch.float64, device="cpu")
     return out
 
 
@@ -181,6 +182,8 @@ def _restore_semnb_segmenter(config: SemnbSegmentConfig, compute: Compute, tenso
     segmenter.calibration = tuple(float(v) for v in tensors[f"{prefix}calibration"])
     if f"{prefix}score_gate" in tensors:
         segmenter.score_gate = tuple(float(v) for v in tensors[f"{prefix}score_gate"])
+    if f"{prefix}sigma" in tensors:  # models saved before the smoothing was chosen keep the config's
+        segmenter.sigma = float(tensors[f"{prefix}sigma"])
     return segmenter
 
 

@@ -11,6 +11,7 @@ from semnb.fewshot.recommended import (
     calibrate_distances,
     gate_probabilities,
     choose_score_gate,
+    choose_sigma,
     leave_one_out_distances,
     support_folds,
 )
@@ -57,6 +58,19 @@ def test_score_gate_is_kept_only_where_eq7_separates_the_held_out_support():
     assert a > 0 and 1 / (1 + np.exp(-(a * 0.0 + b))) < 0.5 < 1 / (1 + np.exp(-(a * 1.2 + b)))
     assert choose_score_gate(np.array([0.1, 0.5, 0.3, 0.4, 0.6, 0.2]), is_defect) is None  # AUROC 5/9 < 0.75
     assert choose_score_gate(np.array([1.0, 1.1, 1.2, 0.0, 0.1, 0.2]), is_defect) is None  # inverted
+
+
+def test_sigma_is_the_smoothing_with_the_best_held_out_pixel_auroc():
+    """A map that hits a large defect's centre only wants wide smoothing; one that hits a small defect exactly, none."""
+    maps = torch.zeros(2, 8, 8)
+    big, small = np.zeros((2, 64, 64), bool), np.zeros((2, 64, 64), bool)
+    big[0, 8:56, 8:56] = True  # image 0: a large defect, its map lights one central patch
+    maps[0, 3:5, 3:5] = 1.0
+    small[0, 24:40, 24:40] = True  # the same map, now exactly the defect's patches
+    grid = (8, 8)
+    flat = maps.reshape(2, -1)
+    assert choose_sigma(flat, big, grid, 64, (1.0, 16.0)) == 16.0
+    assert choose_sigma(flat, small, grid, 64, (1.0, 16.0)) == 1.0
 
 
 def test_gate_scales_defect_classes_by_p_defect_and_the_normal_class_by_its_complement():
