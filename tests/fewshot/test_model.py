@@ -1,4 +1,5 @@
 """Fitted few-shot models: exact restore, determinism, the threshold, sanity on the support, bad input."""
+import copy
 import json
 
 import numpy as np
@@ -91,6 +92,19 @@ def test_segment_default_is_semnb_and_same_seed_same_tensors_and_maps(support):
     assert first.settings() == again.settings()
     assert np.array_equal(first.predict(support["pixels"][:2])[1].defect_map,
                           again.predict(support["pixels"][:2])[1].defect_map)
+
+
+def test_a_chosen_smoothing_is_saved_and_restored_with_the_semnb_segmenter(support):
+    """The sigma `choose_sigma` picks per support travels in the folder (a 4 px default would hide a lost one)."""
+    fitted = _segment(support, "semnb")
+    assert fitted.segmenter.sigma != 12.0
+    model = copy.deepcopy(fitted)
+    model.segmenter.sigma = 12.0
+    restored = _restored(model, SegmentModel)
+    assert restored.segmenter.sigma == 12.0
+    wide = model.predict(support["pixels"][:1])[0].defect_map
+    assert np.array_equal(wide, restored.predict(support["pixels"][:1])[0].defect_map)
+    assert not np.array_equal(wide, fitted.predict(support["pixels"][:1])[0].defect_map)
 
 
 def test_segment_masks_at_the_threshold_agree_with_the_support_masks_far_better_than_chance(support):
