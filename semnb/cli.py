@@ -677,7 +677,7 @@ def _archive_search(index_dir: Path, model, pixels, k: int) -> list[list[tuple[s
     faiss.omp_set_num_threads(1)
     archive = ArchiveIndex.load(index_dir)
     embeddings = np.stack([p.embedding for p in model.predict(pixels)]).astype(np.float32)
-    paths, distances = archive.search(embeddings, k)
+    paths, distances = archive.search(embeddings, k, gate=model.index.gate)  # weighted as the model's gallery search
     return [[(path, float(np.sqrt(max(d, 0.0)))) for path, d in zip(row_paths, row)]
             for row_paths, row in zip(paths, distances)]
 

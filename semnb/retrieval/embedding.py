@@ -61,6 +61,7 @@ from semnb.models.efficientnet import (
     create_efficientnet_lite0,
 )
 from semnb.models.pixels import normalize, resize_gray
+from semnb.retrieval.index import NoveltyGate
 
 RECIPES = ("general", "paper")
 """How "ours" trains: "general" (default: both losses every step, projection + pooled embedding) or "paper"."""
@@ -97,6 +98,12 @@ class RetrievalConfig:
     `recon_size` is the side the decoder rebuilds the augmented view at (the view averaged
     down to it; None: `image_size`). Why 32 and not the input size: the two finest decoder
     levels cost most of a training step and the retrieval figures do not move without them.
+    `gate_quantile` (general recipe, searching): each query weighs the pooled half by its
+    novelty (`semnb.retrieval.index.NoveltyGate`: the query's pooled half times
+    `gate_scales[0]` when its projection lies as near the labelled training images as the
+    `gate_quantile` of theirs to each other, else times `gate_scales[1]`); None: no gate, one
+    fixed weight for every query. Why: the projection alone ranks the labelled classes best,
+    the pooled features rank the unlabelled ones best, and a fixed weight trades one for the other.
 
     Taught in: 07_retrieval.
     """
@@ -120,6 +127,8 @@ class RetrievalConfig:
     pooled_weight: float = 1.0
     recon_size: int | None = 32
     classify_weight: float = 1.0
+    gate_quantile: float | None = 0.7
+    gate_scales: tuple[float, float] = (0.25, 4.0)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -546,6 +555,22 @@ class TrainedEmbedding:
         """
         bank = build_view_bank(self.backbone, pixels, self.image_size, batch_size=batch_size, progress=progress)
         return self.encode_frozen(bank.clean, batch_size)
+
+
+def query_gate(trained: TrainedEmbedding, labelled_embeddings: np.ndarray, config: RetrievalConfig) -> NoveltyGate | None:
+    """The per-query gate of a general-recipe embedding (`RetrievalConfig.gate_quantile`), fit on the labelled images' embeddings.
+
+    None for any other embedding (no pooled half to weigh), with `gate_quantile` None, or
+    with fewer than two labelled images.
+
+    Taught in: 07_retrieval.
+    """
+    net = trained.net
+    if config.gate_quantile is None or not net.pooled_weight:
+        return None
+    known, novel = config.gate_scales
+    return NoveltyGate.fit(labelled_embeddings, int(net.projection.out_features), float(config.gate_quantile),
+                           float(known), float(novel))
 
 
 def _contiguous(labels: np.ndarray) -> tuple[np.ndarray, int]:

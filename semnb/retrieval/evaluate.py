@@ -7,7 +7,9 @@ Protocol (per seed):
   training, unlabelled);
 - every method trains on the same images with the same augmented views, then embeds the
   gallery (held-out labelled images + unlabelled images); each held-out image queries the
-  gallery, itself excluded, with query expansion (5 neighbours) unless `n_expand=0`;
+  gallery, itself excluded, with query expansion (5 neighbours) unless `n_expand=0`; the
+  general recipe's "ours" searches through its query gate (`embedding.query_gate`, fit on the
+  labelled training images: each query weighs the pooled half by its novelty);
 - precision@K and mAP@K (semnb.metrics, the paper's eq. 5-6) over the queries; scale_std:
   the spread (std of log10 magnification) of the correctly retrieved images of a query,
   averaged over queries;
@@ -44,6 +46,7 @@ from semnb.retrieval.embedding import (
     ViewBank,
     build_view_bank,
     load_split_backbone,
+    query_gate,
     train_embedding,
 )
 from semnb.retrieval.index import RetrievalIndex, faiss_device
@@ -227,7 +230,8 @@ def evaluate_retrieval(images: ImageSet, backbone: str = DEFAULT_BACKBONE, metho
             timing[f"train_{method}_s"] = timing.get(f"train_{method}_s", 0.0) + time.perf_counter() - tick
             history.setdefault(method, trained.history)
             index = RetrievalIndex(trained.encode_frozen(clean[split.gallery]), [str(images.paths[i]) for i in split.gallery],
-                                   images.labels[split.gallery], names, mags_all[split.gallery], device=search_device)
+                                   images.labels[split.gallery], names, mags_all[split.gallery], device=search_device,
+                                   gate=_gate(trained, bank, split.train_labels, config))
             main_indexes[method] = index
             scores, ids = _search_scores(index, rows, k, n_expand)
             per_seed[method].append(scores)
@@ -316,12 +320,18 @@ def _leave_one_class_out(method, main_index, split, rows, labels, clean, bank, b
             trained = train_embedding(method, load_split_backbone(backbone, config.tuned_blocks, device=compute),
                                       bank, hidden.train_labels, config, seed, progress)
             index = RetrievalIndex(trained.encode_frozen(clean[split.gallery]), main_index.paths, main_index.labels,
-                                   main_index.class_names, main_index.magnifications, device=main_index.device)
+                                   main_index.class_names, main_index.magnifications, device=main_index.device,
+                                   gate=_gate(trained, bank, hidden.train_labels, config))
         else:  # trains without labels: hiding one class's labels changes nothing
             index = main_index
         scores, _ = _search_scores(index, mine, k, n_expand)
         out[int(cls)] = {"precision_at_k": scores["precision_at_k"], "map_at_k": scores["map_at_k"]}
     return out
+
+
+def _gate(trained, bank: ViewBank, train_labels: np.ndarray, config: RetrievalConfig):
+    """The query gate of `trained` from the labelled training images (None where the method has none)."""
+    return query_gate(trained, trained.encode_frozen(bank.clean[train_labels >= 0]), config)
 
 
 def _class_means(runs: list[dict], names: list[str]) -> dict[str, dict[str, float]]:

@@ -53,6 +53,90 @@ _GPU_RESOURCES: dict[int, object] = {}  # one faiss.StandardGpuResources per GPU
 _SAID_NO_GPU_FAISS = False
 
 
+class NoveltyGate:
+    """Per-query weight of an embedding's second half (semnb's general recipe: projection, then pooled features).
+
+    Why: the trained projection ranks the labelled classes best, the pooled features rank
+    classes nobody labelled best, and one fixed weight trades one against the other. So each
+    query chooses: its novelty is the cosine distance of its first `dims` components (the
+    projection) to the nearest of `reference` (the projections of the labelled training
+    images); above `threshold` the query's second half is multiplied by `novel_scale`, else
+    by `known_scale`. Inner products are linear in the query, so for a gallery whose
+    embeddings all have one length, multiplying the query's half by a ranks exactly as a
+    gallery and query built with that half's weight times sqrt(a) (a = 0: the projection
+    alone); the stored vectors and the faiss index stay as they are. With query expansion
+    the scale is chosen once from the query itself and applied to the neighbour search and to
+    the expanded query (`RetrievalIndex.search_expanded`).
+    `fit`: the threshold is the `quantile` of the reference's leave-one-out novelties.
+
+    Taught in: 07_retrieval.
+    """
+
+    def __init__(self, reference, dims: int, threshold: float, second_norm: float, known_scale: float = 0.25,
+                 novel_scale: float = 4.0):
+        reference = np.asarray(reference, dtype=np.float32)
+        if reference.ndim != 2 or len(reference) == 0 or not 0 < int(dims) <= reference.shape[1]:
+            raise SemnbInputError("gate reference", f"has shape {reference.shape} for {dims} gated dims",
+                                  "pass the labelled images' embeddings [N, M] with 0 < dims <= M")
+        self.dims = int(dims)
+        self.reference = _unit(reference[:, :self.dims])
+        self.threshold, self.second_norm = float(threshold), float(second_norm)
+        self.known_scale, self.novel_scale = float(known_scale), float(novel_scale)
+
+    @classmethod
+    def fit(cls, embeddings, dims: int, quantile: float = 0.7, known_scale: float = 0.25,
+            novel_scale: float = 4.0) -> NoveltyGate | None:
+        """The gate of labelled embeddings [N, M] (None when fewer than two: no leave-one-out novelty)."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if len(embeddings) < 2:
+            return None
+        if not 0 < quantile <= 1:
+            raise SemnbInputError("gate quantile", f"got {quantile}", "use a fraction in (0, 1], e.g. 0.7")
+        unit = _unit(embeddings[:, :dims])
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        threshold = float(np.quantile(1.0 - similarity.max(axis=1), quantile))
+        second_norm = float((embeddings[:, dims:].astype(np.float64) ** 2).sum(axis=1).mean())
+        return cls(embeddings, dims, threshold, second_norm, known_scale, novel_scale)
+
+    def novelty(self, queries: np.ndarray) -> np.ndarray:
+        """Cosine distance [Q] of each query's first `dims` components to the nearest reference."""
+        return 1.0 - (_unit(queries[:, :self.dims]) @ self.reference.T).max(axis=1)
+
+    def scales(self, queries: np.ndarray) -> np.ndarray:
+        """The scale [Q, 1] of each query's second half."""
+        return np.where(self.novelty(queries) > self.threshold, self.novel_scale, self.known_scale)[:, None]
+
+    def apply(self, queries: np.ndarray, scales: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.hstack([queries[:, :self.dims], scales * queries[:, self.dims:]]),
+                                    dtype=np.float32)
+
+    def distances(self, queries: np.ndarray, squared: np.ndarray, scales: np.ndarray,
+                  stored_second: np.ndarray | None = None) -> np.ndarray:
+        """The faiss squared distances [Q, k] of the scaled queries -> squared distances in each query's metric.
+
+        The query's metric weighs the second half's squared differences by its scale a, and
+        |a q2 - g2|^2 = a |q2 - g2|^2 + (a^2 - a) |q2|^2 + (1 - a) |g2|^2, with |g2|^2 the
+        stored second halves' squared length: `stored_second` [Q, k] of each result where the
+        stored vectors are at hand, else `second_norm` (one length for standardised halves:
+        an archive index holds only codes). So a query that is a stored image is at distance
+        0, as without a gate.
+        """
+        second = (queries[:, self.dims:].astype(np.float64) ** 2).sum(axis=1, keepdims=True)
+        stored = self.second_norm if stored_second is None else stored_second
+        shift = (scales ** 2 - scales) * second + (1.0 - scales) * stored
+        return np.where(np.isfinite(squared), np.maximum(squared - shift, 0.0), squared).astype(np.float32)
+
+    def record(self) -> dict:
+        """The gate's numbers but its reference (JSON)."""
+        return {"dims": self.dims, "threshold": self.threshold, "second_norm": self.second_norm,
+                "known_scale": self.known_scale, "novel_scale": self.novel_scale}
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 class RetrievalIndex:
     """Embeddings [N, M] float32 with, per row, its path, label (-1 = none) and magnification (NaN = unknown).
 
@@ -64,7 +148,7 @@ class RetrievalIndex:
 
     def __init__(self, embeddings, paths: Sequence[str | Path], labels=None, class_names: Sequence[str] = (),
                  magnifications=None, approximate: str | None = None, info: dict | None = None,
-                 device: str | torch.device = "auto"):
+                 device: str | torch.device = "auto", gate: NoveltyGate | None = None):
         self.embeddings = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
         if self.embeddings.ndim != 2 or len(self.embeddings) == 0:
             raise SemnbInputError("embeddings", f"has shape {self.embeddings.shape}", "pass one embedding row per image")
@@ -83,6 +167,9 @@ class RetrievalIndex:
         self.class_names = list(class_names)
         self.approximate = approximate
         self.info = dict(info or {})
+        if gate is not None and gate.dims >= self.embeddings.shape[1]:
+            raise SemnbInputError("gate", f"gates {gate.dims} of {self.embeddings.shape[1]} dims", "fit it on these embeddings")
+        self.gate = gate
         self.device = faiss_device(device, approximate)
         self._index = build_faiss_index(self.embeddings, approximate, device=self.device)
 
@@ -91,7 +178,8 @@ class RetrievalIndex:
 
     def __repr__(self) -> str:
         kind = self.approximate or "exact"
-        return f"RetrievalIndex({len(self)} images, {self.embeddings.shape[1]} dims, {kind} search on {self.device})"
+        gated = ", novelty-gated queries" if self.gate else ""
+        return f"RetrievalIndex({len(self)} images, {self.embeddings.shape[1]} dims, {kind} search on {self.device}{gated})"
 
     @property
     def dims(self) -> int:
@@ -104,11 +192,19 @@ class RetrievalIndex:
 
         `exclude[q]` is a row id that query q must not get back (itself, when the query is
         a stored image); -1 or None excludes nothing. A query from outside the collection
-        needs no exclusion. Ids are -1 where fewer than k images exist.
+        needs no exclusion. Ids are -1 where fewer than k images exist. With a `gate`, each
+        query's second half is scaled by its gate first, and the distances are in each query's
+        metric (`NoveltyGate.distances`).
 
         Taught in: 07_retrieval.
         """
         queries = self._queries(queries)
+        if self.gate is None:
+            return self._search_vectors(queries, k, exclude)
+        scales = self.gate.scales(queries)
+        return self._gated_results(queries, *self._search_vectors(self.gate.apply(queries, scales), k, exclude), scales)
+
+    def _search_vectors(self, queries: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
         k = self._check_k(k, exclude is not None)
         exclude = self._exclusions(exclude, len(queries))
         extra = int(np.any(exclude >= 0))
@@ -120,14 +216,35 @@ class RetrievalIndex:
     def search_expanded(self, queries, k: int, exclude=None, n_expand: int = 5) -> tuple[np.ndarray, np.ndarray]:
         """Average query expansion: mean of the query and its `n_expand` nearest, then `search` again.
 
+        With a `gate`, the scale chosen from the query itself weighs both searches: the
+        neighbours are found with the scaled query, the expanded query (the plain mean) is
+        scaled the same way; i.e. the expansion of a per-query pooled weight.
+
         Taught in: 07_retrieval.
         """
         queries = self._queries(queries)
         if n_expand < 1:
             return self.search(queries, k, exclude)
-        _, neighbours = self.search(queries, n_expand, exclude)
+        if self.gate is None:
+            _, neighbours = self.search(queries, n_expand, exclude)
+            return self.search(expand_queries(queries, self.embeddings, neighbours), k, exclude)
+        scales = self.gate.scales(queries)
+        _, neighbours = self._search_vectors(self.gate.apply(queries, scales), n_expand, exclude)
         expanded = expand_queries(queries, self.embeddings, neighbours)
-        return self.search(expanded, k, exclude)
+        return self._gated_results(expanded, *self._search_vectors(self.gate.apply(expanded, scales), k, exclude), scales)
+
+    def _gated_results(self, queries: np.ndarray, squared: np.ndarray, ids: np.ndarray,
+                       scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distances in each query's metric from the stored vectors' own lengths, results re-sorted by them.
+
+        Why re-sort: the scaled query ranks exactly as its metric where every stored second
+        half has one length; standardised halves have it up to their epsilon, so near-ties
+        can come back out of order.
+        """
+        stored_second = (self.embeddings[np.maximum(ids, 0), self.gate.dims:].astype(np.float64) ** 2).sum(-1)
+        distances = self.gate.distances(queries, squared, scales, stored_second)
+        order = np.argsort(distances, axis=1, kind="stable")
+        return np.take_along_axis(distances, order, 1), np.take_along_axis(ids, order, 1)
 
     def labels_of(self, ids: np.ndarray) -> np.ndarray:
         """Labels of result ids (-1 for missing results)."""
@@ -146,7 +263,9 @@ class RetrievalIndex:
         folder = Path(folder)
         with atomic_path(folder / ARRAYS_FILE) as tmp:
             with open(tmp, "wb") as handle:
-                np.savez(handle, embeddings=self.embeddings, labels=self.labels, magnifications=self.magnifications)
+                gate = {} if self.gate is None else {"gate_reference": self.gate.reference}
+                np.savez(handle, embeddings=self.embeddings, labels=self.labels, magnifications=self.magnifications,
+                         **gate)
             digest = file_sha256(tmp)
         write_json_atomic(folder / TEXT_FILE, {
             "format": FORMAT_VERSION,
@@ -156,6 +275,7 @@ class RetrievalIndex:
             "class_names": self.class_names,
             "approximate": self.approximate,
             "info": self.info,
+            "gate": None if self.gate is None else self.gate.record(),
             "paths": self.paths,
         })
         return folder
@@ -183,9 +303,10 @@ class RetrievalIndex:
                                   "save the index again")
         with np.load(arrays_path, allow_pickle=False) as arrays:
             embeddings, labels, mags = arrays["embeddings"], arrays["labels"], arrays["magnifications"]
+            gate = NoveltyGate(arrays["gate_reference"], **text["gate"]) if text.get("gate") else None
         kind = text.get("approximate") if approximate == "stored" else approximate
         return cls(embeddings, text["paths"], labels, text.get("class_names", []), mags, kind, text.get("info"),
-                   device)
+                   device, gate)
 
     # ---------------------------------------------------------------- checks
 
@@ -378,8 +499,11 @@ class ArchiveIndex:
         return (f"ArchiveIndex({len(self)} vectors, {self.index.d} dims, {self.record.get('kind')}, "
                 f"{self.record.get('bytes_per_vector')} bytes/vector)")
 
-    def search(self, queries, k: int = 10) -> tuple[list[list[str | None]], np.ndarray]:
+    def search(self, queries, k: int = 10, gate: NoveltyGate | None = None) -> tuple[list[list[str | None]], np.ndarray]:
         """The k nearest archived images of each query: (paths [Q][k], squared distances [Q, k]), nearest first.
+
+        `gate`: the query gate of the model whose predictions built the index (as
+        `RetrievalIndex` applies it), so an archive answers as the model's own gallery does.
 
         Taught in: 07_retrieval.
         """
@@ -393,7 +517,12 @@ class ArchiveIndex:
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self):
             raise SemnbInputError("--k", f"asks for {k} results but the index holds {len(self)}",
                                   f"use 1 <= k <= {len(self)}")
-        distances, ids = self.index.search(np.ascontiguousarray(queries), int(k))
+        if gate is None:
+            distances, ids = self.index.search(np.ascontiguousarray(queries), int(k))
+        else:
+            scales = gate.scales(queries)
+            distances, ids = self.index.search(gate.apply(queries, scales), int(k))
+            distances = gate.distances(queries, distances, scales)
         found = self.paths.take(np.maximum(ids, 0).reshape(-1)).to_pylist()
         paths = [[found[q * k + j] if ids[q, j] >= 0 else None for j in range(k)] for q in range(len(ids))]
         return paths, distances

@@ -4,7 +4,9 @@ Why the gallery travels with the model: `semnb search MODEL_DIR --query IMAGE` m
 right after loading, without the fit images and without re-encoding them. So the model holds
 the embedding network (the tuned backbone layers and the projection; the frozen lower layers
 come back from `load_split_backbone`, checked by their weights label) and, per fit image, its
-embedding, its name (a file path, say) and its label (-1 = unlabelled).
+embedding, its name (a file path, say) and its label (-1 = unlabelled). Its search goes through
+the query gate of the general recipe (`embedding.query_gate`), rebuilt at restore from the
+labelled gallery rows, so nothing more is stored.
 
 Method: "ours" (triplet, classifier and reconstruction losses in every step, the embedding holding the
 projection and the pooled features; `RetrievalConfig(recipe="paper")`: the paper's classifier
@@ -35,6 +37,7 @@ from semnb.retrieval.embedding import (
     TrainedEmbedding,
     build_view_bank,
     load_split_backbone,
+    query_gate,
     train_embedding,
 )
 from semnb.retrieval.index import RetrievalIndex
@@ -70,8 +73,9 @@ class RetrievalModel(FittedModel):
         self.class_names = list(class_names)
         self.config = config
         self.seed = int(seed)
+        gate = query_gate(embedding, self.gallery[self.labels >= 0], config)  # from the gallery: the same at restore
         self.index = RetrievalIndex(self.gallery, self.names, self.labels, self.class_names,
-                                    device=embedding.compute.device)
+                                    device=embedding.compute.device, gate=gate)
 
     @property
     def method(self) -> str:
@@ -114,7 +118,9 @@ class RetrievalModel(FittedModel):
             raise _incomplete(f"the settings lack {', '.join(missing)}")
         if GALLERY not in tensors:
             raise _incomplete(f"the tensors lack {GALLERY}")
-        config = RetrievalConfig(**{**settings["config"], "scale_range": tuple(settings["config"]["scale_range"])})
+        saved = settings["config"]  # a model saved before the query gate keeps searching without it
+        config = RetrievalConfig(**{"gate_quantile": None, **saved, "scale_range": tuple(saved["scale_range"]),
+                                    "gate_scales": tuple(saved.get("gate_scales", RetrievalConfig.gate_scales))})
         compute = Compute.resolve(device, precision or settings["precision"])
         backbone = load_split_backbone(settings["backbone"], config.tuned_blocks, seed=settings["seed"],
                                        device=compute)

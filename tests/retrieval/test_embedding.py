@@ -32,6 +32,7 @@ from semnb.retrieval.embedding import (
     MirrorDecoder,
     RetrievalConfig,
     Standardize,
+    TrainedEmbedding,
     augment,
     build_view_bank,
     embedding_distances,
@@ -39,6 +40,7 @@ from semnb.retrieval.embedding import (
     mine_semihard,
     mirror_levels,
     phase_schedule,
+    query_gate,
     train_embedding,
 )
 from semnb.retrieval.evaluate import (
@@ -212,6 +214,18 @@ def test_embedding_with_pooled_features_is_the_projection_then_the_scaled_standa
     # the pooled half is pooled_weight times as long as the projection (which has length sqrt(16))
     assert torch.allclose(out[:, 16:].norm(dim=1), 0.5 * projected.norm(dim=1), atol=1e-3)
     assert EmbeddingNet(backbone, 64, 16).embed_map(conv_map).shape == (3, 16)
+
+
+def test_only_the_general_recipe_embedding_gets_a_query_gate_on_its_projection_half():
+    backbone = load_split_backbone(TINY_CNN)
+    labelled = np.random.default_rng(0).normal(size=(6, 80)).astype(np.float32)
+    general = TrainedEmbedding("ours", EmbeddingNet(backbone, 64, 16, pooled_weight=1.0), 32)
+    gate = query_gate(general, labelled, RetrievalConfig(gate_quantile=0.5, gate_scales=(0.25, 3.0)))
+    assert gate.dims == 16 and (gate.known_scale, gate.novel_scale) == (0.25, 3.0)
+    assert gate.reference.shape == (6, 16)
+    assert query_gate(general, labelled, RetrievalConfig(gate_quantile=None)) is None
+    projection_only = TrainedEmbedding("ours", EmbeddingNet(backbone, 64, 16), 32)  # recipe paper, siamese, classifier
+    assert query_gate(projection_only, labelled[:, :16], RetrievalConfig()) is None
 
 
 def test_library_semihard_miner_keeps_exactly_the_semihard_triplets():

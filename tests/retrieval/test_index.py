@@ -12,7 +12,13 @@ import torch
 import semnb.retrieval.index as index_module
 from semnb import metrics
 from semnb.errors import SemnbInputError
-from semnb.retrieval.index import ARRAYS_FILE, TEXT_FILE, RetrievalIndex, expand_queries
+from semnb.retrieval.index import (
+    ARRAYS_FILE,
+    TEXT_FILE,
+    NoveltyGate,
+    RetrievalIndex,
+    expand_queries,
+)
 
 
 def _clustered(n=300, dims=16, clusters=6, seed=0):
@@ -67,6 +73,66 @@ def test_query_expansion_is_the_average_with_the_five_nearest_then_search():
     assert np.allclose(expand_queries(stored[rows], stored, first), manual, atol=1e-5)
 
 
+def _halves(n=120, seed=0):
+    """Embeddings of equal length: a standardised 8-d first half and a second half of another length, per row."""
+    rng = np.random.default_rng(seed)
+    first, second = rng.normal(size=(n, 8)), rng.normal(size=(n, 12))
+    first = (first - first.mean(1, keepdims=True)) / first.std(1, keepdims=True)
+    second = (second - second.mean(1, keepdims=True)) / second.std(1, keepdims=True) * 0.5
+    return np.hstack([first, second]).astype(np.float32), rng.integers(0, 4, n)
+
+
+def test_novelty_gate_on_a_hand_made_example():
+    reference = np.array([[1, 0, 5], [0, 1, 5], [1, 1, 5]], np.float32)  # only the first 2 dims are gated
+    gate = NoveltyGate.fit(reference, dims=2, quantile=1.0, known_scale=0.5, novel_scale=3.0)
+    # leave-one-out cosine distances: rows 0 and 1 are 45 degrees from row 2, row 2 from both
+    assert gate.threshold == pytest.approx(1 - np.sqrt(0.5))
+    queries = np.array([[2, 0, 1], [-1, 0, 1]], np.float32)
+    np.testing.assert_allclose(gate.novelty(queries), [0.0, 1.0], atol=1e-6)  # [-1, 0]: nearest is [0, 1], 90 degrees
+    np.testing.assert_array_equal(gate.scales(queries), [[0.5], [3.0]])
+    np.testing.assert_allclose(gate.apply(queries, gate.scales(queries)), [[2, 0, 0.5], [-1, 0, 3]])
+    assert gate.second_norm == pytest.approx(25.0)
+    # faiss's squared distance of the scaled query -> the query's metric: |a q2 - g2|^2 - (a^2 - a) q2^2 - (1 - a) g2^2
+    scaled_self = (3.0 * 5 - 5) ** 2  # a stored image [.., 5] as the query, scale 3: faiss sees (3*5 - 5)^2
+    np.testing.assert_allclose(gate.distances(np.array([[1, 0, 5]], np.float32), np.array([[scaled_self]]),
+                                              np.array([[3.0]])), [[0.0]], atol=1e-4)
+    assert NoveltyGate.fit(reference[:1], dims=2) is None  # one labelled image: no leave-one-out novelty
+
+
+def test_a_gated_query_ranks_as_the_pooled_weight_sqrt_of_its_scale_with_and_without_expansion():
+    stored, labels = _halves()
+    scale = 2.25  # equivalent to weighting the second half by 1.5 in gallery and query alike
+    second_norm = float((stored[:, 8:] ** 2).sum(1).mean())  # one length for every row (standardised halves)
+    always = NoveltyGate(stored[:10], dims=8, threshold=-1.0, second_norm=second_norm, novel_scale=scale)  # all "novel"
+    gated = RetrievalIndex(stored, [str(i) for i in range(len(stored))], labels, gate=always)
+    reweighted = np.hstack([stored[:, :8], 1.5 * stored[:, 8:]])
+    plain = RetrievalIndex(reweighted, [str(i) for i in range(len(stored))], labels)
+    rows = np.arange(0, 120, 9)
+    (d_gated, i_gated), (d_plain, i_plain) = gated.search(stored[rows], 10, exclude=rows), plain.search(reweighted[rows], 10, exclude=rows)
+    assert np.array_equal(i_gated, i_plain)
+    np.testing.assert_allclose(d_gated, d_plain, rtol=1e-4, atol=1e-3)  # distances in the query's own metric
+    assert np.array_equal(gated.search_expanded(stored[rows], 10, exclude=rows)[1],
+                          plain.search_expanded(reweighted[rows], 10, exclude=rows)[1])
+    never = NoveltyGate(stored[:10], dims=8, threshold=9.0, second_norm=second_norm, known_scale=0.0)  # every query is "known": first half only
+    first = RetrievalIndex(stored[:, :8], [str(i) for i in range(len(stored))], labels)
+    known = RetrievalIndex(stored, [str(i) for i in range(len(stored))], labels, gate=never)
+    assert np.array_equal(known.search_expanded(stored[rows], 10, exclude=rows)[1],
+                          first.search_expanded(stored[rows, :8], 10, exclude=rows)[1])
+
+
+def test_the_gate_scale_comes_from_the_query_before_expansion():
+    stored, labels = _halves()
+    gate = NoveltyGate.fit(stored[labels == 0], dims=8, quantile=0.5)
+    index = RetrievalIndex(stored, [str(i) for i in range(len(stored))], labels, gate=gate)
+    rows = np.arange(0, 120, 5)
+    scales = gate.scales(stored[rows])
+    _, first = index._search_vectors(gate.apply(stored[rows], scales), 5, exclude=rows)
+    manual = gate.apply(expand_queries(stored[rows], stored, first), scales)
+    expected, _ = _brute_force(manual, stored, 10, exclude=rows)
+    assert np.array_equal(index.search_expanded(stored[rows], 10, exclude=rows)[1], expected)
+    assert 0 < scales.mean() < gate.novel_scale  # some queries known, some novel
+
+
 def test_a_query_from_outside_the_collection_needs_no_exclusion():
     stored, labels = _clustered()
     index = RetrievalIndex(stored, [str(i) for i in range(len(stored))], labels)
@@ -94,6 +160,17 @@ def test_save_and_load_round_trip_without_images_or_model(tmp_path):
     with np.load(tmp_path / "store" / ARRAYS_FILE, allow_pickle=False) as arrays:
         assert set(arrays.files) == {"embeddings", "labels", "magnifications"}
     assert json.loads((tmp_path / "store" / TEXT_FILE).read_text())["n_images"] == len(stored)
+
+
+def test_a_saved_gate_reloads_and_searches_the_same(tmp_path):
+    stored, labels = _halves()
+    gate = NoveltyGate.fit(stored[labels == 1], dims=8, quantile=0.8)
+    index = RetrievalIndex(stored, [str(i) for i in range(len(stored))], labels, gate=gate)
+    again = RetrievalIndex.load(index.save(tmp_path / "gated"))
+    assert again.gate.record() == gate.record()
+    rows = np.arange(0, 120, 3)
+    assert np.array_equal(again.search_expanded(stored[rows], 9, exclude=rows)[1],
+                          index.search_expanded(stored[rows], 9, exclude=rows)[1])
 
 
 def test_load_detects_arrays_from_another_run(tmp_path):

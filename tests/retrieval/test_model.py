@@ -14,6 +14,7 @@ import torch
 from semnb.data.synth_tem import LABELLED_CLASSES, generate_tem_image, stratified_magnifications
 from semnb.errors import SemnbInputError
 from semnb.retrieval.embedding import TINY_CNN, RetrievalConfig
+from semnb.retrieval.index import NoveltyGate
 from semnb.retrieval.model import GALLERY, RetrievalModel, default_method, fit_retrieve
 
 SIZE = 32
@@ -72,6 +73,18 @@ def test_fit_holds_the_gallery_with_names_labels_and_settings(model, collection)
     assert settings["gallery_labels"] == labels.tolist()
     assert all(t.device.type == "cpu" and t.is_contiguous() for t in model.tensors().values())
     assert not any("frozen" in key for key in model.tensors())  # rebuilt from the backbone, not stored
+
+
+def test_the_query_gate_is_fit_on_the_labelled_gallery_and_rebuilt_the_same_at_restore(model, collection):
+    _, labels = collection
+    gate = model.index.gate
+    assert gate is not None and gate.dims == TINY.dims  # the projection half decides the novelty
+    np.testing.assert_allclose(gate.reference, NoveltyGate.fit(model.gallery[labels >= 0], TINY.dims).reference)
+    settings = json.loads(json.dumps(model.settings()))
+    restored = RetrievalModel.restore(settings, model.tensors(), device="cpu")
+    assert restored.index.gate.record() == gate.record()
+    del settings["config"]["gate_quantile"]  # a model saved before the gate existed searches without it
+    assert RetrievalModel.restore(settings, model.tensors(), device="cpu").index.gate is None
 
 
 def test_unlabelled_fit_defaults_to_the_autoencoder_and_names_images():
@@ -218,4 +231,5 @@ def test_label_free_model_round_trips_with_its_config():
     model = fit_tiny(pixels, None, method="frozen")
     restored = RetrievalModel.restore(json.loads(json.dumps(model.settings())), model.tensors(), device="cpu")
     assert restored.config == model.config and restored.method == "frozen"
+    assert model.index.gate is None  # no pooled half to weigh
     np.testing.assert_array_equal(restored.predict(pixels[:2])[1].embedding, model.predict(pixels[:2])[1].embedding)
