@@ -203,9 +203,14 @@ def _lattice_detail(z: np.ndarray, period: float) -> np.ndarray:
 
 def _robust_clip(image: np.ndarray, k: float = 2.5) -> np.ndarray:
     """image minus its median, clipped at k robust standard deviations (MAD)."""
-    centred = image - np.median(image)
-    spread = MAD_TO_STD * np.median(np.abs(centred))
+    centred, spread = _centred_spread(image)
     return np.clip(centred, -k * spread, k * spread) if spread > 0 else centred
+
+
+def _centred_spread(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """(image minus its median, its robust standard deviation 1.4826 MAD): the scale every map here is read in."""
+    centred = image - np.median(image)
+    return centred, float(MAD_TO_STD * np.median(np.abs(centred)))
 
 
 def _autocorrelation(image: np.ndarray) -> np.ndarray:
@@ -383,8 +388,7 @@ def unsupervised_defect_map(scan: np.ndarray, polarity: str = "auto", lattice: L
     else:
         residual, used = lattice_residual(z, lattice), []
     smoothed = ndimage.gaussian_filter(residual, max(smooth * lattice.period, 0.5))
-    centred = smoothed - np.median(smoothed)
-    spread = MAD_TO_STD * np.median(np.abs(centred))
+    centred, spread = _centred_spread(smoothed)
     zres = centred / spread if spread > 0 else centred
     if polarity == "auto":
         polarity = _one_sided(zres) or _one_sided(-zres, "dark") or "both"
@@ -437,8 +441,7 @@ def step_edges(scan: np.ndarray, period: float, threshold: float = 3.0, min_leng
     """
     z = check_scan(scan, min_side=MIN_SIDE)
     gradient = ndimage.gaussian_gradient_magnitude(z, max(period, 1.0))
-    centred = gradient - np.median(gradient)
-    spread = MAD_TO_STD * np.median(np.abs(centred))
+    centred, spread = _centred_spread(gradient)
     if spread == 0:
         return np.zeros(z.shape, bool)
     regions = label(centred > threshold * spread, connectivity=2)
