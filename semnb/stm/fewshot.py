@@ -2,8 +2,8 @@
 
 - `fewshot_map`: the few-shot pixel map. ilastik-style filter features (`filter_bank`,
   `pixel_features`) of the scan and of its lattice residual; label-free cues (`unsupervised_cues`:
-  the lattice map, smoothed height, a blob filter), of which the k labelled defects choose
-  (`select_cues`); a random forest (`forest_pixel_map`) trained on the labelled defects, the
+  the lattice map, smoothed height, a blob filter, raw brightness), chosen by the scan's own
+  evidence first and the k labelled defects second (`select_cues`); a random forest (`forest_pixel_map`) trained on the labelled defects, the
   lattice ring around them (`sample_pixel_support`) and pseudo-labels of the cue, averaged in rank
   with the cue. `logistic_map` / `fewshot_pixel_map` is the earlier map (a logistic regression on
   the support pixels only), kept for comparison and for the saved model (`semnb.stm.model`).
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import rankdata
+from scipy.stats import rankdata, skew
 from skimage.feature import (
     hessian_matrix,
     hessian_matrix_eigvals,
@@ -110,6 +110,20 @@ FEATURE_SCALES = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 CUE_MARGIN = 0.02
 """`select_cues` keeps every cue whose support AUROC is within this of the best one."""
 
+HEIGHT_CUES = ("height", "blob", "raw")
+"""`unsupervised_cues` read off the scan's height (each as "<name>:bright" and "<name>:dark");
+`select_cues` takes them together, in one orientation."""
+
+CUE_AGREEMENT = 0.8
+"""`select_cues`: the height reads the lattice map's defects when it tells the lattice map's top
+5% of pixels from the rest with at least this AUROC (m235_left and its crops .85-.995 where
+defects are bright; synthetic Si/Ge/TiO2 scans .29-.71, where steps and tip changes dominate
+the height)."""
+
+SUPPORT_MIN = 0.75
+"""`select_cues`: labelled defects whose best cue AUROC on the support is below this stand out
+in no cue, so they cannot choose one."""
+
 FOREST_TREES = 100
 """Trees of the few-shot forest (`fit_forest`)."""
 
@@ -173,18 +187,23 @@ def unsupervised_cues(analysis: ScanAnalysis) -> dict[str, np.ndarray]:
     (`unsupervised_defect_map`: deviation from the periodic lattice, its polarity chosen on
     the whole scan, steps neutralised), and in both orientations ("<cue>:bright" x,
     "<cue>:dark" -x) "height" (the levelled scan, Gaussian at period/16: brightness with the
-    noise averaged) and "blob" (difference of Gaussians at period/4 vs 1.6x that: a bump of
-    about a cell against its surroundings, which removes the slow background).
+    noise averaged), "blob" (difference of Gaussians at period/4 vs 1.6x that: a bump of
+    about a cell against its surroundings, which removes the slow background) and, when the
+    analysis kept it, "raw" (the scan as read: the brightness baseline itself; on small crops
+    the line levelling drifts and raw brightness beats the levelled height).
 
     Why several: on the real TiO2(110) scan the defects are the brightest things (height and
     blob win, the lattice map loses), on the synthetic surfaces, with steps, tip changes and
-    dark and bright defects, the lattice map wins; `select_cues` lets the labelled defects choose.
+    dark and bright defects, the lattice map wins; `select_cues` weighs the scan's own
+    evidence and the labelled defects'.
 
     Taught in: 08_stm.
     """
     z, period = analysis.z, analysis.defect_map.lattice.period
     images = {"height": ndimage.gaussian_filter(z, max(period / 16, 0.5)),
               "blob": ndimage.gaussian_filter(z, period / 4) - ndimage.gaussian_filter(z, 1.6 * period / 4)}
+    if analysis.raw is not None:
+        images["raw"] = analysis.raw - np.median(analysis.raw)
     cues = {"lattice": analysis.defect_map.score}
     cues.update({f"{name}:{polarity}": _oriented(image, polarity) for name, image in images.items()
                  for polarity in ("bright", "dark")})
@@ -192,19 +211,50 @@ def unsupervised_cues(analysis: ScanAnalysis) -> dict[str, np.ndarray]:
 
 
 def select_cues(cues: dict[str, np.ndarray], support: PixelSupport, margin: float = CUE_MARGIN) -> list[str]:
-    """The cues (`unsupervised_cues`) that tell the labelled defect pixels from their labelled
-    lattice ring best: AUROC on the support within `margin` of the best cue's. When the
-    "lattice" map is among them it is taken alone: it is the cue built on the physics (a
-    crystal repeats itself); height and blob are taken only where the labels show that they
-    beat it.
+    """The cues (`unsupervised_cues`) the few-shot map averages, in this order of evidence:
+
+    1. when the height reads the lattice map's defects (`height_agreement` >= CUE_AGREEMENT),
+       the height cues (HEIGHT_CUES) in that orientation: the same defects, read more sharply;
+    2. when the labelled defects stand out in no cue (best support AUROC, labelled defect
+       pixels vs their labelled lattice ring, below SUPPORT_MIN), the height cues oriented by
+       the scan's long tail (the skew of the blob filter: defects are the sparse extremes);
+    3. otherwise the cues within `margin` of the best support AUROC: the "lattice" map alone
+       when it is among them (the cue built on the physics: a crystal repeats itself), else
+       the height cues in the orientation of the best one.
+
+    Why not the support alone: one labelled defect is one sample. On crops of the real TiO2
+    scan an atypical (faint) labelled defect made the lattice map or the dark orientation win
+    on the support, and the map fell far below raw brightness (a 256x128 quarter: .32 vs .88).
 
     Taught in: 08_stm.
     """
+    families = [name for name in HEIGHT_CUES if f"{name}:bright" in cues]
+    side, agreement = height_agreement(cues)
+    if agreement >= CUE_AGREEMENT:
+        return [f"{name}:{side}" for name in families]
     labels = np.r_[np.ones(int(support.defect.sum()), bool), np.zeros(int(support.lattice.sum()), bool)]
     auroc = {name: metrics.image_auroc(np.r_[c[support.defect], c[support.lattice]], labels) for name, c in cues.items()}
     best = max(auroc.values())
-    chosen = [name for name, value in auroc.items() if value >= best - margin]
-    return ["lattice"] if "lattice" in chosen else chosen
+    if best < SUPPORT_MIN:
+        side = "bright" if skew(cues["blob:bright"].ravel()) > 0 else "dark"
+        return [f"{name}:{side}" for name in families]
+    if auroc["lattice"] >= best - margin:
+        return ["lattice"]
+    side = max((value, name) for name, value in auroc.items() if name != "lattice")[1].split(":")[1]
+    return [f"{name}:{side}" for name in families]
+
+
+def height_agreement(cues: dict[str, np.ndarray]) -> tuple[str, float]:
+    """(orientation, AUROC): how well the "height" cue tells the lattice map's top 5% of pixels
+    from the rest, in its better orientation ("bright" or "dark"). Label-free: near 1 when the
+    lattice map's defects are the scan's brightest (or darkest) spots, near .5 when the height
+    is dominated by something else (steps, tip changes).
+
+    Taught in: 08_stm.
+    """
+    lattice = cues["lattice"].ravel()
+    auroc = metrics.image_auroc(cues["height:bright"].ravel(), lattice >= np.quantile(lattice, 0.95))
+    return ("bright", auroc) if auroc >= 0.5 else ("dark", 1.0 - auroc)
 
 
 def cue_map(cues: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
@@ -350,8 +400,8 @@ def fewshot_pixel_map(features: np.ndarray, support: PixelSupport, seed: int = 0
 
 def fewshot_map(analysis: ScanAnalysis, support: PixelSupport, seed: int = 0) -> np.ndarray:
     """The few-shot defect map of an analysed scan (`analyze_scan`), in (0, 1]: features
-    oriented by the contrast of the labelled defects (`support_polarity`), the cues the
-    support prefers (`unsupervised_cues`, `select_cues`, `cue_map`), then `forest_pixel_map`.
+    oriented by the contrast of the labelled defects (`support_polarity`), the label-free cues
+    `select_cues` takes (`unsupervised_cues`, `cue_map`), then `forest_pixel_map`.
 
     Taught in: 08_stm.
     """

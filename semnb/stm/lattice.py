@@ -131,6 +131,12 @@ HALF_SPOT_ANGLE = 10.0
 the best spot's direction or of its right angle."""
 
 
+HALF_REPEAT = 0.1
+"""`dominant_period`: the best spot's period is a repeat of the scan (not a harmonic of a row's
+shape) when the autocorrelation along it climbs back by at least this much (1 = zero lag) from
+its lowest point to that lag; a repeat is kept even when a strong spot lies at half its frequency."""
+
+
 def dominant_period(scan: np.ndarray) -> float:
     """The strongest lattice period of the scan (pixels), from its power spectrum.
 
@@ -149,15 +155,19 @@ def dominant_period(scan: np.ndarray) -> float:
     the best spot's direction or at right angles to it (within HALF_SPOT_ANGLE; a Si(001)
     domain on the next terrace turns its rows by 90 degrees): the fringe of two close parallel
     steps can also sit at half the frequency, in the steps' direction (synthetic TiO2(110)
-    syn0 tio2_110_003: 35 px for 16 px rows). The levelled detail is clipped at
-    2.5 robust standard deviations first, so that the steps it still holds cannot dominate.
+    syn0 tio2_110_003: 35 px for 16 px rows), and only when the best spot's period is not
+    itself a repeat of the scan (`_repeat_rise` < HALF_REPEAT): a TiO2(110) crop whose every
+    other row is brighter (the bottom 256 rows of m235_left) otherwise gave 64 px for 32 px
+    rows. The levelled detail is clipped at 2.5 robust standard deviations first, so that the
+    steps it still holds cannot dominate.
 
     Taught in: 08_stm.
     """
     z = check_scan(scan, min_side=MIN_SIDE)
     h, w = z.shape
     window = np.outer(np.hanning(h), np.hanning(w))
-    spectrum = np.fft.fft2(_robust_clip(z - _terrace_background(z)) * window)
+    detail = _robust_clip(z - _terrace_background(z))
+    spectrum = np.fft.fft2(detail * window)
     power = ndimage.gaussian_filter(np.fft.fftshift(np.abs(spectrum) ** 2), 0.7)
     cy, cx = h // 2, w // 2
     fy, fx = np.meshgrid((np.arange(h) - cy) / h, (np.arange(w) - cx) / w, indexing="ij")
@@ -175,9 +185,26 @@ def dominant_period(scan: np.ndarray) -> float:
     cosine = np.abs(fx * fx[best] + fy * fy[best]) / np.maximum(radius * radius[best], 1e-12)
     angle = np.deg2rad(HALF_SPOT_ANGLE)
     half &= (cosine >= np.cos(angle)) | (cosine <= np.sin(angle))
-    if half.any():
+    if half.any() and _repeat_rise(detail, 1.0 / radius[best], (fy[best] / radius[best], fx[best] / radius[best])) < HALF_REPEAT:
         best = np.unravel_index(np.argmax(np.where(half, score, 0.0)), score.shape)
     return float(1.0 / radius[best])
+
+
+def _repeat_rise(detail: np.ndarray, period: float, direction: tuple[float, float]) -> float:
+    """How far the autocorrelation of `detail` along `direction` (unit dy, dx) climbs from its
+    lowest point between zero lag and `period` back up to `period` (0 when it only falls).
+
+    Why: two lobes per Si(001) dimer row put the strongest spot at half the row spacing, but the
+    scan does not repeat at that lag (its autocorrelation falls all the way: rise 0.000 on every
+    synthetic Si and Ge scan that needs the half-frequency rule); a TiO2(110) crop whose every
+    other row is brighter has its strongest spot at the row spacing, which does repeat (rise
+    .36-.44 on the 256-row crops of m235_left that gave 64 px for 32 px rows).
+    """
+    h, w = detail.shape
+    lags = np.linspace(0.0, period, 17)[1:]
+    acf = ndimage.map_coordinates(_autocorrelation(detail), [h // 2 + lags * direction[0], w // 2 + lags * direction[1]],
+                                  order=1)
+    return float(acf[-1] - acf.min())
 
 
 def _terrace_background(z: np.ndarray) -> np.ndarray:
@@ -490,11 +517,13 @@ def detect_defects(defect_map: DefectMap, threshold: float = 4.0, min_area_cells
 
 @dataclass
 class ScanAnalysis:
-    """Everything computed once per scan: the preprocessed scan `z` and the unsupervised
-    `defect_map` (lattice, residual, score)."""
+    """Everything computed once per scan: the preprocessed scan `z`, the unsupervised
+    `defect_map` (lattice, residual, score) and the `raw` scan as read (None when not kept):
+    its brightness is one of the few-shot map's cues."""
 
     z: np.ndarray
     defect_map: DefectMap
+    raw: np.ndarray | None = None
 
 
 def analyze_scan(raw: np.ndarray, polarity: str = "auto") -> ScanAnalysis:
@@ -509,4 +538,4 @@ def analyze_scan(raw: np.ndarray, polarity: str = "auto") -> ScanAnalysis:
     if np.ptp(z) == 0:
         raise SemnbInputError("scan", "is flat: every pixel has the same height once levelled, so it shows no lattice",
                               "pass a topograph that shows the surface (check the channel exported)")
-    return ScanAnalysis(z=z, defect_map=unsupervised_defect_map(z, polarity=polarity))
+    return ScanAnalysis(z=z, defect_map=unsupervised_defect_map(z, polarity=polarity), raw=check_scan(raw))

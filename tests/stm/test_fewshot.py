@@ -167,13 +167,52 @@ def test_select_cues_keeps_the_lattice_map_when_it_is_as_good():
     analysis = stm.analyze_scan(scan)
     support = stm.sample_pixel_support(mask, shots=1, seed=0)
     cues = stm.unsupervised_cues(analysis)
-    assert set(cues) == {"lattice", "height:bright", "height:dark", "blob:bright", "blob:dark"}
+    assert set(cues) == {"lattice", "height:bright", "height:dark", "blob:bright", "blob:dark", "raw:bright", "raw:dark"}
+    assert np.array_equal(cues["raw:bright"], scan - np.median(scan))
+    assert stm.height_agreement(cues)[1] < stm.CUE_AGREEMENT  # the tilt hides the pits from the height
     assert stm.select_cues(cues, support) == ["lattice"]  # dark pits on a tilted lattice: brightness cannot tell
     # where the lattice map fails on the labelled pixels, the cues that tell them apart are taken
     noise = np.random.default_rng(0).normal(size=mask.shape)
     failed = dict(cues, lattice=noise, **{"height:dark": np.where(mask, 100.0, 0.0) + noise})
     chosen = stm.select_cues(failed, support)
     assert "lattice" not in chosen and "height:dark" in chosen and "height:bright" not in chosen
+
+
+def _bright_spots_and_a_faint_label():
+    """Cues on 64x64 where every defect is a bright spot but the one labelled defect is faint:
+    the "lattice" map and "height" see the spots, the labelled pixels stand out in no cue."""
+    rng = np.random.default_rng(0)
+    spots = np.zeros((64, 64), bool)
+    for y in range(2, 45, 14):
+        for x in range(2, 45, 14):
+            spots[y:y + 4, x:x + 4] = True  # 16 spots, 6% of the pixels
+    noise = rng.normal(size=(2, 64, 64))
+    height = np.where(spots, 5.0, 0.0) + noise[0]
+    cues = {"lattice": np.where(spots, 4.0, 0.0) + noise[1]}
+    for name, image in (("height", height), ("blob", height), ("raw", height)):
+        cues.update({f"{name}:bright": image, f"{name}:dark": -image})
+    defect = np.zeros((64, 64), bool)
+    defect[54:58, 54:58] = True  # the faint labelled defect: lattice-level height
+    lattice = np.zeros((64, 64), bool)
+    lattice[50:62, 50:62] = True
+    lattice &= ~defect
+    return cues, stm.PixelSupport(defect=defect, lattice=lattice, region=defect | lattice, component_ids=np.zeros(1, int))
+
+
+def test_select_cues_trusts_the_scan_over_one_faint_label():
+    # on crops of the real TiO2 scan such a label made the lattice map or the dark orientation
+    # win on the support (a 256x128 quarter: map .32 vs brightness .88)
+    cues, support = _bright_spots_and_a_faint_label()
+    side, agreement = stm.height_agreement(cues)
+    assert side == "bright" and agreement > 0.95
+    assert stm.select_cues(cues, support) == ["height:bright", "blob:bright", "raw:bright"]
+    # without the agreement (the lattice map sees something else), the faint label stands out
+    # in no cue (support AUROC < SUPPORT_MIN) and the long tail of the blob filter orients
+    cues["lattice"] = np.random.default_rng(1).normal(size=(64, 64))
+    assert stm.height_agreement(cues)[1] < stm.CUE_AGREEMENT
+    assert stm.select_cues(cues, support) == ["height:bright", "blob:bright", "raw:bright"]
+    flipped = {name: -image if name != "lattice" else image for name, image in cues.items()}
+    assert stm.select_cues(flipped, support) == ["height:dark", "blob:dark", "raw:dark"]
 
 
 def test_forest_map_beats_brightness_from_one_labelled_defect():

@@ -107,6 +107,30 @@ def test_half_frequency_is_taken_only_along_or_across_the_lattice(surface, seed,
     assert abs(stm.dominant_period(preprocess_scan(scan.raw)) - scan.row_period) < 0.1 * scan.row_period
 
 
+def _alternating_rows(period, brighter, width, size=256):
+    """Rows `period` apart (Gaussian profile, sigma period / width), every other one
+    `1 + brighter` high and the rest `1 - brighter`, plus noise: TiO2(110) as on the lower part
+    of m235_left, whose every other row is brighter."""
+    x = np.mgrid[0:size, 0:size][1].astype(float)
+    k = np.round(x / period)
+    z = (1 + brighter * np.where(k % 2 == 0, 1.0, -1.0)) * np.exp(-((x - k * period) ** 2) / (2 * (period / width) ** 2))
+    return z + 0.1 * np.random.default_rng(0).standard_normal(z.shape)
+
+
+@pytest.mark.parametrize("brighter, width", [(0.1, 3), (0.2, 5)])
+def test_a_brighter_every_other_row_does_not_double_the_period(monkeypatch, brighter, width):
+    # the spot at half the row frequency scores >= 20% of the rows' spot here, so the Si
+    # dimer-row rule alone took it (32 px, as the bottom 256 rows of m235_left gave 64 px);
+    # the rows repeat in the autocorrelation, a dimer row's two lobes do not
+    z = _alternating_rows(16.0, brighter, width)
+    assert abs(stm.dominant_period(z) - 16.0) < 0.5
+    monkeypatch.setattr(stm.lattice, "HALF_REPEAT", np.inf)
+    assert abs(stm.dominant_period(z) - 32.0) < 1.0
+    monkeypatch.undo()
+    si = generate_stm_scan("si001", 256, seed=8)  # the lobes' spot is the best one: still the row spacing
+    assert abs(stm.dominant_period(preprocess_scan(si.raw)) - si.row_period) < 0.1 * si.row_period
+
+
 def test_residual_takes_copies_from_the_region_only():
     z = np.random.default_rng(0).normal(size=(12, 12))
     lattice = stm.Lattice(translations=np.array([[1.0, 0.0], [-1.0, 0.0]]), correlation=np.ones(2), period=2.0)
