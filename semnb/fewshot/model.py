@@ -171,6 +171,9 @@ def _semnb_segmenter_tensors(segmenter: SemnbSegmenter, prefix: str) -> dict[str
     if segmenter.score_gate is not None:
         out[f"{prefix}score_gate"] = torch.tensor(segmenter.score_gate, dtype=torch.float64, device="cpu")
     out[f"{prefix}sigma"] = torch.tensor(segmenter.sigma, dtype=torch.float64, device="cpu")
+    if segmenter.score_mix is not None:  # nn_visual's memory enters the image score
+        out[f"{prefix}score_mix"] = torch.tensor(segmenter.score_mix, dtype=torch.float64, device="cpu")
+        out.update({f"{prefix}visual.{j}": v for j, v in enumerate(segmenter.visual)})
     return out
 
 
@@ -184,6 +187,10 @@ def _restore_semnb_segmenter(config: SemnbSegmentConfig, compute: Compute, tenso
         segmenter.score_gate = tuple(float(v) for v in tensors[f"{prefix}score_gate"])
     if f"{prefix}sigma" in tensors:  # models saved before the smoothing was chosen keep the config's
         segmenter.sigma = float(tensors[f"{prefix}sigma"])
+    if f"{prefix}score_mix" in tensors:
+        segmenter.score_mix = tuple(float(v) for v in tensors[f"{prefix}score_mix"])
+        count = sum(k.startswith(f"{prefix}visual.") for k in tensors)
+        segmenter.visual = [compute.to(tensors[f"{prefix}visual.{j}"]) for j in range(count)]
     return segmenter
 
 
@@ -432,7 +439,9 @@ def fit_segment(pixels: Sequence[np.ndarray], masks: Sequence[np.ndarray | None]
         "image_score": (f"sqrt(P(defect | PatchCore's eq. 7 score) x the mean of the top {config.top_fraction:.0%} of "
                         "the smoothed map), P calibrated on the support's cross-fit"
                         if method == "semnb" and result.segmenter.score_gate is not None else
-                        f"mean of the top {config.top_fraction:.0%} of each smoothed map at the backbone's size"),
+                        f"mean of the top {config.top_fraction:.0%} of each smoothed map at the backbone's size")
+                       + (", averaged (standardised on the support's cross-fit) with nn_visual's image score"
+                          if method == "semnb" and result.segmenter.score_mix is not None else ""),
         "prompt_classes": prompt_classes, "normal_class": normal_class if prompt_classes else None,
         "n_support": len(pixels), "n_defect_free": int(is_normal.sum()),
     }

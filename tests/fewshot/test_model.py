@@ -107,6 +107,18 @@ def test_a_chosen_smoothing_is_saved_and_restored_with_the_semnb_segmenter(suppo
     assert not np.array_equal(wide, fitted.predict(support["pixels"][:1])[0].defect_map)
 
 
+def test_an_image_score_mixed_with_nn_visual_is_saved_and_restored_with_its_memory(support):
+    """choose_score_mix's standardisation and nn_visual's defect-free tokens travel in the folder."""
+    fitted = _segment(support, "semnb")
+    model = copy.deepcopy(fitted)
+    model.segmenter.score_mix = (0.1, 0.2, 0.3, 0.4)
+    restored = _restored(model, SegmentModel)
+    assert restored.segmenter.score_mix == (0.1, 0.2, 0.3, 0.4) and len(restored.segmenter.visual) > 0
+    mixed = model.predict(support["pixels"][:2])
+    assert [m.score for m in mixed] == [m.score for m in restored.predict(support["pixels"][:2])]
+    assert [m.score for m in mixed] != [m.score for m in fitted.predict(support["pixels"][:2])]
+
+
 def test_segment_masks_at_the_threshold_agree_with_the_support_masks_far_better_than_chance(support):
     model = fit_segment(support["pixels"], support["masks"], support["is_normal"], method="semclip", **CNN)
     assert "F1-max" in model.settings()["threshold_rule"]

@@ -11,8 +11,11 @@ from semnb.fewshot.recommended import (
     calibrate_distances,
     gate_probabilities,
     choose_score_gate,
+    choose_score_mix,
     choose_sigma,
+    defect_free_share,
     leave_one_out_distances,
+    shift_normal_prior,
     support_folds,
 )
 from semnb.fewshot.segmentation import PatchFeatures
@@ -89,12 +92,14 @@ def test_semnb_map_is_the_geometric_mean_and_finds_the_defect(implicit_device_is
     np.testing.assert_allclose(parts["map"].numpy(), (parts["supervised"] * parts["memory"]).sqrt().numpy(), rtol=1e-6)
     smooth = upsample_and_smooth(parts["map"], GRID, SIZE, 4.0)
     top = image_scores(smooth)
-    if model.score_gate is None:
-        np.testing.assert_allclose(out.scores, top.numpy(), rtol=1e-5)
-    else:
+    if model.score_gate is not None:
         a, b = model.score_gate
         eq7 = baselines.reweighted_image_scores(features, parts["distance"], model.bank)
-        np.testing.assert_allclose(out.scores, (torch.sigmoid(a * eq7 + b) * top).sqrt().numpy(), rtol=1e-5)
+        top = (torch.sigmoid(a * eq7 + b) * top).sqrt()
+    if model.score_mix is not None:
+        ms, ss, mv, sv = model.score_mix
+        top = ((top - ms) / ss + (model.visual_scores(feats, SIZE) - mv) / sv) / 2
+    np.testing.assert_allclose(out.scores, top.numpy(), rtol=1e-5, atol=1e-6)
     assert model.held_out["eq7"].shape == (6,) and model.held_out["supervised"].shape == (6, 16)
     assert out.scores[1::2].min() > out.scores[0::2].max()  # defect images above defect-free ones
     again = SemnbSegmenter(device="cpu").fit(feats, features, masks, is_normal, SIZE, seed=0).predict(feats, features,
@@ -123,3 +128,57 @@ def test_semnb_classifier_chooses_its_features_on_the_cross_fit_with_three_image
     best = max(model.cross_fit_f1.values())
     assert model.cross_fit_f1[model.features] == best and (model.features == "contrast"
                                                            or model.cross_fit_f1["contrast"] < best)
+
+
+def test_sigma_is_chosen_only_with_three_defect_free_support_images(monkeypatch):
+    from semnb.fewshot import recommended
+
+    monkeypatch.setattr(recommended, "choose_sigma", lambda *args, **kwargs: 16.0)
+    fitted = {}
+    for n in (4, 6):  # 2 and 3 defect-free images (both cross-fit: 2 defect images or more)
+        feats, features, masks, is_normal = _support(n)
+        fitted[n] = SemnbSegmenter(device="cpu").fit(feats, features, masks, is_normal, SIZE, seed=0)
+    assert fitted[4].held_out is not None and fitted[4].sigma == fitted[4].config.segmentation.sigma == 4.0
+    assert fitted[6].sigma == 16.0
+
+
+def test_normal_prior_shift_is_one_factor_on_p_normal_and_calls_the_share_normal():
+    proba = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.4, 0.1, 0.5], [0.05, 0.05, 0.9], [0.3, 0.3, 0.4]])
+    for share, normal_rows in ((0.4, {0, 2}), (0.0, set()), (1.0, set(range(5))), (0.6, {0, 2, 4})):
+        shifted = shift_normal_prior(proba, 0, share)
+        assert set(np.flatnonzero(shifted.argmax(axis=1) == 0)) == normal_rows
+        np.testing.assert_allclose(shifted.sum(axis=1), 1)
+        w = (shifted[:, 0] / shifted[:, 1]) / (proba[:, 0] / proba[:, 1])  # Bayes' rule: one prior ratio for all rows
+        np.testing.assert_allclose(w, w[0])
+        np.testing.assert_allclose(shifted[:, 1] / shifted[:, 2], proba[:, 1] / proba[:, 2])
+
+
+def test_defect_free_share_is_the_weight_of_the_lower_score_component():
+    rng = np.random.default_rng(0)
+    eq7 = np.exp(np.r_[rng.normal(0.0, 0.1, 75), rng.normal(2.0, 0.1, 25)])
+    assert abs(defect_free_share(eq7) - 0.75) < 0.01
+
+
+def test_score_mix_standardises_on_the_defect_free_held_out_scores_and_needs_nn_visual_to_separate_as_well():
+    is_normal = np.array([True, True, False, False])
+    held, visual = np.array([1.0, 3.0, 2.0, 4.0]), np.array([0.0, 2.0, 5.0, 6.0])  # held-out AUROC 0.75 and 1.0
+    assert choose_score_mix(held, visual, is_normal) == (2.0, 1.0, 1.0, 1.0)
+    assert choose_score_mix(visual, held, is_normal) is None
+
+
+def test_semnb_classifier_shifts_the_normal_prior_to_the_batch_share_only_with_a_score_gate_and_a_big_batch():
+    feats, features, masks, is_normal = _support(12)
+    labels = np.where(is_normal, 0, 1 + (np.arange(12) // 2) % 2)
+    tokens = feats.z[-1].mean(dim=1)
+    model = SemnbClassifier(device="cpu").fit(feats, features, tokens, masks, is_normal, labels, 3, SIZE, seed=0)
+    big = np.tile(np.arange(12), 2)  # 24 >= PRIOR_MIN_BATCH images
+    args = (feats.subset(big), features[big], tokens[big])
+    model.segmenter.score_gate = None
+    np.testing.assert_array_equal(model.predict_proba(*args), model.predict_proba(*args, batch_prior=False))
+    model.segmenter.score_gate = (1.0, 0.0)
+    plain = model.predict_proba(*args, batch_prior=False)
+    parts = model.segmenter.patch_maps(*args[:2])
+    eq7 = baselines.reweighted_image_scores(features[big], parts["distance"], model.segmenter.bank).numpy()
+    np.testing.assert_allclose(model.predict_proba(*args), shift_normal_prior(plain, 0, defect_free_share(eq7)))
+    few = (feats.subset(np.arange(6)), features[:6], tokens[:6])
+    np.testing.assert_array_equal(model.predict_proba(*few), model.predict_proba(*few, batch_prior=False))
