@@ -157,6 +157,7 @@ def test_defect_free_share_is_the_weight_of_the_lower_score_component():
     rng = np.random.default_rng(0)
     eq7 = np.exp(np.r_[rng.normal(0.0, 0.1, 75), rng.normal(2.0, 0.1, 25)])
     assert abs(defect_free_share(eq7) - 0.75) < 0.01
+    assert defect_free_share(np.exp(rng.normal(2.0, 0.1, 100))) is None  # one kind only: no share to estimate
 
 
 def test_score_mix_standardises_on_the_defect_free_held_out_scores_and_needs_nn_visual_to_separate_as_well():
