@@ -240,8 +240,9 @@ class SemnbSegmenter:
             self.sigma = choose_sigma(torch.as_tensor(self.held_out["map"], device="cpu"), np.asarray(masks),
                                       support.grid, image_size)
         if self.score_gate is not None:  # a memory-friendly support (eq. 7 separates): nn_visual's score may join
-            held = self._image_scores(torch.as_tensor(self.held_out["map"], dtype=torch.float32, device="cpu"),
-                                      torch.as_tensor(self.held_out["eq7"], device="cpu"), support.grid, image_size)
+            held_map = torch.as_tensor(self.held_out["map"], dtype=torch.float32, device="cpu")
+            held = self._image_scores(upsample_and_smooth(held_map, support.grid, image_size, self.sigma),
+                                      torch.as_tensor(self.held_out["eq7"], device="cpu"))
             self.score_mix = choose_score_mix(held.numpy(), self.held_out["visual"], is_normal)
         return self
 
@@ -281,11 +282,9 @@ class SemnbSegmenter:
         maps = baselines.nn_visual_patch_maps(feats.z, [v[None] for v in self.visual], memory, self.semclip.text)
         return image_scores(upsample_and_smooth(maps, feats.grid, image_size, cfg.sigma), cfg.top_fraction)
 
-    def _image_scores(self, patch_map: torch.Tensor, eq7: torch.Tensor, grid: tuple[int, int],
-                      image_size: int) -> torch.Tensor:
-        """The top 1 % of the smoothed map, gated by eq. 7 where a score gate was chosen: [B]."""
-        scores = image_scores(upsample_and_smooth(patch_map, grid, image_size, self.sigma),
-                              self.config.segmentation.top_fraction)
+    def _image_scores(self, maps: torch.Tensor, eq7: torch.Tensor) -> torch.Tensor:
+        """The top 1 % of the smoothed maps [B, S, S], gated by eq. 7 where a score gate was chosen: [B]."""
+        scores = image_scores(maps, self.config.segmentation.top_fraction)
         if self.score_gate is not None:
             a, b = self.score_gate
             scores = (torch.sigmoid(a * eq7.to(scores.device) + b) * scores).sqrt()
@@ -317,7 +316,7 @@ class SemnbSegmenter:
         parts = self.patch_maps(feats, features)
         parts["eq7"] = baselines.reweighted_image_scores(features, parts.pop("distance"), self.bank)
         maps = upsample_and_smooth(parts["map"], feats.grid, image_size, self.sigma)
-        scores = self._image_scores(parts["map"], parts["eq7"], feats.grid, image_size)
+        scores = self._image_scores(maps, parts["eq7"])
         if self.score_mix is not None:
             ms, ss, mv, sv = self.score_mix
             scores = ((scores - ms) / ss + (self.visual_scores(feats, image_size) - mv) / sv) / 2
